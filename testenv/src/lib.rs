@@ -1,0 +1,196 @@
+//! The endpoints of the project's real dependency environment, for integration tests.
+//!
+//! `cargo xtask env up` starts Redis, a three-node RabbitMQ cluster, Cassandra and a Kubernetes
+//! control plane on loopback and writes their endpoints to one env file
+//! (`~/.cache/order-pipeline/run/env`, or `$ORDER_PIPELINE_HOME/run/env`). Tests read it through
+//! [`Env::load`]. A test whose server is not running fails with the command that starts it: it
+//! never passes silently.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The parsed env file.
+#[derive(Debug, Clone)]
+pub struct Env {
+    path: PathBuf,
+    values: BTreeMap<String, String>,
+}
+
+impl Env {
+    /// Where `cargo xtask env up` writes the env file.
+    pub fn default_path() -> PathBuf {
+        if let Some(home) = std::env::var_os("ORDER_PIPELINE_HOME") {
+            return PathBuf::from(home).join("run/env");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        PathBuf::from(home).join(".cache/order-pipeline/run/env")
+    }
+
+    /// Loads the env file, panicking with the command to run when it is missing.
+    pub fn load() -> Self {
+        let path = Self::default_path();
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|error| {
+            panic!(
+                "the test environment is not running ({}: {error}); start it with `cargo xtask env up`",
+                path.display()
+            )
+        });
+        Self {
+            values: parse(&text),
+            path,
+        }
+    }
+
+    /// A value the environment must provide; panics naming the component to start otherwise.
+    pub fn require(&self, key: &str) -> String {
+        self.values.get(key).cloned().unwrap_or_else(|| {
+            panic!(
+                "{key} is not in {}: the component that provides it is not running; start it \
+                 with `cargo xtask env up {}`",
+                self.path.display(),
+                component_for(key)
+            )
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+}
+
+fn component_for(key: &str) -> &'static str {
+    let lower = key.to_ascii_lowercase();
+    ["redis", "rabbitmq", "cassandra", "kube"]
+        .into_iter()
+        .find(|name| lower.contains(name))
+        .unwrap_or("")
+}
+
+fn parse(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
+        .collect()
+}
+
+/// A name no other test (or earlier run) uses: for key prefixes, queues, keyspaces, namespaces.
+/// Lowercase alphanumerics and `-`/`_` only, so it is valid in all of them once `-` is mapped.
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..12])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_keys_values_and_skips_comments() {
+        let values = parse("# c\nA=1\n\nB = x=y \n# redis\n");
+        assert_eq!(values.get("A").map(String::as_str), Some("1"));
+        assert_eq!(values.get("B").map(String::as_str), Some("x=y"));
+        assert_eq!(values.len(), 2);
+    }
+
+    #[test]
+    fn unique_names_differ_and_keep_prefix() {
+        let a = unique("t");
+        let b = unique("t");
+        assert_ne!(a, b);
+        assert!(a.starts_with("t-"));
+    }
+
+    #[test]
+    fn missing_key_names_component() {
+        assert_eq!(component_for("OP_RABBITMQ_URLS"), "rabbitmq");
+        assert_eq!(component_for("KUBECONFIG"), "kube");
+    }
+}
+
+/// A RabbitMQ virtual host of its own for one test: its exchanges and queues (the pipeline's
+/// fixed names, `orders.direct` and so on) are invisible to every other test.
+#[derive(Debug)]
+pub struct Vhost {
+    pub name: String,
+    /// The cluster's AMQP URLs, pointing at this vhost.
+    pub urls: Vec<String>,
+    management: String,
+    user: String,
+    password: String,
+}
+
+impl Vhost {
+    /// Creates a fresh vhost on the cluster and grants the environment's user full rights on it.
+    pub async fn create(env: &Env, prefix: &str) -> Self {
+        let name = unique(prefix);
+        let management = env
+            .require("OP_RABBITMQ_MANAGEMENT_URLS")
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let user = env.require("OP_RABBITMQ_USER");
+        let password = env.require("OP_RABBITMQ_PASSWORD");
+        let client = reqwest::Client::new();
+        client
+            .put(format!("{management}/api/vhosts/{name}"))
+            .basic_auth(&user, Some(&password))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .unwrap_or_else(|error| panic!("failed to create vhost {name}: {error}"));
+        client
+            .put(format!("{management}/api/permissions/{name}/{user}"))
+            .basic_auth(&user, Some(&password))
+            .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .unwrap_or_else(|error| panic!("failed to grant permissions on vhost {name}: {error}"));
+        let urls = env
+            .require("OP_RABBITMQ_URLS")
+            .split(',')
+            .map(|url| {
+                let base = url.trim_end_matches("/%2f").trim_end_matches('/');
+                format!("{base}/{name}")
+            })
+            .collect();
+        Self {
+            name,
+            urls,
+            management,
+            user,
+            password,
+        }
+    }
+
+    /// Messages ready in a queue of this vhost, as the management API reports them.
+    pub async fn queue_messages(&self, queue: &str) -> Option<u64> {
+        let details: serde_json::Value = reqwest::Client::new()
+            .get(format!(
+                "{}/api/queues/{}/{queue}",
+                self.management, self.name
+            ))
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .ok()?
+            .error_for_status()
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        details["messages"].as_u64()
+    }
+
+    /// Deletes the vhost and everything in it.
+    pub async fn delete(self) {
+        let _ = reqwest::Client::new()
+            .delete(format!("{}/api/vhosts/{}", self.management, self.name))
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await;
+    }
+}

@@ -1,0 +1,64 @@
+//! Wiring only: configuration, telemetry, metrics, the admin and business listeners, shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use gateway::config::GatewayConfig;
+use gateway::{GatewayMetrics, app, connect};
+use prometheus_client::registry::Registry;
+use workload_runtime::admin::{self, AdminState, Readiness};
+use workload_runtime::config::ProcessEnv;
+use workload_runtime::shutdown::Shutdown;
+use workload_runtime::telemetry;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    if std::env::args().any(|arg| arg == "--version") {
+        println!("gateway {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    telemetry::init(&telemetry::from_env()?);
+    let config = GatewayConfig::from_source(&ProcessEnv).context("invalid configuration")?;
+    let shutdown = Shutdown::new();
+    shutdown.listen_for_signals();
+
+    let mut registry = Registry::with_prefix("gateway");
+    let metrics = GatewayMetrics::register(&mut registry);
+    let readiness = Readiness::new();
+    let admin_server = admin::serve(
+        config.admin_port,
+        AdminState {
+            registry: Arc::new(registry),
+            readiness: readiness.clone(),
+            shutdown: shutdown.token(),
+        },
+    )
+    .await
+    .context("failed to bind the admin port")?;
+    shutdown.spawn(admin_server);
+
+    let http_port = config.http_port;
+    let Some(state) = connect(config, metrics, &readiness, &shutdown).await? else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], http_port)))
+        .await
+        .with_context(|| format!("failed to bind port {http_port}"))?;
+    tracing::info!(port = http_port, "gateway listening");
+    let token = shutdown.token();
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { token.cancelled().await })
+    .await
+    .context("HTTP server failed")?;
+
+    // In-flight requests have finished; now close the broker connection and the admin server.
+    shutdown.trigger();
+    shutdown.wait_for_tasks(Duration::from_secs(20)).await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

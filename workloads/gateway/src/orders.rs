@@ -1,0 +1,416 @@
+//! Order intake (`POST /orders`) and order status (`GET /orders/{id}`).
+//!
+//! `202 Order received` means the order is durable: the answer is sent only after RabbitMQ
+//! confirmed the message on a quorum queue. The idempotency claim (`SET NX` on a key scoped to
+//! the owner, holding the body's digest) is taken before publishing and released if publishing
+//! fails, so the client can retry a 503 with the same id; a retry of an accepted order is a
+//! `409 Duplicate order`, and the same id with another body is a 422.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use pipeline_contract::messages::OrderPlaced;
+use pipeline_contract::{order_fields, topology};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use workload_runtime::broker::Publish;
+
+use crate::extract::{AuthUser, JsonBody};
+use crate::problem::{AppError, Problem};
+use crate::{AppState, now_unix_millis};
+
+pub const MAX_ID_LEN: usize = 64;
+pub const MAX_SKU_LEN: usize = 128;
+pub const MAX_QTY: i64 = 10_000;
+
+/// The seed's order body.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    /// Client-chosen order id, unique per user: 1-64 of `A-Z a-z 0-9 . _ -`.
+    #[schema(example = "order123")]
+    pub id: String,
+    /// 1-128 of `A-Z a-z 0-9 . _ -`.
+    #[schema(example = "mag-safe-phone-case")]
+    pub sku: String,
+    /// 1 to 10000.
+    #[schema(example = 2)]
+    pub qty: i64,
+}
+
+/// An order that passed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidOrder {
+    pub id: String,
+    pub sku: String,
+    pub qty: u32,
+}
+
+impl ValidOrder {
+    /// Identifies the order's content, to tell a retry (same digest) from a reuse of the id.
+    pub fn digest(&self) -> String {
+        let mut hasher = Sha256::new();
+        // Length-prefixed, so ("a", "bc") and ("ab", "c") differ.
+        for part in [self.id.as_bytes(), self.sku.as_bytes()] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        hasher.update(self.qty.to_be_bytes());
+        hex::encode(hasher.finalize())
+    }
+}
+
+fn check_token(field: &str, value: &str, max: usize) -> Result<(), AppError> {
+    if value.is_empty() {
+        return Err(AppError::bad_field(
+            field,
+            format!("{field} must not be empty"),
+        ));
+    }
+    if value.len() > max {
+        return Err(AppError::bad_field(
+            field,
+            format!("{field} must be at most {max} characters"),
+        ));
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(AppError::bad_field(
+            field,
+            format!("{field} may contain only letters, digits, '.', '_' and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate(request: OrderRequest) -> Result<ValidOrder, AppError> {
+    check_token("id", &request.id, MAX_ID_LEN)?;
+    check_token("sku", &request.sku, MAX_SKU_LEN)?;
+    if !(1..=MAX_QTY).contains(&request.qty) {
+        return Err(AppError::bad_field(
+            "qty",
+            format!("qty must be between 1 and {MAX_QTY}, got {}", request.qty),
+        ));
+    }
+    Ok(ValidOrder {
+        id: request.id,
+        sku: request.sku,
+        qty: u32::try_from(request.qty)
+            .map_err(|_| AppError::bad_field("qty", "qty out of range"))?,
+    })
+}
+
+/// Releases an idempotency claim only if it is still ours (holds our digest).
+const RELEASE_CLAIM: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Place an order.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    request_body = OrderRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Order received: <id> (stored durably)", body = String, content_type = "text/plain"),
+        (status = 400, description = "Invalid body; `field` names the field", body = Problem),
+        (status = 401, description = "Missing or malformed Authorization header", body = Problem),
+        (status = 403, description = "Invalid, expired or revoked token", body = Problem),
+        (status = 409, description = "Duplicate order", body = String, content_type = "text/plain"),
+        (status = 415, description = "Content-Type is not application/json", body = Problem),
+        (status = 422, description = "The id was already used for a different order", body = Problem),
+        (status = 503, description = "Could not store the order; nothing recorded, retry", body = Problem),
+    )
+)]
+pub async fn create_order(
+    State(state): State<AppState>,
+    user: AuthUser,
+    JsonBody(request): JsonBody<OrderRequest>,
+) -> Result<(StatusCode, String), AppError> {
+    let order = validate(request)?;
+    let digest = order.digest();
+    let keys = state.keys();
+    let claim_key = keys.idempotency(&user.email, &order.id);
+    let mut redis = state.redis();
+
+    claim(
+        &mut redis,
+        &claim_key,
+        &digest,
+        state.idempotency_ttl(),
+        &order.id,
+    )
+    .await?;
+
+    let message = OrderPlaced {
+        order_id: order.id.clone(),
+        owner: user.email.clone(),
+        sku: order.sku.clone(),
+        qty: order.qty,
+        accepted_at: now_unix_millis(),
+    };
+    let payload =
+        serde_json::to_vec(&message).map_err(|error| AppError::internal("encode order", error))?;
+    let message_id = message.message_id();
+    let published = state
+        .broker()
+        .publish(Publish {
+            exchange: topology::ORDERS_EXCHANGE,
+            routing_key: topology::ORDERS_ROUTING_KEY,
+            payload: &payload,
+            message_id: Some(&message_id),
+        })
+        .await;
+    if let Err(error) = published {
+        // Not durable: give the id back so the client's retry is not a "duplicate".
+        let released: redis::RedisResult<i64> = redis::Script::new(RELEASE_CLAIM)
+            .key(&claim_key)
+            .arg(&digest)
+            .invoke_async(&mut redis)
+            .await;
+        if let Err(release_error) = released {
+            tracing::error!(order_id = %order.id, %release_error, "failed to release an idempotency claim; the id stays blocked until it expires");
+        }
+        return Err(AppError::Unavailable {
+            reason: format!("publishing order {} failed: {error}", order.id),
+            retry_after: Duration::from_secs(1),
+        });
+    }
+
+    // The order is durable now; the status record is informational, so a failure here is logged
+    // rather than turned into an error the client would retry.
+    let recorded: redis::RedisResult<()> = redis
+        .hset_multiple(
+            keys.order(&user.email, &order.id),
+            &[
+                (order_fields::ACCEPTED_AT, message.accepted_at.to_string()),
+                (order_fields::SKU, order.sku.clone()),
+                (order_fields::QTY, order.qty.to_string()),
+            ],
+        )
+        .await;
+    if let Err(error) = recorded {
+        tracing::warn!(order_id = %order.id, %error, "order accepted but its status record was not written");
+    }
+    tracing::info!(order_id = %order.id, sku = %order.sku, qty = order.qty, "order accepted");
+    Ok((
+        StatusCode::ACCEPTED,
+        format!("Order received: {}", order.id),
+    ))
+}
+
+/// Takes the idempotency claim or explains why it is taken.
+async fn claim(
+    redis: &mut redis::aio::ConnectionManager,
+    key: &str,
+    digest: &str,
+    ttl: Duration,
+    order_id: &str,
+) -> Result<(), AppError> {
+    let unavailable = |error: redis::RedisError| AppError::Unavailable {
+        reason: format!("idempotency check failed: {error}"),
+        retry_after: Duration::from_secs(1),
+    };
+    // Two rounds: the existing claim may be released or expire between SET NX and GET.
+    for _ in 0..2 {
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(digest)
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .query_async(redis)
+            .await
+            .map_err(unavailable)?;
+        if claimed.is_some() {
+            return Ok(());
+        }
+        let existing: Option<String> = redis.get(key).await.map_err(unavailable)?;
+        match existing {
+            Some(existing) if existing == digest => return Err(AppError::DuplicateOrder),
+            Some(_) => {
+                return Err(AppError::Unprocessable {
+                    detail: format!(
+                        "order id {order_id:?} was already used for a different order; use a new id"
+                    ),
+                    field: Some("id".into()),
+                });
+            }
+            None => continue,
+        }
+    }
+    Err(AppError::Unavailable {
+        reason: "idempotency claim kept changing".into(),
+        retry_after: Duration::from_secs(1),
+    })
+}
+
+/// An order's progress through the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct OrderStatus {
+    pub id: String,
+    /// `accepted`, `processed`, `rejected` or `notified`.
+    pub status: String,
+    pub sku: Option<String>,
+    pub qty: Option<u32>,
+    /// Unix milliseconds.
+    pub accepted_at: Option<u64>,
+    pub processed_at: Option<u64>,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+    pub notified_at: Option<u64>,
+}
+
+impl OrderStatus {
+    /// Composes the status from the fields each workload wrote.
+    pub fn from_fields(id: &str, fields: &std::collections::HashMap<String, String>) -> Self {
+        let number = |name: &str| fields.get(name).and_then(|value| value.parse().ok());
+        let text = |name: &str| fields.get(name).cloned();
+        let status = if fields.get(order_fields::NOTIFICATION).map(String::as_str) == Some("sent") {
+            "notified"
+        } else {
+            match fields.get(order_fields::OUTCOME).map(String::as_str) {
+                Some("processed") => "processed",
+                Some("rejected") => "rejected",
+                _ => "accepted",
+            }
+        };
+        Self {
+            id: id.to_owned(),
+            status: status.to_owned(),
+            sku: text(order_fields::SKU),
+            qty: number(order_fields::QTY).and_then(|qty: u64| u32::try_from(qty).ok()),
+            accepted_at: number(order_fields::ACCEPTED_AT),
+            processed_at: number(order_fields::PROCESSED_AT),
+            reason: text(order_fields::REASON),
+            notified_at: number(order_fields::NOTIFIED_AT),
+        }
+    }
+}
+
+/// The status of one of your orders.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    params(("id" = String, Path, description = "The order id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The order's status", body = OrderStatus),
+        (status = 401, description = "Missing or malformed Authorization header", body = Problem),
+        (status = 403, description = "Invalid, expired or revoked token", body = Problem),
+        (status = 404, description = "No such order of yours", body = Problem),
+    )
+)]
+pub async fn order_status(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<OrderStatus>, AppError> {
+    check_token("id", &id, MAX_ID_LEN)?;
+    let mut redis = state.redis();
+    let fields: std::collections::HashMap<String, String> = redis
+        .hgetall(state.keys().order(&user.email, &id))
+        .await
+        .map_err(|error| AppError::Unavailable {
+            reason: format!("reading order status failed: {error}"),
+            retry_after: Duration::from_secs(1),
+        })?;
+    if fields.is_empty() {
+        return Err(AppError::NotFound(format!("order {id:?}")));
+    }
+    Ok(Json(OrderStatus::from_fields(&id, &fields)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn request(id: &str, sku: &str, qty: i64) -> OrderRequest {
+        OrderRequest {
+            id: id.into(),
+            sku: sku.into(),
+            qty,
+        }
+    }
+
+    fn field_error(result: Result<ValidOrder, AppError>) -> String {
+        match result {
+            Err(AppError::BadRequest {
+                field: Some(field), ..
+            }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn valid_orders_pass() {
+        let order = validate(request("order123", "mag-safe-phone-case", 2)).unwrap();
+        assert_eq!(order.qty, 2);
+        assert!(validate(request(&"a".repeat(64), &"b".repeat(128), 10_000)).is_ok());
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert_eq!(field_error(validate(request("", "s", 1))), "id");
+        assert_eq!(
+            field_error(validate(request(&"a".repeat(65), "s", 1))),
+            "id"
+        );
+        assert_eq!(field_error(validate(request("a:b", "s", 1))), "id");
+        assert_eq!(field_error(validate(request("a", "", 1))), "sku");
+        assert_eq!(
+            field_error(validate(request("a", &"s".repeat(129), 1))),
+            "sku"
+        );
+        assert_eq!(field_error(validate(request("a", "s s", 1))), "sku");
+        assert_eq!(field_error(validate(request("a", "s", 0))), "qty");
+        assert_eq!(field_error(validate(request("a", "s", -3))), "qty");
+        assert_eq!(field_error(validate(request("a", "s", 10_001))), "qty");
+    }
+
+    #[test]
+    fn digest_tells_bodies_apart() {
+        let a = validate(request("o1", "sku", 2)).unwrap();
+        let same = validate(request("o1", "sku", 2)).unwrap();
+        let other_qty = validate(request("o1", "sku", 3)).unwrap();
+        let shifted = validate(request("o1s", "ku", 2)).unwrap();
+        assert_eq!(a.digest(), same.digest());
+        assert_ne!(a.digest(), other_qty.digest());
+        assert_ne!(a.digest(), shifted.digest());
+    }
+
+    #[test]
+    fn status_follows_the_furthest_stage() {
+        let mut fields = HashMap::from([
+            ("accepted_at".to_owned(), "10".to_owned()),
+            ("sku".to_owned(), "s".to_owned()),
+            ("qty".to_owned(), "2".to_owned()),
+        ]);
+        assert_eq!(OrderStatus::from_fields("o", &fields).status, "accepted");
+        fields.insert("outcome".into(), "rejected".into());
+        fields.insert("reason".into(), "out_of_stock".into());
+        let status = OrderStatus::from_fields("o", &fields);
+        assert_eq!(
+            (status.status.as_str(), status.reason.as_deref()),
+            ("rejected", Some("out_of_stock"))
+        );
+        fields.insert("outcome".into(), "processed".into());
+        fields.insert("notification".into(), "sent".into());
+        fields.insert("notified_at".into(), "30".into());
+        let status = OrderStatus::from_fields("o", &fields);
+        assert_eq!(status.status, "notified");
+        assert_eq!(status.notified_at, Some(30));
+        assert_eq!(status.qty, Some(2));
+    }
+}

@@ -1,0 +1,230 @@
+//! Starts a real gateway in-process against the environment's real Redis, RabbitMQ and
+//! Cassandra, isolated from other tests: its own RabbitMQ vhost, its own Redis key prefix, and
+//! unique account emails in a shared test keyspace (creating a keyspace per test would make
+//! Cassandra's schema changes the slowest part of the suite).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use gateway::config::GatewayConfig;
+use gateway::{AppState, GatewayMetrics, app, connect};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::types::ShortString;
+use lapin::{Connection, ConnectionProperties};
+use pipeline_contract::keys::Keys;
+use pipeline_contract::messages::OrderPlaced;
+use pipeline_contract::{env, topology};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use testenv::{Env, Vhost};
+use workload_runtime::admin::Readiness;
+use workload_runtime::shutdown::Shutdown;
+
+pub const PASSWORD: &str = "securepassword123";
+pub const SECRET: &str = "integration-test-secret-of-at-least-32-bytes";
+
+pub struct Gateway {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub keys: Keys,
+    pub redis: redis::aio::ConnectionManager,
+    pub vhost: Vhost,
+    pub state: AppState,
+    pub registry: Arc<Registry>,
+    shutdown: Shutdown,
+}
+
+impl Gateway {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a gateway; `customize` may change its environment variables.
+    pub async fn start_with(customize: impl FnOnce(&mut BTreeMap<String, String>)) -> Self {
+        let environment = Env::load();
+        let vhost = Vhost::create(&environment, "gateway").await;
+        let prefix = format!("{}:", testenv::unique("gw"));
+        let mut vars: BTreeMap<String, String> = [
+            (env::RABBITMQ_URLS, vhost.urls.join(",")),
+            (env::REDIS_ADDR, environment.require("OP_REDIS_ADDR")),
+            (env::REDIS_KEY_PREFIX, prefix),
+            (
+                env::CASSANDRA_ADDR,
+                environment.require("OP_CASSANDRA_ADDR"),
+            ),
+            (
+                env::CASSANDRA_USER,
+                environment.require("OP_CASSANDRA_USER"),
+            ),
+            (
+                env::CASSANDRA_PASSWORD,
+                environment.require("OP_CASSANDRA_PASSWORD"),
+            ),
+            (env::CASSANDRA_KEYSPACE, "gateway_tests".to_owned()),
+            (env::JWT_SECRET, SECRET.to_owned()),
+            // The cheapest cost keeps tests quick; the cost changes nothing in the logic.
+            (env::BCRYPT_COST, "4".to_owned()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect();
+        customize(&mut vars);
+        let config = GatewayConfig::from_source(&vars).expect("test configuration is valid");
+        let keys = config.redis.keys.clone();
+
+        let shutdown = Shutdown::new();
+        let mut registry = Registry::default();
+        let metrics = GatewayMetrics::register(&mut registry);
+        let readiness = Readiness::new();
+        let state = tokio::time::timeout(
+            Duration::from_secs(60),
+            connect(config, metrics, &readiness, &shutdown),
+        )
+        .await
+        .expect("gateway connected within 60s")
+        .expect("gateway connected")
+        .expect("not shut down");
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let token = shutdown.token();
+        let router = app(state.clone());
+        shutdown.spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+        });
+        let redis = redis::aio::ConnectionManager::new(
+            redis::Client::open(environment.require("OP_REDIS_URL")).unwrap(),
+        )
+        .await
+        .unwrap();
+        Self {
+            base: format!("http://{address}"),
+            http: reqwest::Client::new(),
+            keys,
+            redis,
+            vhost,
+            state,
+            registry: Arc::new(registry),
+            shutdown,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/register"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/login"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers a fresh account and returns its email and a token.
+    pub async fn account(&self) -> (String, String) {
+        let email = format!("{}@example.com", testenv::unique("user"));
+        assert_eq!(self.register(&email, PASSWORD).await.status(), 201);
+        let response = self.login(&email, PASSWORD).await;
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        (email, body["token"].as_str().unwrap().to_owned())
+    }
+
+    pub async fn order(&self, token: &str, id: &str, sku: &str, qty: i64) -> reqwest::Response {
+        self.http
+            .post(self.url("/orders"))
+            .bearer_auth(token)
+            .json(&json!({"id": id, "sku": sku, "qty": qty}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A connection to the first node that answers (a test may have stopped one).
+    pub async fn any_node(&self) -> Connection {
+        for url in &self.vhost.urls {
+            if let Ok(connection) = Connection::connect(url, ConnectionProperties::default()).await
+            {
+                return connection;
+            }
+        }
+        panic!("no RabbitMQ node answers");
+    }
+
+    /// Takes every message currently in `orders.queue` of this gateway's vhost.
+    pub async fn drain_orders(&self) -> Vec<OrderPlaced> {
+        let connection = self.any_node().await;
+        let channel = connection.create_channel().await.unwrap();
+        let mut orders = Vec::new();
+        while let Some(message) = channel
+            .basic_get(
+                ShortString::from(topology::ORDERS_QUEUE),
+                BasicGetOptions::default(),
+            )
+            .await
+            .unwrap()
+        {
+            orders.push(serde_json::from_slice(&message.delivery.data).unwrap());
+            message
+                .delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
+        }
+        let _ = connection.close(200, ShortString::from("drained")).await;
+        orders
+    }
+
+    /// Consumes `count` messages from `orders.queue` (waiting for them), for streams in flight.
+    pub async fn consume_orders(&self, count: usize, within: Duration) -> Vec<OrderPlaced> {
+        let connection = self.any_node().await;
+        let channel = connection.create_channel().await.unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                ShortString::from(topology::ORDERS_QUEUE),
+                ShortString::from("test"),
+                Default::default(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let mut orders = Vec::new();
+        let deadline = tokio::time::Instant::now() + within;
+        while orders.len() < count {
+            let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await
+            else {
+                break;
+            };
+            orders.push(serde_json::from_slice(&delivery.data).unwrap());
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+        }
+        orders
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        self.shutdown.wait_for_tasks(Duration::from_secs(10)).await;
+        self.vhost.delete().await;
+    }
+}

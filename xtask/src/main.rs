@@ -1,0 +1,98 @@
+//! Project commands. Run `cargo xtask --help`.
+
+mod env;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use env::{Component, Layout};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Order Pipeline project commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The real dependency environment on loopback (Redis, a RabbitMQ cluster, Cassandra, a
+    /// Kubernetes control plane), installed and built as needed, cached under
+    /// ~/.cache/order-pipeline.
+    Env {
+        #[command(subcommand)]
+        action: EnvAction,
+    },
+    /// Start the whole environment (as `env up`), then run every test of the workspace against
+    /// it. Extra arguments go to `cargo test`.
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_test_args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EnvAction {
+    /// Install what is missing, start the components (all when none is named) and wait until
+    /// each is really ready. Idempotent.
+    Up {
+        /// Components to start: redis, rabbitmq, cassandra, kube.
+        components: Vec<Component>,
+    },
+    /// Stop the components (all when none is named), leaving no process behind.
+    Down {
+        components: Vec<Component>,
+        /// Also delete their data, logs and generated configuration (caches are kept).
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Show which components run and where; exits non-zero when one is stopped.
+    Status { components: Vec<Component> },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<bool> {
+    let layout = Layout::from_env()?;
+    let or_all = |components: Vec<Component>| {
+        if components.is_empty() {
+            Component::ALL.to_vec()
+        } else {
+            components
+        }
+    };
+    match cli.command {
+        Command::Env { action } => match action {
+            EnvAction::Up { components } => env::up(&layout, &or_all(components)).map(|()| true),
+            EnvAction::Down { components, purge } => {
+                env::down(&layout, &or_all(components), purge).map(|()| true)
+            }
+            EnvAction::Status { components } => env::status(&layout, &or_all(components)),
+        },
+        Command::Test { cargo_test_args } => {
+            env::up(&layout, &Component::ALL)?;
+            run_workspace_tests(&cargo_test_args)
+        }
+    }
+}
+
+fn run_workspace_tests(extra: &[String]) -> Result<bool> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    println!("==> cargo test --workspace {}", extra.join(" "));
+    let status = std::process::Command::new(cargo)
+        .args(["test", "--workspace"])
+        .args(extra)
+        .status()?;
+    Ok(status.success())
+}
