@@ -42,6 +42,15 @@ pub mod env {
     pub const BCRYPT_COST: &str = "BCRYPT_COST";
     /// RabbitMQ prefetch per consumer (the seed: 10).
     pub const PREFETCH: &str = "PREFETCH";
+    /// The notifier's sink: `log` (the seed's stub, the default) or `webhook`.
+    pub const NOTIFY_SINK: &str = "NOTIFY_SINK";
+    /// Where the webhook sink POSTs notifications.
+    pub const NOTIFY_WEBHOOK_URL: &str = "NOTIFY_WEBHOOK_URL";
+    /// Per-request timeout of the webhook sink, in milliseconds (default 5000).
+    pub const NOTIFY_WEBHOOK_TIMEOUT_MS: &str = "NOTIFY_WEBHOOK_TIMEOUT_MS";
+    /// How long the log sink takes per notification, in milliseconds (default 0; the seed's stub
+    /// took 1000), to model a slow provider.
+    pub const NOTIFY_LOG_DELAY_MS: &str = "NOTIFY_LOG_DELAY_MS";
     /// `json` or `text`; by default JSON unless stdout is a terminal.
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
     /// A `tracing` filter such as `info` or `gateway=debug,info`.
@@ -88,6 +97,19 @@ pub mod topology {
     /// so a node failure loses no confirmed message.
     pub const QUEUE_TYPE_ARGUMENT: &str = "x-queue-type";
     pub const QUORUM: &str = "quorum";
+    /// Durable direct exchange for messages no consumer could handle; each work queue's dead
+    /// letters are routed with the queue's name to [`dead_letter_queue`].
+    pub const DEAD_LETTER_EXCHANGE: &str = "orders.dead-letter";
+    /// Header carrying why a message was dead-lettered.
+    pub const FAILURE_REASON_HEADER: &str = "x-failure-reason";
+    /// The broker's own backstop: a message delivered this many times (for example because its
+    /// consumer keeps crashing on it) is dead-lettered by RabbitMQ even if no consumer decides to.
+    pub const DELIVERY_LIMIT: i64 = 50;
+
+    /// The queue holding `queue`'s dead letters.
+    pub fn dead_letter_queue(queue: &str) -> String {
+        format!("{queue}.dead-letter")
+    }
 }
 
 /// Redis key layout. Keys are built only through [`keys::Keys`] so every workload spells them
@@ -136,6 +158,12 @@ pub mod keys {
             format!("{}notifications:{order_id}", self.prefix)
         }
 
+        /// The notifier's short lease on sending one order's notification, so two replicas given
+        /// the same event never both send it.
+        pub fn notification_lease(&self, owner: &str, order_id: &str) -> String {
+            format!("{}notify-lease:{owner}:{order_id}", self.prefix)
+        }
+
         /// Orders the processor has applied (the seed's counter, read by the dashboard).
         pub fn processed_count(&self) -> String {
             format!("{}orders.processed.count", self.prefix)
@@ -157,6 +185,10 @@ pub mod keys {
         }
     }
 }
+
+/// How long an order's record (and so the processor's "already applied" mark) is kept: far
+/// longer than any message can wait in a queue, so a redelivery always finds it.
+pub const ORDER_RECORD_TTL_SECONDS: u64 = 7 * 24 * 3600;
 
 /// Fields of the order hash at [`keys::order`], each written by exactly one workload.
 pub mod order_fields {

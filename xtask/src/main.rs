@@ -1,6 +1,7 @@
 //! Project commands. Run `cargo xtask --help`.
 
 mod env;
+mod pipeline;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,11 @@ enum Command {
         #[command(subcommand)]
         action: EnvAction,
     },
+    /// Run the pipeline on this machine: the real dependencies (as `env up`) and the four
+    /// workloads as local processes, wired as the operator wires them; prints where to curl.
+    Run,
+    /// Stop the workloads started by `run` (the dependencies keep running).
+    Stop,
     /// Start the whole environment (as `env up`), then run every test of the workspace against
     /// it. Extra arguments go to `cargo test`.
     Test {
@@ -76,10 +82,22 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Env { action } => match action {
             EnvAction::Up { components } => env::up(&layout, &or_all(components)).map(|()| true),
             EnvAction::Down { components, purge } => {
+                // The workloads need the dependencies; stop them first when everything goes.
+                if components.is_empty() {
+                    pipeline::stop(&layout)?;
+                }
                 env::down(&layout, &or_all(components), purge).map(|()| true)
             }
-            EnvAction::Status { components } => env::status(&layout, &or_all(components)),
+            EnvAction::Status { components } => {
+                let workloads = pipeline::running(&layout);
+                if !workloads.is_empty() {
+                    println!("pipeline   running  {}", workloads.join(", "));
+                }
+                env::status(&layout, &or_all(components))
+            }
         },
+        Command::Run => pipeline::run(&layout).map(|()| true),
+        Command::Stop => pipeline::stop(&layout).map(|()| true),
         Command::Test { cargo_test_args } => {
             env::up(&layout, &Component::ALL)?;
             run_workspace_tests(&cargo_test_args)
@@ -87,8 +105,20 @@ fn run(cli: Cli) -> Result<bool> {
     }
 }
 
+/// The workload binaries the crash test runs as real processes.
+const WORKLOAD_BINARIES: [&str; 4] = ["gateway", "processor", "notifier", "dashboard"];
+
 fn run_workspace_tests(extra: &[String]) -> Result<bool> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    println!("==> cargo build (workload binaries)");
+    let mut build = std::process::Command::new(&cargo);
+    build.arg("build");
+    for package in WORKLOAD_BINARIES {
+        build.args(["--package", package]);
+    }
+    if !build.status()?.success() {
+        return Ok(false);
+    }
     println!("==> cargo test --workspace {}", extra.join(" "));
     let status = std::process::Command::new(cargo)
         .args(["test", "--workspace"])

@@ -10,7 +10,6 @@
 pub mod accounts;
 pub mod config;
 pub mod extract;
-pub mod http_metrics;
 pub mod orders;
 pub mod passwords;
 pub mod problem;
@@ -24,11 +23,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::Channel;
 use pipeline_contract::keys::Keys;
-use pipeline_contract::topology;
 use prometheus_client::registry::Registry;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
@@ -37,14 +33,15 @@ use workload_runtime::admin::{Readiness, ReadinessCheck};
 use workload_runtime::broker::{Backoff, Broker, BrokerConfig, BrokerMetrics, DeclareTopology};
 use workload_runtime::redis_connection;
 use workload_runtime::shutdown::Shutdown;
+use workload_runtime::topology;
 
 use crate::config::GatewayConfig;
-use crate::http_metrics::HttpMetrics;
 use crate::passwords::Passwords;
 use crate::problem::AppError;
 use crate::ratelimit::LoginLimiter;
 use crate::tokens::{LEEWAY, TokenService};
 use crate::users::UserStore;
+use workload_runtime::http_metrics::HttpMetrics;
 
 /// Request bodies above this are refused with 413 before they are read further.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
@@ -264,7 +261,7 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .route_layer(axum::middleware::from_fn_with_state(
             metrics,
-            http_metrics::record,
+            workload_runtime::http_metrics::record,
         ))
         .with_state(state)
 }
@@ -273,45 +270,9 @@ pub fn app(state: AppState) -> Router {
 /// quorum queue bound to it, so an order published before any processor ever started is still
 /// routed and kept (a publish to an exchange with no queue would be unroutable).
 pub fn declare_topology() -> DeclareTopology {
-    Arc::new(|channel: Channel| Box::pin(declare_orders(channel)))
-}
-
-async fn declare_orders(channel: Channel) -> lapin::Result<()> {
-    channel
-        .exchange_declare(
-            ShortString::from(topology::ORDERS_EXCHANGE),
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        ShortString::from(topology::QUEUE_TYPE_ARGUMENT),
-        AMQPValue::LongString(topology::QUORUM.into()),
-    );
-    channel
-        .queue_declare(
-            ShortString::from(topology::ORDERS_QUEUE),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            arguments,
-        )
-        .await?;
-    channel
-        .queue_bind(
-            ShortString::from(topology::ORDERS_QUEUE),
-            ShortString::from(topology::ORDERS_EXCHANGE),
-            ShortString::from(topology::ORDERS_ROUTING_KEY),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
+    Arc::new(|channel: Channel| {
+        Box::pin(async move { topology::declare_work_queue(&channel, topology::ORDERS).await })
+    })
 }
 
 pub fn now_unix_seconds() -> u64 {

@@ -163,12 +163,14 @@ pub async fn create_order(
     let message_id = message.message_id();
     let published = state
         .broker()
-        .publish(Publish {
-            exchange: topology::ORDERS_EXCHANGE,
-            routing_key: topology::ORDERS_ROUTING_KEY,
-            payload: &payload,
-            message_id: Some(&message_id),
-        })
+        .publish(
+            Publish::new(
+                topology::ORDERS_EXCHANGE,
+                topology::ORDERS_ROUTING_KEY,
+                &payload,
+            )
+            .message_id(&message_id),
+        )
         .await;
     if let Err(error) = published {
         // Not durable: give the id back so the client's retry is not a "duplicate".

@@ -38,12 +38,17 @@ impl Readiness {
         }
     }
 
-    /// The names of failing checks; empty when ready.
+    /// The names of failing checks; empty when ready. Before any check is registered the
+    /// workload is still starting (its dependencies are not even being connected yet), which
+    /// counts as the failing check `starting`, so `/readyz` can never pass in that moment.
     pub fn failing(&self) -> Vec<&'static str> {
         let checks = self
             .checks
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if checks.is_empty() {
+            return vec!["starting"];
+        }
         checks
             .iter()
             .filter(|(_, ready)| !**ready)
@@ -176,6 +181,11 @@ mod tests {
     #[tokio::test]
     async fn readiness_names_failing_checks_until_all_pass() {
         let (state, _) = state();
+        let (status, body) = get_path(router(state.clone()), "/readyz").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting\n")
+        );
         let redis = state.readiness.check("redis");
         let rabbitmq = state.readiness.check("rabbitmq");
         let app = router(state.clone());

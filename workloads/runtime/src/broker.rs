@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::ShortString;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -251,7 +251,7 @@ impl BrokerMetrics {
     }
 }
 
-/// A message to publish persistently.
+/// A message to publish persistently. Build it with [`Publish::new`] and the builder methods.
 #[derive(Debug, Clone, Copy)]
 pub struct Publish<'a> {
     pub exchange: &'a str,
@@ -259,6 +259,39 @@ pub struct Publish<'a> {
     pub payload: &'a [u8],
     /// Becomes the AMQP `message-id`; consumers de-duplicate on it.
     pub message_id: Option<&'a str>,
+    /// Whether a message no queue takes is a failure ([`PublishError::Unroutable`]). On by
+    /// default: for a message someone must consume, unroutable means lost.
+    pub mandatory: bool,
+    pub headers: Option<&'a FieldTable>,
+}
+
+impl<'a> Publish<'a> {
+    pub fn new(exchange: &'a str, routing_key: &'a str, payload: &'a [u8]) -> Self {
+        Self {
+            exchange,
+            routing_key,
+            payload,
+            message_id: None,
+            mandatory: true,
+            headers: None,
+        }
+    }
+
+    pub fn message_id(mut self, id: &'a str) -> Self {
+        self.message_id = Some(id);
+        self
+    }
+
+    /// For informational events that may legitimately have no subscriber.
+    pub fn optional_route(mut self) -> Self {
+        self.mandatory = false;
+        self
+    }
+
+    pub fn headers(mut self, headers: &'a FieldTable) -> Self {
+        self.headers = Some(headers);
+        self
+    }
 }
 
 /// Handle to the connection manager. Cloning is cheap.
@@ -352,13 +385,16 @@ impl Broker {
         if let Some(id) = message.message_id {
             properties = properties.with_message_id(ShortString::from(id));
         }
+        if let Some(headers) = message.headers {
+            properties = properties.with_headers(headers.clone());
+        }
         let started = Instant::now();
         let confirm = channel
             .basic_publish(
                 ShortString::from(message.exchange),
                 ShortString::from(message.routing_key),
                 BasicPublishOptions {
-                    mandatory: true,
+                    mandatory: message.mandatory,
                     ..BasicPublishOptions::default()
                 },
                 message.payload,

@@ -8,6 +8,9 @@
 pub mod admin;
 pub mod broker;
 pub mod config;
+pub mod consumer;
+pub mod http_metrics;
 pub mod redis_connection;
 pub mod shutdown;
 pub mod telemetry;
+pub mod topology;

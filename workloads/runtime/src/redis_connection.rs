@@ -68,14 +68,20 @@ pub async fn connect(config: &RedisConfig, shutdown: &Shutdown) -> Option<Connec
     let backoff = Backoff::default();
     let mut attempt = 0;
     loop {
-        let result = async {
+        let attempt_result = async {
             let client = config.client()?;
             let manager_config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(3)))
                 .set_response_timeout(Some(Duration::from_secs(3)));
             ConnectionManager::new_with_config(client, manager_config).await
-        }
-        .await;
+        };
+        // One attempt (the driver's own retries, each with a connection timeout) can last many
+        // seconds while Redis is down; shutdown must not wait for it. Dropping the attempt is
+        // safe: nothing is half-done before a connection exists.
+        let result = tokio::select! {
+            () = shutdown.triggered() => return None,
+            result = attempt_result => result,
+        };
         match result {
             Ok(connection) => {
                 tracing::info!(addr = %config.addr, "connected to Redis");

@@ -137,12 +137,7 @@ async fn publishing_survives_the_loss_of_the_connected_node() {
         }
         let id = format!("message-{next}");
         let result = broker
-            .publish(Publish {
-                exchange: "",
-                routing_key: &queue,
-                payload: id.as_bytes(),
-                message_id: Some(&id),
-            })
+            .publish(Publish::new("", &queue, id.as_bytes()).message_id(&id))
             .await;
         match result {
             Ok(()) => {

@@ -1,0 +1,98 @@
+//! The Order Pipeline dashboard: a read-only view of the pipeline's state in Redis.
+//!
+//! `GET /metrics` on the business port (the seed's 8081) answers
+//! `{"processed_orders_count": N}`, plus `inventory_level` for `?sku=` and `notification_status`
+//! for `?order_id=` when those keys exist. It only ever reads (`GET`, `HGET`), so it can run with
+//! any number of replicas beside the writers without affecting them. Unlike the seed it refuses
+//! malformed queries with a 400 naming the parameter, and reports data it cannot interpret as an
+//! error instead of a made-up number.
+//!
+//! [`app`] builds the router from an [`AppState`] so tests drive it directly; [`connect`] waits
+//! for Redis; `main.rs` only wires.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod problem;
+pub mod query;
+pub mod report;
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::Uri;
+use axum::routing::get;
+use axum::{Json, Router};
+use pipeline_contract::keys::Keys;
+use redis::aio::ConnectionManager;
+use workload_runtime::admin::ReadinessCheck;
+use workload_runtime::redis_connection::{self, RedisConfig};
+use workload_runtime::shutdown::Shutdown;
+
+use crate::problem::AppError;
+use crate::query::MetricsQuery;
+use crate::report::MetricsReport;
+use workload_runtime::http_metrics::HttpMetrics;
+
+/// The one business route (the seed's path).
+pub const METRICS_PATH: &str = "/metrics";
+/// The readiness check that fails while Redis does not answer.
+pub const REDIS_CHECK: &str = "redis";
+/// How often the `redis` readiness check pings.
+const READINESS_PERIOD: Duration = Duration::from_secs(2);
+
+/// What the handler needs. Cloning is cheap: the connection is multiplexed.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    redis: ConnectionManager,
+    keys: Keys,
+    http_metrics: HttpMetrics,
+}
+
+impl AppState {
+    pub fn new(redis: ConnectionManager, keys: Keys, http_metrics: HttpMetrics) -> Self {
+        Self {
+            redis,
+            keys,
+            http_metrics,
+        }
+    }
+}
+
+/// Connects to Redis, retrying until it answers (the pod may start before Redis does), then keeps
+/// `redis_ready` in step with whether Redis answers. `None` when shutdown began first.
+///
+/// The caller registers the check (`readiness.check(REDIS_CHECK)`) before it opens the admin
+/// port, so `/readyz` can never answer 200 in the moment before the check exists.
+pub async fn connect(
+    config: &RedisConfig,
+    http_metrics: HttpMetrics,
+    redis_ready: ReadinessCheck,
+    shutdown: &Shutdown,
+) -> Option<AppState> {
+    let redis = redis_connection::connect(config, shutdown).await?;
+    redis_connection::watch_readiness(redis.clone(), redis_ready, READINESS_PERIOD, shutdown);
+    Some(AppState::new(redis, config.keys.clone(), http_metrics))
+}
+
+/// The dashboard's routes.
+pub fn app(state: AppState) -> Router {
+    let metrics = state.http_metrics.clone();
+    Router::new()
+        .route(METRICS_PATH, get(pipeline_metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            metrics,
+            workload_runtime::http_metrics::record,
+        ))
+        .with_state(state)
+}
+
+/// `GET /metrics`: the query is validated before Redis is touched.
+async fn pipeline_metrics(
+    State(state): State<AppState>,
+    uri: Uri,
+) -> Result<Json<MetricsReport>, AppError> {
+    let query = MetricsQuery::from_uri(&uri)?;
+    let readings = report::read(&state.redis, &state.keys, &query).await?;
+    Ok(Json(MetricsReport::from_readings(readings)?))
+}

@@ -1,0 +1,64 @@
+//! Wiring only: configuration, telemetry, metrics, the admin and business listeners, shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use dashboard::config::DashboardConfig;
+use dashboard::{REDIS_CHECK, app, connect};
+use prometheus_client::registry::Registry;
+use workload_runtime::admin::{self, AdminState, Readiness};
+use workload_runtime::config::ProcessEnv;
+use workload_runtime::http_metrics::HttpMetrics;
+use workload_runtime::shutdown::Shutdown;
+use workload_runtime::telemetry;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    if std::env::args().any(|arg| arg == "--version") {
+        println!("dashboard {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    telemetry::init(&telemetry::from_env()?);
+    let config = DashboardConfig::from_source(&ProcessEnv).context("invalid configuration")?;
+    let shutdown = Shutdown::new();
+    shutdown.listen_for_signals();
+
+    let mut registry = Registry::with_prefix("dashboard");
+    let http_metrics = HttpMetrics::register(&mut registry);
+    let readiness = Readiness::new();
+    let redis_ready = readiness.check(REDIS_CHECK);
+    let admin_server = admin::serve(
+        config.admin_port,
+        AdminState {
+            registry: Arc::new(registry),
+            readiness: readiness.clone(),
+            shutdown: shutdown.token(),
+        },
+    )
+    .await
+    .context("failed to bind the admin port")?;
+    shutdown.spawn(admin_server);
+
+    let Some(state) = connect(&config.redis, http_metrics, redis_ready, &shutdown).await else {
+        shutdown.wait_for_tasks(Duration::from_secs(5)).await;
+        return Ok(());
+    };
+    let http_port = config.http_port;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], http_port)))
+        .await
+        .with_context(|| format!("failed to bind port {http_port}"))?;
+    tracing::info!(port = http_port, "dashboard listening");
+    let token = shutdown.token();
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+        .context("HTTP server failed")?;
+
+    // In-flight requests have finished; now stop the readiness watcher and the admin server.
+    shutdown.trigger();
+    shutdown.wait_for_tasks(Duration::from_secs(10)).await;
+    tracing::info!("dashboard stopped");
+    Ok(())
+}

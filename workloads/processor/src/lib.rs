@@ -1,0 +1,402 @@
+//! The Order Pipeline order processor.
+//!
+//! Consumes `orders.queue` and applies each order to the inventory in one atomic Redis step (a Lua
+//! script): an order already applied is left alone, an order for more than the stock (a missing
+//! key is zero stock) is rejected, anything else decrements the stock, counts the order and
+//! records the outcome, all or nothing. Then it publishes the outcome (`order.created` or
+//! `order.rejected`) with a publisher confirm and only then acks the delivery.
+//!
+//! That ordering is what makes crashes harmless: the seed's `DECRBY` let stock go negative and
+//! applied a redelivered order twice. Here a crash before the script leaves nothing done; a crash
+//! after it makes the redelivery find the recorded outcome and publish it again (the notifier
+//! de-duplicates); a crash after the publish only repeats that publish.
+
+#![forbid(unsafe_code)]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pipeline_contract::keys::Keys;
+use pipeline_contract::messages::{OrderOutcome, OrderPlaced, Outcome};
+use pipeline_contract::{ORDER_RECORD_TTL_SECONDS, env, topology};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use redis::aio::ConnectionManager;
+use workload_runtime::admin::Readiness;
+use workload_runtime::broker::{Broker, BrokerConfig, BrokerMetrics, DeclareTopology, Publish};
+use workload_runtime::config::{self, ConfigError, Source};
+use workload_runtime::consumer::{
+    self, ConsumerConfig, ConsumerMetrics, Disposition, Handler, Incoming,
+};
+use workload_runtime::redis_connection::{self, RedisConfig};
+use workload_runtime::shutdown::Shutdown;
+use workload_runtime::topology as queues;
+
+/// The processor's configuration.
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    pub rabbitmq_urls: Vec<String>,
+    pub redis: RedisConfig,
+    /// Unacknowledged deliveries at most (the seed: 10).
+    pub prefetch: u16,
+    pub admin_port: u16,
+}
+
+impl ProcessorConfig {
+    pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
+        let prefetch = config::parsed_or(source, env::PREFETCH, 10u16)?;
+        if prefetch == 0 {
+            return Err(ConfigError::Invalid {
+                variable: env::PREFETCH,
+                problem: "must be at least 1".into(),
+            });
+        }
+        Ok(Self {
+            rabbitmq_urls: config::rabbitmq_urls(source)?,
+            redis: RedisConfig::from_source(source)?,
+            prefetch,
+            admin_port: config::admin_port(source)?,
+        })
+    }
+}
+
+/// The inventory step, atomic in Redis. KEYS: order record, inventory, processed counter.
+/// ARGV: quantity, now (unix ms), record TTL (seconds). Returns {outcome, reason, processed_at,
+/// replayed (1 when the order had been applied before)}.
+const APPLY_ORDER: &str = r"
+local existing = redis.call('HGET', KEYS[1], 'outcome')
+if existing then
+  return {existing, redis.call('HGET', KEYS[1], 'reason') or '',
+          redis.call('HGET', KEYS[1], 'processed_at') or ARGV[2], 1}
+end
+local qty = tonumber(ARGV[1])
+local raw = redis.call('GET', KEYS[2])
+local stock = 0
+if raw then
+  stock = tonumber(raw)
+  if stock == nil or stock ~= math.floor(stock) then
+    redis.call('HSET', KEYS[1], 'outcome', 'rejected', 'reason', 'invalid_inventory', 'processed_at', ARGV[2])
+    redis.call('EXPIRE', KEYS[1], ARGV[3])
+    return {'rejected', 'invalid_inventory', ARGV[2], 0}
+  end
+end
+if stock < qty then
+  redis.call('HSET', KEYS[1], 'outcome', 'rejected', 'reason', 'out_of_stock', 'processed_at', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return {'rejected', 'out_of_stock', ARGV[2], 0}
+end
+redis.call('DECRBY', KEYS[2], qty)
+redis.call('INCR', KEYS[3])
+redis.call('HSET', KEYS[1], 'outcome', 'processed', 'processed_at', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {'processed', '', ARGV[2], 0}
+";
+
+/// What the inventory step decided for one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    pub processed_at: u64,
+    /// The order had been applied before (a redelivery); nothing changed this time.
+    pub replayed: bool,
+}
+
+/// Checks a decoded order beyond its shape. The gateway validates orders, but the queue is an
+/// interface anyone with credentials can publish to.
+pub fn check(order: &OrderPlaced) -> Result<(), String> {
+    if order.order_id.is_empty() || order.order_id.contains(':') {
+        return Err(format!("invalid order_id {:?}", order.order_id));
+    }
+    if order.owner.is_empty() {
+        return Err("empty owner".into());
+    }
+    if order.sku.is_empty() {
+        return Err("empty sku".into());
+    }
+    if order.qty == 0 {
+        return Err("qty must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// Decodes a delivery into an order, or says why it never will be one.
+pub fn decode(body: &[u8]) -> Result<OrderPlaced, String> {
+    let order: OrderPlaced =
+        serde_json::from_slice(body).map_err(|error| format!("not an order message: {error}"))?;
+    check(&order)?;
+    Ok(order)
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// Orders by outcome: processed, rejected, replayed.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessorMetrics {
+    orders: Family<OutcomeLabel, Counter>,
+}
+
+impl ProcessorMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "orders",
+            "Orders by outcome: processed, rejected, replayed (a redelivery of an applied order)",
+            metrics.orders.clone(),
+        );
+        metrics
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.orders.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+}
+
+/// The message handler.
+#[derive(Debug, Clone)]
+pub struct Processor {
+    redis: ConnectionManager,
+    keys: Keys,
+    broker: Broker,
+    metrics: ProcessorMetrics,
+}
+
+impl Processor {
+    pub fn new(
+        redis: ConnectionManager,
+        keys: Keys,
+        broker: Broker,
+        metrics: ProcessorMetrics,
+    ) -> Self {
+        Self {
+            redis,
+            keys,
+            broker,
+            metrics,
+        }
+    }
+
+    /// Runs the inventory step for one order.
+    pub async fn apply(&self, order: &OrderPlaced) -> redis::RedisResult<Applied> {
+        let mut redis = self.redis.clone();
+        let (outcome, reason, processed_at, replayed): (String, String, u64, i64) =
+            redis::Script::new(APPLY_ORDER)
+                .key(self.keys.order(&order.owner, &order.order_id))
+                .key(self.keys.inventory(&order.sku))
+                .key(self.keys.processed_count())
+                .arg(order.qty)
+                .arg(now_unix_millis())
+                .arg(ORDER_RECORD_TTL_SECONDS)
+                .invoke_async(&mut redis)
+                .await?;
+        let outcome = match outcome.as_str() {
+            "processed" => Outcome::Processed,
+            "rejected" => Outcome::Rejected,
+            other => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "unexpected outcome in the order record",
+                    other.to_owned(),
+                )));
+            }
+        };
+        Ok(Applied {
+            outcome,
+            reason: (!reason.is_empty()).then_some(reason),
+            processed_at,
+            replayed: replayed == 1,
+        })
+    }
+}
+
+impl Handler for Processor {
+    async fn handle(&self, message: Incoming) -> Disposition {
+        let order = match decode(&message.body) {
+            Ok(order) => order,
+            Err(reason) => return Disposition::DeadLetter(reason),
+        };
+        let applied = match self.apply(&order).await {
+            Ok(applied) => applied,
+            Err(error) => return Disposition::Retry(format!("inventory step failed: {error}")),
+        };
+        self.metrics
+            .count(match (applied.replayed, applied.outcome) {
+                (true, _) => "replayed",
+                (false, Outcome::Processed) => "processed",
+                (false, Outcome::Rejected) => "rejected",
+            });
+        let event = OrderOutcome {
+            order_id: order.order_id.clone(),
+            owner: order.owner.clone(),
+            sku: order.sku.clone(),
+            qty: order.qty,
+            outcome: applied.outcome,
+            reason: applied.reason.clone(),
+            processed_at: applied.processed_at,
+        };
+        let payload = match serde_json::to_vec(&event) {
+            Ok(payload) => payload,
+            Err(error) => {
+                return Disposition::Retry(format!("encoding the outcome failed: {error}"));
+            }
+        };
+        let message_id = order.message_id();
+        let routing_key = match applied.outcome {
+            Outcome::Processed => topology::ORDER_CREATED,
+            Outcome::Rejected => topology::ORDER_REJECTED,
+        };
+        let mut publish =
+            Publish::new(topology::EVENTS_EXCHANGE, routing_key, &payload).message_id(&message_id);
+        if applied.outcome == Outcome::Rejected {
+            // Nobody has to consume rejections (the order record already says it); an
+            // unroutable rejection is not a lost message.
+            publish = publish.optional_route();
+        }
+        match self.broker.publish(publish).await {
+            Ok(()) => {
+                tracing::info!(
+                    order_id = %order.order_id,
+                    sku = %order.sku,
+                    qty = order.qty,
+                    outcome = ?applied.outcome,
+                    replayed = applied.replayed,
+                    "order applied"
+                );
+                Disposition::Ack
+            }
+            // The outcome is recorded; the retry republishes it without touching the stock.
+            Err(error) => Disposition::Retry(format!("publishing the outcome failed: {error}")),
+        }
+    }
+}
+
+/// The queues the processor reads and feeds: `orders.queue`, and `notifier.queue` so an
+/// `order.created` is kept even before any notifier ever ran.
+pub fn declare_topology() -> DeclareTopology {
+    std::sync::Arc::new(|channel| {
+        Box::pin(async move {
+            queues::declare_work_queue(&channel, queues::ORDERS).await?;
+            queues::declare_work_queue(&channel, queues::NOTIFICATIONS).await
+        })
+    })
+}
+
+/// The processor's metrics, registered before anything connects.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub broker: BrokerMetrics,
+    pub deliveries: ConsumerMetrics,
+    pub processor: ProcessorMetrics,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        Self {
+            broker: BrokerMetrics::register(registry),
+            deliveries: ConsumerMetrics::register(registry),
+            processor: ProcessorMetrics::register(registry),
+        }
+    }
+}
+
+/// Connects and consumes until shutdown, then returns once in-flight orders are settled.
+pub async fn run(
+    config: ProcessorConfig,
+    metrics: Metrics,
+    readiness: &Readiness,
+    shutdown: &Shutdown,
+) {
+    let redis_check = readiness.check("redis");
+    let broker = Broker::start(
+        BrokerConfig::new(config.rabbitmq_urls.clone(), "processor"),
+        declare_topology(),
+        metrics.broker,
+        readiness.check("rabbitmq"),
+        shutdown,
+    );
+    let Some(redis) = redis_connection::connect(&config.redis, shutdown).await else {
+        return;
+    };
+    redis_connection::watch_readiness(redis.clone(), redis_check, Duration::from_secs(2), shutdown);
+    let processor = Processor::new(
+        redis,
+        config.redis.keys.clone(),
+        broker.clone(),
+        metrics.processor,
+    );
+    consumer::run(
+        broker,
+        ConsumerConfig::new(topology::ORDERS_QUEUE, config.prefetch, "processor"),
+        std::sync::Arc::new(processor),
+        metrics.deliveries,
+        shutdown.clone(),
+    )
+    .await;
+}
+
+fn now_unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn order() -> OrderPlaced {
+        OrderPlaced {
+            order_id: "order123".into(),
+            owner: "customer@example.com".into(),
+            sku: "mag-safe-phone-case".into(),
+            qty: 2,
+            accepted_at: 1,
+        }
+    }
+
+    #[test]
+    fn decode_accepts_orders_and_explains_poison() {
+        let body = serde_json::to_vec(&order()).unwrap();
+        assert_eq!(decode(&body).unwrap(), order());
+        assert!(
+            decode(b"not json")
+                .unwrap_err()
+                .starts_with("not an order message")
+        );
+        assert!(
+            decode(br#"{"order_id":"x"}"#)
+                .unwrap_err()
+                .contains("missing field")
+        );
+        let zero = OrderPlaced { qty: 0, ..order() };
+        assert_eq!(
+            decode(&serde_json::to_vec(&zero).unwrap()).unwrap_err(),
+            "qty must be at least 1"
+        );
+        let colon = OrderPlaced {
+            order_id: "a:b".into(),
+            ..order()
+        };
+        assert!(decode(&serde_json::to_vec(&colon).unwrap()).is_err());
+    }
+
+    #[test]
+    fn prefetch_defaults_to_the_seeds_and_must_be_positive() {
+        let mut source = BTreeMap::from([
+            (env::RABBITMQ_URLS, "amqp://localhost:5672/%2f"),
+            (env::REDIS_ADDR, "localhost:6379"),
+        ]);
+        assert_eq!(ProcessorConfig::from_source(&source).unwrap().prefetch, 10);
+        source.insert(env::PREFETCH, "0");
+        let error = ProcessorConfig::from_source(&source)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("PREFETCH"), "{error}");
+    }
+}

@@ -1,0 +1,47 @@
+//! Wiring only: configuration, telemetry, metrics, the admin listener, the consumer, shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use processor::{Metrics, ProcessorConfig, run};
+use prometheus_client::registry::Registry;
+use workload_runtime::admin::{self, AdminState, Readiness};
+use workload_runtime::config::ProcessEnv;
+use workload_runtime::shutdown::Shutdown;
+use workload_runtime::telemetry;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    if std::env::args().any(|arg| arg == "--version") {
+        println!("processor {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    telemetry::init(&telemetry::from_env()?);
+    let config = ProcessorConfig::from_source(&ProcessEnv).context("invalid configuration")?;
+    let shutdown = Shutdown::new();
+    shutdown.listen_for_signals();
+
+    let mut registry = Registry::with_prefix("processor");
+    let metrics = Metrics::register(&mut registry);
+    let readiness = Readiness::new();
+    let admin_server = admin::serve(
+        config.admin_port,
+        AdminState {
+            registry: Arc::new(registry),
+            readiness: readiness.clone(),
+            shutdown: shutdown.token(),
+        },
+    )
+    .await
+    .context("failed to bind the admin port")?;
+    shutdown.spawn(admin_server);
+
+    // Returns once shutdown began and in-flight orders are settled.
+    run(config, metrics, &readiness, &shutdown).await;
+
+    shutdown.trigger();
+    shutdown.wait_for_tasks(Duration::from_secs(20)).await;
+    tracing::info!("processor stopped");
+    Ok(())
+}

@@ -1,0 +1,386 @@
+//! The processor against the real Redis and RabbitMQ cluster: stock never goes negative, each
+//! order is applied once however often it is delivered, outcomes are published, and poison or
+//! ever-failing messages end in the dead-letter queue with their reason.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Connection, ConnectionProperties};
+use pipeline_contract::keys::Keys;
+use pipeline_contract::messages::{OrderOutcome, OrderPlaced, Outcome};
+use pipeline_contract::{env, topology};
+use processor::{Metrics, ProcessorConfig, run};
+use prometheus_client::registry::Registry;
+use redis::AsyncCommands;
+use testenv::{Env, Vhost};
+use workload_runtime::admin::Readiness;
+use workload_runtime::broker::{Broker, BrokerConfig, BrokerMetrics, Publish};
+use workload_runtime::shutdown::Shutdown;
+
+struct Harness {
+    vhost: Vhost,
+    keys: Keys,
+    redis: redis::aio::ConnectionManager,
+    publisher: Broker,
+    connection: Connection,
+    shutdown: Shutdown,
+    registry: Registry,
+}
+
+impl Harness {
+    async fn start(prefetch: u16) -> Self {
+        let environment = Env::load();
+        let vhost = Vhost::create(&environment, "processor").await;
+        let keys = Keys::new(format!("{}:", testenv::unique("proc")));
+        let source = std::collections::BTreeMap::from([
+            (env::RABBITMQ_URLS.to_owned(), vhost.urls.join(",")),
+            (
+                env::REDIS_ADDR.to_owned(),
+                environment.require("OP_REDIS_ADDR"),
+            ),
+            (env::REDIS_KEY_PREFIX.to_owned(), keys.prefix().to_owned()),
+            (env::PREFETCH.to_owned(), prefetch.to_string()),
+        ]);
+        let config = ProcessorConfig::from_source(&source).unwrap();
+        let shutdown = Shutdown::new();
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let readiness = Readiness::new();
+        let processor_shutdown = shutdown.clone();
+        let processor_readiness = readiness.clone();
+        shutdown.spawn(async move {
+            run(config, metrics, &processor_readiness, &processor_shutdown).await
+        });
+
+        // A publisher of our own, and a capture queue for every outcome event.
+        let publisher = Broker::start(
+            BrokerConfig::new(vhost.urls.clone(), "test-publisher"),
+            processor::declare_topology(),
+            BrokerMetrics::unregistered(),
+            Readiness::new().check("rabbitmq"),
+            &shutdown,
+        );
+        publisher
+            .wait_connected(Duration::from_secs(30))
+            .await
+            .expect("connected");
+        let connection = Connection::connect(&vhost.urls[0], ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .queue_declare(
+                ShortString::from("capture"),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                ShortString::from("capture"),
+                ShortString::from(topology::EVENTS_EXCHANGE),
+                ShortString::from("order.*"),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let redis = redis::aio::ConnectionManager::new(
+            redis::Client::open(environment.require("OP_REDIS_URL")).unwrap(),
+        )
+        .await
+        .unwrap();
+        // Ready means the processor consumes: its broker session and Redis are up.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !readiness.failing().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "processor not ready: {:?}",
+                readiness.failing()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            vhost,
+            keys,
+            redis,
+            publisher,
+            connection,
+            shutdown,
+            registry,
+        }
+    }
+
+    async fn set_stock(&self, sku: &str, stock: i64) {
+        let mut redis = self.redis.clone();
+        let _: () = redis.set(self.keys.inventory(sku), stock).await.unwrap();
+    }
+
+    async fn stock(&self, sku: &str) -> Option<i64> {
+        let mut redis = self.redis.clone();
+        redis.get(self.keys.inventory(sku)).await.unwrap()
+    }
+
+    async fn publish_raw(&self, body: &[u8]) {
+        self.publisher
+            .publish(Publish::new(
+                topology::ORDERS_EXCHANGE,
+                topology::ORDERS_ROUTING_KEY,
+                body,
+            ))
+            .await
+            .unwrap();
+    }
+
+    async fn publish(&self, order: &OrderPlaced) {
+        self.publish_raw(&serde_json::to_vec(order).unwrap()).await;
+    }
+
+    /// Reads `count` outcome events from the capture queue.
+    async fn events(&self, count: usize) -> Vec<OrderOutcome> {
+        self.read("capture", count)
+            .await
+            .into_iter()
+            .map(|(body, _)| serde_json::from_slice(&body).unwrap())
+            .collect()
+    }
+
+    async fn read(&self, queue: &str, count: usize) -> Vec<(Vec<u8>, Option<FieldTable>)> {
+        let channel = self.connection.create_channel().await.unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                ShortString::from(queue),
+                ShortString::from(testenv::unique("read")),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut messages = Vec::new();
+        while messages.len() < count {
+            let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "only {} of {count} messages arrived in {queue}",
+                        messages.len()
+                    )
+                })
+                .unwrap()
+                .unwrap();
+            messages.push((delivery.data.clone(), delivery.properties.headers().clone()));
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+        }
+        let _ = channel.close(200, ShortString::from("read")).await;
+        messages
+    }
+
+    fn metrics_text(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        text
+    }
+
+    async fn stop(self) {
+        self.shutdown.trigger();
+        assert!(
+            self.shutdown.wait_for_tasks(Duration::from_secs(20)).await,
+            "processor did not stop"
+        );
+        self.vhost.delete().await;
+    }
+}
+
+fn order(id: &str, sku: &str, qty: u32) -> OrderPlaced {
+    OrderPlaced {
+        order_id: id.into(),
+        owner: "customer@example.com".into(),
+        sku: sku.into(),
+        qty,
+        accepted_at: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_processed_or_rejected_and_stock_never_goes_negative() {
+    let harness = Harness::start(10).await;
+    harness.set_stock("case", 5).await;
+    harness.publish(&order("a", "case", 2)).await;
+    let first = harness.events(1).await;
+    harness.publish(&order("b", "case", 4)).await;
+    let second = harness.events(1).await;
+    harness.publish(&order("c", "case", 3)).await;
+    harness.publish(&order("d", "unknown-sku", 1)).await;
+    let rest = harness.events(2).await;
+
+    assert_eq!(
+        (first[0].order_id.as_str(), first[0].outcome),
+        ("a", Outcome::Processed)
+    );
+    assert_eq!(
+        (second[0].order_id.as_str(), second[0].outcome),
+        ("b", Outcome::Rejected)
+    );
+    assert_eq!(second[0].reason.as_deref(), Some("out_of_stock"));
+    let outcome_of = |id: &str| {
+        rest.iter()
+            .find(|event| event.order_id == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(outcome_of("c").outcome, Outcome::Processed);
+    // A SKU nobody stocked is zero stock, not an error.
+    assert_eq!(outcome_of("d").outcome, Outcome::Rejected);
+    assert_eq!(harness.stock("case").await, Some(0));
+    assert_eq!(
+        harness.stock("unknown-sku").await,
+        None,
+        "rejection must not create stock keys"
+    );
+    let mut redis = harness.redis.clone();
+    let processed: i64 = redis.get(harness.keys.processed_count()).await.unwrap();
+    assert_eq!(processed, 2);
+    let record: std::collections::HashMap<String, String> = redis
+        .hgetall(harness.keys.order("customer@example.com", "b"))
+        .await
+        .unwrap();
+    assert_eq!(record.get("outcome").map(String::as_str), Some("rejected"));
+    assert_eq!(
+        record.get("reason").map(String::as_str),
+        Some("out_of_stock")
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_order_is_applied_once_and_its_outcome_republished() {
+    let harness = Harness::start(10).await;
+    harness.set_stock("lamp", 10).await;
+    for _ in 0..3 {
+        harness.publish(&order("same", "lamp", 4)).await;
+    }
+    let events = harness.events(3).await;
+    assert!(
+        events
+            .iter()
+            .all(|event| event.outcome == Outcome::Processed && event.order_id == "same")
+    );
+    assert!(
+        events
+            .windows(2)
+            .all(|pair| pair[0].processed_at == pair[1].processed_at),
+        "replays carry the recorded outcome"
+    );
+    assert_eq!(harness.stock("lamp").await, Some(6));
+    let text = harness.metrics_text();
+    assert!(
+        text.contains(r#"orders_total{outcome="processed"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"orders_total{outcome="replayed"} 2"#),
+        "{text}"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_orders_race_for_the_last_units_without_overselling() {
+    let harness = Harness::start(32).await;
+    harness.set_stock("last", 10).await;
+    let orders: Vec<OrderPlaced> = (0..60)
+        .map(|i| order(&format!("race-{i}"), "last", 1 + (i % 3)))
+        .collect();
+    futures::future::join_all(orders.iter().map(|order| harness.publish(order))).await;
+    let events = harness.events(orders.len()).await;
+    let sold: u32 = events
+        .iter()
+        .filter(|e| e.outcome == Outcome::Processed)
+        .map(|e| e.qty)
+        .sum();
+    let stock = harness.stock("last").await.unwrap();
+    assert!(stock >= 0, "stock went negative: {stock}");
+    assert_eq!(i64::from(sold) + stock, 10, "sold {sold}, left {stock}");
+    // Only orders too big for what was left were rejected.
+    for event in events.iter().filter(|e| e.outcome == Outcome::Rejected) {
+        assert!(
+            i64::from(event.qty) > stock,
+            "{} rejected with {stock} left",
+            event.qty
+        );
+    }
+    harness.stop().await;
+}
+
+fn failure_reason(headers: &Option<FieldTable>) -> String {
+    match headers.as_ref().and_then(|h| {
+        h.inner()
+            .iter()
+            .find(|(k, _)| k.as_str() == topology::FAILURE_REASON_HEADER)
+            .map(|(_, v)| v.clone())
+    }) {
+        Some(AMQPValue::LongString(reason)) => reason.to_string(),
+        other => panic!("no failure reason header: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_and_ever_failing_messages_are_dead_lettered_with_their_reason() {
+    let harness = Harness::start(10).await;
+    harness.publish_raw(b"this is not json").await;
+    harness
+        .publish_raw(br#"{"order_id":"x","owner":"u","sku":"s"}"#)
+        .await;
+    // A SKU whose inventory key holds a hash makes the inventory step fail every time.
+    let mut redis = harness.redis.clone();
+    let _: () = redis
+        .hset(harness.keys.inventory("broken"), "field", "value")
+        .await
+        .unwrap();
+    harness.publish(&order("doomed", "broken", 1)).await;
+
+    let dead = harness
+        .read(&topology::dead_letter_queue(topology::ORDERS_QUEUE), 3)
+        .await;
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|(_, headers)| failure_reason(headers))
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("not an order message")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("missing field")),
+        "{reasons:?}"
+    );
+    let failing = reasons
+        .iter()
+        .find(|r| r.starts_with("failed 5 times"))
+        .unwrap_or_else(|| panic!("{reasons:?}"));
+    assert!(failing.contains("WRONGTYPE"), "{failing}");
+    // The doomed order was never applied.
+    let outcome: Option<String> = redis
+        .hget(
+            harness.keys.order("customer@example.com", "doomed"),
+            "outcome",
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, None);
+    let text = harness.metrics_text();
+    assert!(
+        text.contains(r#"deliveries_handled_total{outcome="dead_lettered"} 3"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"deliveries_handled_total{outcome="retried"} 4"#),
+        "{text}"
+    );
+    harness.stop().await;
+}

@@ -1,0 +1,387 @@
+//! The delivery loop every consuming workload shares, apart from its message handler.
+//!
+//! A handler is a plain async function from a message to a [`Disposition`]; this loop does the
+//! broker work around it: consume with manual acks and a prefetch, run up to `prefetch` handlers
+//! at once, ack what succeeded, retry what failed with backoff (a nack that requeues, after a
+//! delay that grows with the delivery count), and dead-letter with the reason attached what cannot
+//! succeed or failed too often, so nothing loops forever. After a broker failover it consumes again
+//! on the new connection. On shutdown it stops taking deliveries, lets in-flight handlers finish
+//! and ack, and leaves everything else unacked for the broker to hand to another replica.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use pipeline_contract::topology;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{Backoff, Broker, Publish, Session};
+use crate::shutdown::Shutdown;
+
+/// What to do with a message after handling it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done (or a duplicate of something done): acknowledge.
+    Ack,
+    /// A transient failure: try again later, up to the attempt limit.
+    Retry(String),
+    /// It can never succeed (malformed): move it to the dead-letter queue at once.
+    DeadLetter(String),
+}
+
+/// A message as the handler sees it.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub body: Vec<u8>,
+    pub message_id: Option<String>,
+    pub routing_key: String,
+    /// How many times this message was delivered before (0 the first time), from the quorum
+    /// queue's `x-delivery-count`.
+    pub previous_deliveries: u32,
+}
+
+/// The message logic of a workload.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, message: Incoming) -> impl Future<Output = Disposition> + Send;
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub queue: String,
+    /// How many unacknowledged deliveries (and so concurrent handlers) at most.
+    pub prefetch: u16,
+    /// Handling attempts before a retried message is dead-lettered.
+    pub max_attempts: u32,
+    pub retry_backoff: Backoff,
+    pub consumer_tag: String,
+}
+
+impl ConsumerConfig {
+    pub fn new(queue: impl Into<String>, prefetch: u16, consumer_tag: impl Into<String>) -> Self {
+        Self {
+            queue: queue.into(),
+            prefetch,
+            max_attempts: 5,
+            retry_backoff: Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(5),
+            },
+            consumer_tag: consumer_tag.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// Delivery metrics: consumed, and by outcome (acked, retried, dead-lettered), plus handling
+/// latency.
+#[derive(Debug, Clone)]
+pub struct ConsumerMetrics {
+    consumed: Counter,
+    outcomes: Family<OutcomeLabel, Counter>,
+    latency: Histogram,
+}
+
+impl ConsumerMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::unregistered();
+        let registry = registry.sub_registry_with_prefix("deliveries");
+        registry.register("consumed", "Deliveries received", metrics.consumed.clone());
+        registry.register(
+            "handled",
+            "Deliveries by outcome: acked, retried, dead_lettered",
+            metrics.outcomes.clone(),
+        );
+        registry.register(
+            "processing_seconds",
+            "Time to handle one delivery, up to its ack",
+            metrics.latency.clone(),
+        );
+        metrics
+    }
+
+    pub fn unregistered() -> Self {
+        Self {
+            consumed: Counter::default(),
+            outcomes: Family::default(),
+            latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+        }
+    }
+
+    fn outcome(&self, outcome: &'static str) {
+        self.outcomes.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+}
+
+/// Consumes until shutdown, re-subscribing after every reconnection.
+pub async fn run<H: Handler>(
+    broker: Broker,
+    config: ConsumerConfig,
+    handler: Arc<H>,
+    metrics: ConsumerMetrics,
+    shutdown: Shutdown,
+) {
+    let mut sessions = broker.sessions();
+    loop {
+        let session = tokio::select! {
+            () = shutdown.triggered() => break,
+            session = sessions.wait_for(|session| session.as_ref().is_some_and(Session::is_connected)) => {
+                match session {
+                    Ok(session) => session.clone(),
+                    // The connection manager is gone: nothing more to consume.
+                    Err(_) => break,
+                }
+            }
+        };
+        let Some(session) = session else { continue };
+        let generation = session.generation;
+        if let Err(error) = consume(&session, &broker, &config, &handler, &metrics, &shutdown).await
+        {
+            tracing::warn!(queue = %config.queue, %error, "consuming stopped; waiting for a connection");
+        }
+        if shutdown.is_triggered() {
+            break;
+        }
+        // Wait for a newer connection than the one that just failed, so a channel error on a
+        // live connection does not spin.
+        let newer = sessions.wait_for(|session| {
+            session
+                .as_ref()
+                .is_some_and(|s| s.generation != generation || !s.is_connected())
+        });
+        tokio::select! {
+            () = shutdown.triggered() => break,
+            _ = newer => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    tracing::info!(queue = %config.queue, "consumer stopped");
+}
+
+async fn consume<H: Handler>(
+    session: &Session,
+    broker: &Broker,
+    config: &ConsumerConfig,
+    handler: &Arc<H>,
+    metrics: &ConsumerMetrics,
+    shutdown: &Shutdown,
+) -> lapin::Result<()> {
+    let channel = session.create_channel().await?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            ShortString::from(config.queue.as_str()),
+            ShortString::from(config.consumer_tag.as_str()),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = %config.queue, node = session.node, prefetch = config.prefetch, "consuming");
+    let in_flight = TaskTracker::new();
+    let result = loop {
+        tokio::select! {
+            () = shutdown.triggered() => {
+                // Stop new deliveries; those already here are finished below.
+                let _ = channel
+                    .basic_cancel(ShortString::from(config.consumer_tag.as_str()), BasicCancelOptions::default())
+                    .await;
+                break Ok(());
+            }
+            delivery = consumer.next() => match delivery {
+                Some(Ok(delivery)) => {
+                    metrics.consumed.inc();
+                    let work = handle_one(
+                        delivery,
+                        broker.clone(),
+                        config.clone(),
+                        handler.clone(),
+                        metrics.clone(),
+                        shutdown.clone(),
+                    );
+                    in_flight.spawn(work);
+                }
+                Some(Err(error)) => break Err(error),
+                None => break Ok(()),
+            }
+        }
+    };
+    in_flight.close();
+    in_flight.wait().await;
+    if shutdown.is_triggered() {
+        let _ = channel.close(200, ShortString::from("shutting down")).await;
+    }
+    result
+}
+
+async fn handle_one<H: Handler>(
+    delivery: Delivery,
+    broker: Broker,
+    config: ConsumerConfig,
+    handler: Arc<H>,
+    metrics: ConsumerMetrics,
+    shutdown: Shutdown,
+) {
+    let started = Instant::now();
+    let incoming = Incoming {
+        body: delivery.data.clone(),
+        message_id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned()),
+        routing_key: delivery.routing_key.as_str().to_owned(),
+        previous_deliveries: previous_deliveries(delivery.properties.headers().as_ref()),
+    };
+    let attempt = incoming.previous_deliveries + 1;
+    let body = incoming.body.clone();
+    let disposition = handler.handle(incoming).await;
+    let result = match disposition {
+        Disposition::Ack => {
+            metrics.outcome("acked");
+            delivery.ack(BasicAckOptions::default()).await
+        }
+        Disposition::Retry(reason) if attempt < config.max_attempts => {
+            metrics.outcome("retried");
+            let delay = config
+                .retry_backoff
+                .delay(attempt - 1, rand::random::<f64>());
+            tracing::warn!(queue = %config.queue, attempt, %reason, delay_ms = delay.as_millis() as u64, "handling failed; will retry");
+            // Holding the delivery for the delay is the backoff: the quorum queue would
+            // redeliver a requeued message at once. Shutdown cuts the wait short.
+            tokio::select! {
+                () = shutdown.triggered() => {}
+                () = tokio::time::sleep(delay) => {}
+            }
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+        }
+        Disposition::Retry(reason) => {
+            let reason = format!("failed {attempt} times; last error: {reason}");
+            dead_letter(&delivery, &body, &reason, &broker, &config, &metrics).await
+        }
+        Disposition::DeadLetter(reason) => {
+            dead_letter(&delivery, &body, &reason, &broker, &config, &metrics).await
+        }
+    };
+    if let Err(error) = result {
+        // The channel is gone (connection lost): the broker redelivers the message elsewhere.
+        tracing::warn!(queue = %config.queue, %error, "could not settle a delivery; the broker will redeliver it");
+    }
+    metrics.latency.observe(started.elapsed().as_secs_f64());
+}
+
+/// Publishes the message to the dead-letter queue with the reason, then acks the original. If the
+/// dead-letter publish is not confirmed the original is requeued instead: never dropped.
+async fn dead_letter(
+    delivery: &Delivery,
+    body: &[u8],
+    reason: &str,
+    broker: &Broker,
+    config: &ConsumerConfig,
+    metrics: &ConsumerMetrics,
+) -> lapin::Result<bool> {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ShortString::from(topology::FAILURE_REASON_HEADER),
+        AMQPValue::LongString(reason.into()),
+    );
+    headers.insert(
+        ShortString::from("x-original-routing-key"),
+        AMQPValue::LongString(delivery.routing_key.as_str().into()),
+    );
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned());
+    let mut message =
+        Publish::new(topology::DEAD_LETTER_EXCHANGE, &config.queue, body).headers(&headers);
+    if let Some(id) = &message_id {
+        message = message.message_id(id);
+    }
+    match broker.publish(message).await {
+        Ok(()) => {
+            metrics.outcome("dead_lettered");
+            tracing::error!(queue = %config.queue, message_id = message_id.as_deref().unwrap_or(""), %reason, "message dead-lettered");
+            delivery.ack(BasicAckOptions::default()).await
+        }
+        Err(error) => {
+            metrics.outcome("retried");
+            tracing::warn!(queue = %config.queue, %error, "dead-lettering failed; requeueing");
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+        }
+    }
+}
+
+/// The quorum queue's `x-delivery-count` header, absent on a first delivery.
+pub fn previous_deliveries(headers: Option<&FieldTable>) -> u32 {
+    let Some(value) = headers.and_then(|headers| {
+        headers
+            .inner()
+            .iter()
+            .find(|(key, _)| key.as_str() == "x-delivery-count")
+            .map(|(_, value)| value)
+    }) else {
+        return 0;
+    };
+    let count = match value {
+        AMQPValue::LongLongInt(n) => *n,
+        AMQPValue::LongInt(n) => i64::from(*n),
+        AMQPValue::ShortInt(n) => i64::from(*n),
+        AMQPValue::ShortShortInt(n) => i64::from(*n),
+        AMQPValue::LongUInt(n) => i64::from(*n),
+        AMQPValue::ShortUInt(n) => i64::from(*n),
+        AMQPValue::ShortShortUInt(n) => i64::from(*n),
+        _ => 0,
+    };
+    u32::try_from(count.max(0)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_count_header_is_read_whatever_its_integer_width() {
+        assert_eq!(previous_deliveries(None), 0);
+        let mut headers = FieldTable::default();
+        assert_eq!(previous_deliveries(Some(&headers)), 0);
+        headers.insert(
+            ShortString::from("x-delivery-count"),
+            AMQPValue::LongLongInt(3),
+        );
+        assert_eq!(previous_deliveries(Some(&headers)), 3);
+        headers.insert(ShortString::from("x-delivery-count"), AMQPValue::LongInt(7));
+        assert_eq!(previous_deliveries(Some(&headers)), 7);
+        headers.insert(
+            ShortString::from("x-delivery-count"),
+            AMQPValue::LongInt(-1),
+        );
+        assert_eq!(previous_deliveries(Some(&headers)), 0);
+    }
+}

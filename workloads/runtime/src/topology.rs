@@ -1,0 +1,172 @@
+//! Declaring the pipeline's work queues identically everywhere.
+//!
+//! RabbitMQ refuses a declaration whose arguments differ from the queue's existing ones, and
+//! several workloads declare the same queue (the gateway declares `orders.queue` so orders are
+//! routed before any processor ever ran; the processor declares it to consume). So the arguments
+//! are built here, once: a durable quorum queue, dead-lettering to the pipeline's dead-letter
+//! exchange under the queue's own name, with the broker's delivery limit as a backstop.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, ExchangeKind};
+use pipeline_contract::topology;
+
+/// A queue fed by one exchange binding.
+#[derive(Debug, Clone)]
+pub struct WorkQueue<'a> {
+    pub queue: &'a str,
+    pub exchange: &'a str,
+    pub exchange_kind: ExchangeKind,
+    pub routing_key: &'a str,
+}
+
+/// The orders queue as the gateway and processor both declare it.
+pub const ORDERS: WorkQueue<'static> = WorkQueue {
+    queue: topology::ORDERS_QUEUE,
+    exchange: topology::ORDERS_EXCHANGE,
+    exchange_kind: ExchangeKind::Direct,
+    routing_key: topology::ORDERS_ROUTING_KEY,
+};
+
+/// The notifier's queue as the processor and notifier both declare it.
+pub const NOTIFICATIONS: WorkQueue<'static> = WorkQueue {
+    queue: topology::NOTIFIER_QUEUE,
+    exchange: topology::EVENTS_EXCHANGE,
+    exchange_kind: ExchangeKind::Topic,
+    routing_key: topology::ORDER_CREATED,
+};
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    }
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+fn quorum() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from(topology::QUEUE_TYPE_ARGUMENT),
+        AMQPValue::LongString(topology::QUORUM.into()),
+    );
+    arguments
+}
+
+/// The work queue's arguments: quorum, dead-lettering, delivery limit.
+pub fn work_queue_arguments(queue: &str) -> FieldTable {
+    let mut arguments = quorum();
+    arguments.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString(topology::DEAD_LETTER_EXCHANGE.into()),
+    );
+    arguments.insert(
+        ShortString::from("x-dead-letter-routing-key"),
+        AMQPValue::LongString(queue.into()),
+    );
+    arguments.insert(
+        ShortString::from("x-delivery-limit"),
+        AMQPValue::LongLongInt(topology::DELIVERY_LIMIT),
+    );
+    arguments
+}
+
+/// Declares the exchange, the dead-letter exchange and queue, the work queue and its binding.
+/// Idempotent.
+pub async fn declare_work_queue(channel: &Channel, work: WorkQueue<'_>) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            ShortString::from(work.exchange),
+            work.exchange_kind.clone(),
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            ShortString::from(topology::DEAD_LETTER_EXCHANGE),
+            ExchangeKind::Direct,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    let dead_letters = topology::dead_letter_queue(work.queue);
+    channel
+        .queue_declare(
+            ShortString::from(dead_letters.as_str()),
+            durable_queue(),
+            quorum(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            ShortString::from(dead_letters.as_str()),
+            ShortString::from(topology::DEAD_LETTER_EXCHANGE),
+            ShortString::from(work.queue),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            ShortString::from(work.queue),
+            durable_queue(),
+            work_queue_arguments(work.queue),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            ShortString::from(work.queue),
+            ShortString::from(work.exchange),
+            ShortString::from(work.routing_key),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Declares an exchange only (for publishers that need no queue of their own).
+pub async fn declare_exchange(
+    channel: &Channel,
+    exchange: &str,
+    kind: ExchangeKind,
+) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            ShortString::from(exchange),
+            kind,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_queues_are_quorum_with_dead_lettering_under_their_own_name() {
+        let arguments = work_queue_arguments("orders.queue");
+        let get = |key: &str| arguments.inner().get(key).cloned();
+        assert_eq!(
+            get("x-queue-type"),
+            Some(AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(
+            get("x-dead-letter-exchange"),
+            Some(AMQPValue::LongString("orders.dead-letter".into()))
+        );
+        assert_eq!(
+            get("x-dead-letter-routing-key"),
+            Some(AMQPValue::LongString("orders.queue".into()))
+        );
+        assert_eq!(get("x-delivery-limit"), Some(AMQPValue::LongLongInt(50)));
+    }
+}
