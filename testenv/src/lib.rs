@@ -194,3 +194,39 @@ impl Vhost {
             .await;
     }
 }
+
+/// Deletes every Redis key under `prefix` (a test's own key prefix), so test runs do not pile up
+/// data in the shared Redis.
+pub async fn delete_redis_prefix(redis_url: &str, prefix: &str) {
+    assert!(!prefix.is_empty(), "refusing to delete every key");
+    let Ok(client) = redis::Client::open(redis_url) else {
+        return;
+    };
+    let Ok(mut connection) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let mut cursor: u64 = 0;
+    loop {
+        let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut connection)
+            .await
+        else {
+            return;
+        };
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut connection)
+                .await;
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}

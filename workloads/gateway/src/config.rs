@@ -45,8 +45,8 @@ pub struct GatewayConfig {
     pub jwt_secret: Secret,
     pub token_lifetime: Duration,
     pub bcrypt_cost: u32,
-    /// How many bcrypt computations may run at once.
-    pub bcrypt_concurrency: usize,
+    /// bcrypt threads. They run at idle priority, so one per core costs order intake nothing.
+    pub bcrypt_threads: usize,
     /// How long an order id stays claimed for idempotency.
     pub idempotency_ttl: Duration,
     pub login_limits: LoginLimits,
@@ -101,8 +101,7 @@ impl GatewayConfig {
             jwt_secret: Secret(secret.into_bytes()),
             token_lifetime: Duration::from_secs(ttl_seconds),
             bcrypt_cost,
-            // Leave at least one core to order intake.
-            bcrypt_concurrency: cores.saturating_sub(1).max(1),
+            bcrypt_threads: cores.saturating_sub(1).max(1),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             login_limits: LoginLimits {
                 per_email: 5,

@@ -120,7 +120,7 @@ pub async fn connect(
         }
     };
     watch_cassandra(users.clone(), cassandra_check, shutdown);
-    let passwords = Passwords::new(config.bcrypt_cost, config.bcrypt_concurrency).await?;
+    let passwords = Passwords::new(config.bcrypt_cost, config.bcrypt_threads).await?;
     tracing::info!("waiting for the first RabbitMQ connection");
     tokio::select! {
         () = shutdown.triggered() => return Ok(None),

@@ -1,20 +1,31 @@
-//! Password hashing with bcrypt, kept off the async executor.
+//! Password hashing with bcrypt, kept away from order intake.
 //!
-//! A bcrypt hash at cost 12 takes about a quarter of a second of CPU. Run on the executor, a burst
-//! of logins would stall every order request queued behind it; here each hash runs on the
-//! blocking pool, and a semaphore caps how many run at once so logins can never take every core
-//! from order intake. Unknown emails are checked against a dummy hash of the same cost, so a
-//! login takes about as long whether or not the account exists (no account enumeration by timing).
+//! A bcrypt hash at cost 12 takes about a quarter of a second of CPU. Run on the async executor,
+//! a burst of logins would stall every order request queued behind it. Here hashes run on a small
+//! pool of dedicated threads under Linux's `SCHED_IDLE` policy: they get the CPU only when nothing
+//! else wants it, so order intake keeps its latency while logins take what is left (and queue
+//! when nothing is). Unknown emails are checked against a dummy hash of the same cost, so a login
+//! takes about as long whether or not the account exists (no account enumeration by timing).
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use thread_priority::ThreadPriority;
+use thread_priority::unix::{
+    NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+    thread_native_id,
+};
+use tokio::sync::oneshot;
+
+/// Queued hashing jobs beyond which callers wait for room (backpressure on a login flood).
+const QUEUE_CAPACITY: usize = 256;
+
+type Job = Box<dyn FnOnce() + Send>;
 
 /// The bcrypt work of the gateway.
 #[derive(Debug, Clone)]
 pub struct Passwords {
     cost: u32,
-    permits: Arc<Semaphore>,
+    jobs: flume::Sender<Job>,
     /// A hash of a random password at `cost`, verified against when the account does not exist.
     dummy_hash: Arc<str>,
 }
@@ -23,20 +34,46 @@ pub struct Passwords {
 pub enum PasswordError {
     #[error("bcrypt failed: {0}")]
     Bcrypt(#[from] bcrypt::BcryptError),
-    #[error("the password worker stopped: {0}")]
-    Worker(String),
+    #[error("the password workers stopped")]
+    WorkersGone,
+    #[error("failed to start a password worker: {0}")]
+    Spawn(#[from] std::io::Error),
 }
 
 impl Passwords {
-    /// `concurrency` is how many hashes may run at once (at least one).
-    pub async fn new(cost: u32, concurrency: usize) -> Result<Self, PasswordError> {
-        let dummy_password = format!("{:032x}", rand_u128());
-        let dummy_hash = run_blocking(move || bcrypt::hash(dummy_password, cost)).await??;
-        Ok(Self {
+    /// Starts `threads` hashing threads (at least one) and computes the dummy hash.
+    pub async fn new(cost: u32, threads: usize) -> Result<Self, PasswordError> {
+        let (jobs, queue) = flume::bounded::<Job>(QUEUE_CAPACITY);
+        for index in 0..threads.max(1) {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("bcrypt-{index}"))
+                .spawn(move || {
+                    if let Err(error) = set_thread_priority_and_policy(
+                        thread_native_id(),
+                        ThreadPriority::Min,
+                        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+                    ) {
+                        // Still correct, only less kind to order intake under load.
+                        tracing::warn!(?error, "cannot lower the bcrypt thread's priority");
+                    }
+                    // Ends when every sender (every clone of `Passwords`) is dropped.
+                    for job in queue.iter() {
+                        job();
+                    }
+                })?;
+        }
+        let mut passwords = Self {
             cost,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            dummy_hash: dummy_hash.into(),
-        })
+            jobs,
+            dummy_hash: Arc::from(""),
+        };
+        let dummy_password = format!("{:032x}", rand::random::<u128>());
+        let dummy_hash = passwords
+            .run(move || bcrypt::hash(dummy_password, cost))
+            .await??;
+        passwords.dummy_hash = dummy_hash.into();
+        Ok(passwords)
     }
 
     pub fn cost(&self) -> u32 {
@@ -45,8 +82,7 @@ impl Passwords {
 
     pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
         let cost = self.cost;
-        let _permit = self.acquire().await?;
-        Ok(run_blocking(move || bcrypt::hash(password, cost)).await??)
+        Ok(self.run(move || bcrypt::hash(password, cost)).await??)
     }
 
     /// Verifies `password` against `stored`, or against the dummy hash when there is no account,
@@ -58,12 +94,11 @@ impl Passwords {
     ) -> Result<bool, PasswordError> {
         let exists = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy_hash.to_string());
-        let _permit = self.acquire().await?;
-        // A stored hash that fails to parse is treated as a mismatch (and logged), not a 500 that
-        // would tell the client something about the account.
-        let matched = run_blocking(move || bcrypt::verify(password, &hash)).await?;
+        let matched = self.run(move || bcrypt::verify(password, &hash)).await?;
         match matched {
             Ok(matched) => Ok(exists && matched),
+            // A stored hash that fails to parse is a mismatch (and logged), not a 500 that would
+            // tell the client something about the account.
             Err(error) => {
                 tracing::error!(%error, "stored password hash is unreadable");
                 Ok(false)
@@ -71,24 +106,21 @@ impl Passwords {
         }
     }
 
-    async fn acquire(&self) -> Result<tokio::sync::SemaphorePermit<'_>, PasswordError> {
-        self.permits
-            .acquire()
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, PasswordError> {
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            // The caller may have gone (client disconnected); nothing to do then.
+            let _ = done.send(work());
+        });
+        self.jobs
+            .send_async(job)
             .await
-            .map_err(|error| PasswordError::Worker(error.to_string()))
+            .map_err(|_| PasswordError::WorkersGone)?;
+        result.await.map_err(|_| PasswordError::WorkersGone)
     }
-}
-
-async fn run_blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, PasswordError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|error| PasswordError::Worker(error.to_string()))
-}
-
-fn rand_u128() -> u128 {
-    rand::random()
 }
 
 #[cfg(test)]
@@ -120,5 +152,19 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn hashing_runs_on_idle_priority_threads() {
+        let passwords = Passwords::new(4, 1).await.unwrap();
+        let policy = passwords
+            .run(|| {
+                thread_priority::unix::thread_schedule_policy().map(|policy| {
+                    policy == ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle)
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(policy.ok(), Some(true));
     }
 }

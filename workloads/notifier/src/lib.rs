@@ -26,12 +26,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pipeline_contract::keys::Keys;
 use pipeline_contract::messages::{OrderOutcome, Outcome};
-use pipeline_contract::{env, order_fields, topology};
+use pipeline_contract::{env, topology};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use workload_runtime::admin::Readiness;
 use workload_runtime::broker::{Broker, BrokerConfig, BrokerMetrics, DeclareTopology};
@@ -116,6 +115,20 @@ impl NotifierConfig {
         })
     }
 }
+
+/// Decides whether to send, atomically. KEYS: order record, lease, the seed's notification hash.
+/// ARGV: lease token, lease milliseconds, owner.
+const CLAIM: &str = r"
+if redis.call('HGET', KEYS[1], 'notification') == 'sent' then
+  return 'sent'
+end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 'busy'
+end
+redis.call('HSET', KEYS[1], 'notification', 'pending')
+redis.call('HSET', KEYS[3], 'status', 'pending', 'owner', ARGV[3])
+return 'claimed'
+";
 
 /// Records `sent` only while the lease is ours, and releases it, atomically. KEYS: lease, order
 /// record, the seed's notification hash. ARGV: lease token, now (unix ms), owner, record TTL.
@@ -207,59 +220,43 @@ impl<S: Sink> Notifier<S> {
         }
     }
 
-    async fn state(&self, record: &str) -> redis::RedisResult<Option<String>> {
-        let mut redis = self.redis.clone();
-        redis.hget(record, order_fields::NOTIFICATION).await
-    }
-
     async fn notify(&self, event: &OrderOutcome) -> redis::RedisResult<Disposition> {
         let record = self.keys.order(&event.owner, &event.order_id);
-        if self.state(&record).await?.as_deref() == Some("sent") {
-            self.metrics.count("duplicate");
-            return Ok(Disposition::Ack);
-        }
         let lease = self.keys.notification_lease(&event.owner, &event.order_id);
+        let notification_key = self.keys.notification(&event.order_id);
         let token = uuid::Uuid::new_v4().to_string();
         // Another replica holding the lease is sending this very notification (a duplicate event)
         // or crashed while sending (its lease lapses). Wait here rather than requeue: a requeue
         // would count as a failed attempt, and enough of them would dead-letter a good event.
         let deadline = tokio::time::Instant::now() + self.lease * 2;
         let mut waited = false;
-        while !self.try_lease(&lease, &token).await? {
-            waited = true;
-            if self.state(&record).await?.as_deref() == Some("sent") {
-                self.metrics.count("duplicate");
-                return Ok(Disposition::Ack);
+        loop {
+            match self
+                .claim(&record, &lease, &notification_key, &token, &event.owner)
+                .await?
+                .as_str()
+            {
+                "claimed" => break,
+                "sent" => {
+                    self.metrics.count("duplicate");
+                    return Ok(Disposition::Ack);
+                }
+                _busy => {
+                    waited = true;
+                    if tokio::time::Instant::now() > deadline {
+                        self.metrics.count("busy");
+                        return Ok(Disposition::Retry(
+                            "another replica kept the notification lease".into(),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
-            if tokio::time::Instant::now() > deadline {
-                self.metrics.count("busy");
-                return Ok(Disposition::Retry(
-                    "another replica kept the notification lease".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if waited {
             self.metrics.count("busy");
         }
         let mut redis = self.redis.clone();
-        // The holder before us may have finished between our check and our lease.
-        if self.state(&record).await?.as_deref() == Some("sent") {
-            self.release(&lease, &token).await;
-            self.metrics.count("duplicate");
-            return Ok(Disposition::Ack);
-        }
-        let notification_key = self.keys.notification(&event.order_id);
-        redis::pipe()
-            .hset(&record, order_fields::NOTIFICATION, "pending")
-            .ignore()
-            .hset_multiple(
-                &notification_key,
-                &[("status", "pending"), ("owner", event.owner.as_str())],
-            )
-            .ignore()
-            .query_async::<()>(&mut redis)
-            .await?;
 
         let notification = Notification {
             order_id: event.order_id.clone(),
@@ -293,17 +290,26 @@ impl<S: Sink> Notifier<S> {
         Ok(Disposition::Ack)
     }
 
-    async fn try_lease(&self, lease: &str, token: &str) -> redis::RedisResult<bool> {
+    /// One round trip: `sent` when already sent, `busy` when another replica holds the lease,
+    /// else takes the lease, marks the notification pending and answers `claimed`.
+    async fn claim(
+        &self,
+        record: &str,
+        lease: &str,
+        notification_key: &str,
+        token: &str,
+        owner: &str,
+    ) -> redis::RedisResult<String> {
         let mut redis = self.redis.clone();
-        let acquired: Option<String> = redis::cmd("SET")
-            .arg(lease)
+        redis::Script::new(CLAIM)
+            .key(record)
+            .key(lease)
+            .key(notification_key)
             .arg(token)
-            .arg("NX")
-            .arg("PX")
             .arg(self.lease.as_millis() as u64)
-            .query_async(&mut redis)
-            .await?;
-        Ok(acquired.is_some())
+            .arg(owner)
+            .invoke_async(&mut redis)
+            .await
     }
 
     async fn release(&self, lease: &str, token: &str) {
@@ -462,6 +468,16 @@ mod tests {
                 .to_string()
                 .contains("NOTIFY_SINK")
         );
+    }
+
+    #[test]
+    fn the_scripts_write_the_contracts_field_names() {
+        use pipeline_contract::order_fields;
+        let field = order_fields::NOTIFICATION;
+        assert!(CLAIM.contains(&format!("'{field}'")), "{field}");
+        for field in [order_fields::NOTIFICATION, order_fields::NOTIFIED_AT] {
+            assert!(MARK_SENT.contains(&format!("'{field}'")), "{field}");
+        }
     }
 
     #[test]

@@ -300,6 +300,11 @@ impl Pipeline {
     pub async fn stop(self) {
         self.shutdown.trigger();
         self.shutdown.wait_for_tasks(Duration::from_secs(20)).await;
+        testenv::delete_redis_prefix(
+            &testenv::Env::load().require("OP_REDIS_URL"),
+            self.keys.prefix(),
+        )
+        .await;
         self.vhost.delete().await;
     }
 }

@@ -387,6 +387,18 @@ mod tests {
     }
 
     #[test]
+    fn the_script_writes_the_contracts_field_names() {
+        use pipeline_contract::order_fields;
+        for field in [
+            order_fields::OUTCOME,
+            order_fields::REASON,
+            order_fields::PROCESSED_AT,
+        ] {
+            assert!(APPLY_ORDER.contains(&format!("'{field}'")), "{field}");
+        }
+    }
+
+    #[test]
     fn prefetch_defaults_to_the_seeds_and_must_be_positive() {
         let mut source = BTreeMap::from([
             (env::RABBITMQ_URLS, "amqp://localhost:5672/%2f"),

@@ -190,6 +190,11 @@ impl Harness {
             self.shutdown.wait_for_tasks(Duration::from_secs(20)).await,
             "processor did not stop"
         );
+        testenv::delete_redis_prefix(
+            &testenv::Env::load().require("OP_REDIS_URL"),
+            self.keys.prefix(),
+        )
+        .await;
         self.vhost.delete().await;
     }
 }

@@ -39,7 +39,7 @@ pub fn up(layout: &Layout) -> Result<BTreeMap<&'static str, String>> {
                  dir {data}\n\
                  appendonly yes\n\
                  appendfsync everysec\n\
-                 save 60 1000\n\
+                 save \"\"\n\
                  loglevel notice\n",
                 data = data.display()
             ),

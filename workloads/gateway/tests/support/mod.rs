@@ -225,6 +225,11 @@ impl Gateway {
     pub async fn stop(self) {
         self.shutdown.trigger();
         self.shutdown.wait_for_tasks(Duration::from_secs(10)).await;
+        testenv::delete_redis_prefix(
+            &testenv::Env::load().require("OP_REDIS_URL"),
+            self.keys.prefix(),
+        )
+        .await;
         self.vhost.delete().await;
     }
 }

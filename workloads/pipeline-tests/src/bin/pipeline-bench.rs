@@ -328,7 +328,16 @@ async fn notified_latencies(
 }
 
 async fn pipeline() -> Result<()> {
-    let pipeline = Pipeline::start(Options::default()).await?;
+    let options = Options {
+        processor_prefetch: 128,
+        notifier_prefetch: 256,
+        ..Options::default()
+    };
+    println!(
+        "(one replica each; processor prefetch {}, notifier prefetch {})",
+        options.processor_prefetch, options.notifier_prefetch
+    );
+    let pipeline = Pipeline::start(options).await?;
     pipeline.set_stock("bench-sku", 100_000_000).await?;
     let (email, token) = pipeline.account().await?;
 
@@ -491,5 +500,6 @@ async fn notifier() -> Result<()> {
     shutdown.trigger();
     shutdown.wait_for_tasks(Duration::from_secs(20)).await;
     vhost.delete().await;
+    testenv::delete_redis_prefix(&environment.require("OP_REDIS_URL"), &prefix).await;
     Ok(())
 }
