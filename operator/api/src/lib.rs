@@ -1,0 +1,498 @@
+//! The `OrderPipeline` custom resource (`orderpipeline.dev/v1alpha1`).
+//!
+//! One resource describes one pipeline: its four workloads (gateway, processor, notifier,
+//! dashboard), how the processor and notifier scale on queue depth, token settings, and for each
+//! dependency (RabbitMQ, Redis, Cassandra) whether the operator runs it (`managed`) or the pipeline
+//! uses an existing service (`external`). Every field has a default, so an empty spec is a
+//! working pipeline.
+//!
+//! The CRD in `crds/` is generated from these types (`cargo xtask crdgen`); validation that the
+//! API server must enforce (ranges, exactly-one-of, min ≤ max, immutable storage) is written here
+//! as schema bounds and CEL rules, so it holds for every client, not only the operator.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "orderpipeline.dev";
+pub const VERSION: &str = "v1alpha1";
+
+/// Desired state of an order pipeline.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "orderpipeline.dev",
+    version = "v1alpha1",
+    kind = "OrderPipeline",
+    namespaced,
+    status = "OrderPipelineStatus",
+    shortname = "op",
+    category = "orderpipeline",
+    derive = "PartialEq",
+    doc = "An event-driven order pipeline (gateway, processor, notifier, dashboard) with its RabbitMQ, Redis and Cassandra, run and kept healthy by the order-pipeline operator.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.readyComponents", description = "Ready components out of all components"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Gateway", type_ = "string", json_path = ".status.endpoints.gateway", description = "In-cluster URL of the gateway"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 40").message("metadata.name must be at most 40 characters (child names are derived from it)")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPipelineSpec {
+    /// Stop reconciling this pipeline while true: the operator leaves every child as it is, so an
+    /// administrator can intervene by hand. Status reports the pause. Set back to false to resume.
+    #[serde(default)]
+    pub paused: bool,
+    /// The API gateway (HTTP on 8080).
+    #[serde(default)]
+    pub gateway: WorkloadSpec,
+    /// The order processor.
+    #[serde(default)]
+    pub processor: ScaledWorkloadSpec,
+    /// The notifier.
+    #[serde(default)]
+    pub notifier: ScaledWorkloadSpec,
+    /// The dashboard (HTTP on 8081).
+    #[serde(default)]
+    pub dashboard: WorkloadSpec,
+    /// Access tokens.
+    #[serde(default)]
+    pub auth: AuthSpec,
+    /// RabbitMQ: run by the operator (a cluster with quorum queues) or external.
+    #[serde(default)]
+    pub rabbitmq: DependencySpec,
+    /// Redis: run by the operator or external.
+    #[serde(default)]
+    pub redis: DependencySpec,
+    /// Cassandra (accounts): run by the operator or external.
+    #[serde(default)]
+    pub cassandra: DependencySpec,
+}
+
+/// A workload with a fixed replica count.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSpec {
+    /// Number of pods.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    /// Container image; by default the operator's own version of the workload image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// CPU and memory requests and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Extra environment variables (for example `LOG_LEVEL`). Variables the operator sets itself
+    /// cannot be overridden here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub env: Vec<EnvVar>,
+}
+
+impl Default for WorkloadSpec {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            image: None,
+            resources: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A workload the operator can scale on the depth of its queue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledWorkloadSpec {
+    /// Replicas, image, resources and env; `replicas` is the count while autoscaling is off.
+    #[serde(flatten)]
+    pub workload: WorkloadSpec,
+    /// Scale on queue depth within bounds; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+}
+
+/// Queue-depth autoscaling bounds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"))]
+pub struct Autoscaling {
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: i32,
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    /// Messages waiting per replica that the operator aims for.
+    #[serde(default = "default_target_depth")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub target_queue_depth_per_replica: i32,
+    /// How long a lower replica count must be wanted before the operator scales down, so a
+    /// burst does not make it flap.
+    #[serde(default = "default_window")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_window_seconds: i32,
+}
+
+/// CPU and memory, as Kubernetes quantities (`250m`, `512Mi`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
+}
+
+/// An environment variable with a literal value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct EnvVar {
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")
+    )]
+    pub name: String,
+    #[serde(default)]
+    #[schemars(length(max = 4096))]
+    pub value: String,
+}
+
+/// Access tokens.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// A Secret key holding the HS256 signing key (at least 32 bytes). When absent the operator
+    /// generates one once, in the Secret `<name>-jwt`, and never rotates it by accident.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_secret_ref: Option<SecretKeyRef>,
+    /// Token lifetime in seconds.
+    #[serde(default = "default_token_lifetime")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub token_lifetime_seconds: i32,
+}
+
+impl Default for AuthSpec {
+    fn default() -> Self {
+        Self {
+            jwt_secret_ref: None,
+            token_lifetime_seconds: default_token_lifetime(),
+        }
+    }
+}
+
+/// A key of a Secret in the pipeline's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A dependency, either run by the operator or external: exactly one of the two.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.managed) != has(self.external)").message("exactly one of managed or external must be set"))]
+#[x_kube(validation = Rule::new("has(self.managed) == has(oldSelf.managed)").message("cannot switch between managed and external after creation: the data would be abandoned; create a new pipeline instead"))]
+pub struct DependencySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedDependency>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalDependency>,
+}
+
+impl Default for DependencySpec {
+    fn default() -> Self {
+        Self {
+            managed: Some(ManagedDependency::default()),
+            external: None,
+        }
+    }
+}
+
+/// A dependency the operator runs as a StatefulSet with persistent volumes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedDependency {
+    /// Number of nodes. RabbitMQ and Cassandra form a cluster of this size.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: i32,
+    /// Persistent storage per node. Immutable: a StatefulSet cannot change its volume claims.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storage is immutable: a StatefulSet cannot resize or move its volumes"))]
+    pub storage: Storage,
+    /// Container image; by default a pinned upstream image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Scaling a stateful dependency down can lose data. The operator refuses (with a condition
+    /// and an Event) unless this is set, meaning the data on the removed nodes may be dropped.
+    #[serde(default)]
+    pub allow_data_loss_on_scale_down: bool,
+}
+
+impl Default for ManagedDependency {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            storage: Storage::default(),
+            image: None,
+            resources: None,
+            allow_data_loss_on_scale_down: false,
+        }
+    }
+}
+
+/// A persistent volume claim template.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// Size per node, as a quantity.
+    #[serde(default = "default_storage_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub size: String,
+    /// Storage class; the cluster's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// An existing service (for example a managed cloud offering).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalDependency {
+    /// Endpoints: AMQP URLs without credentials for RabbitMQ (`amqp://host:5672/vhost`),
+    /// `host:port` for Redis and Cassandra.
+    #[schemars(length(min = 1, max = 16))]
+    pub endpoints: Vec<String>,
+    /// A Secret with `username` and `password` keys, when the service needs credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+}
+
+/// A Secret in the pipeline's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Observed state, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPipelineStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Pending`, `Progressing`, `Ready`, `Degraded` or `Paused`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Ready components out of all, such as `7/7`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_components: Option<String>,
+    /// `Ready`, `Progressing` and `Degraded`, in the standard condition format.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Desired and ready replicas per component.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub components: BTreeMap<String, ComponentStatus>,
+    #[serde(default)]
+    pub endpoints: Endpoints,
+    /// The autoscaler's last decision per scaled workload.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub autoscaler: BTreeMap<String, ScalingDecision>,
+}
+
+/// A standard condition (the shape of `metav1.Condition`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    /// RFC 3339 time of the last change of `status`.
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+fn conditions_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string"},
+                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                "reason": {"type": "string"},
+                "message": {"type": "string"},
+                "lastTransitionTime": {"type": "string", "format": "date-time"},
+                "observedGeneration": {"type": "integer", "format": "int64"}
+            },
+            "required": ["type", "status", "reason", "message", "lastTransitionTime"]
+        }
+    })
+}
+
+/// Replica counts of one component.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    pub desired_replicas: i32,
+    pub ready_replicas: i32,
+}
+
+/// Where the pipeline's HTTP services answer inside the cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<String>,
+}
+
+/// One autoscaling decision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingDecision {
+    pub queue: String,
+    pub queue_depth: i64,
+    pub from_replicas: i32,
+    pub to_replicas: i32,
+    pub reason: String,
+    /// RFC 3339.
+    pub time: String,
+}
+
+fn one() -> i32 {
+    1
+}
+fn default_target_depth() -> i32 {
+    100
+}
+fn default_window() -> i32 {
+    300
+}
+fn default_token_lifetime() -> i32 {
+    3600
+}
+fn default_storage_size() -> String {
+    "1Gi".to_owned()
+}
+
+/// The CRD as YAML, exactly as `crds/orderpipelines.yaml` holds it.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    let yaml = serde_yaml::to_string(&OrderPipeline::crd())?;
+    Ok(format!(
+        "# Generated from operator/api by `cargo xtask crdgen`; do not edit by hand.\n{yaml}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COMMITTED: &str = include_str!("../../../crds/orderpipelines.yaml");
+
+    #[test]
+    fn the_committed_crd_is_current() {
+        assert_eq!(
+            COMMITTED,
+            crd_yaml().unwrap(),
+            "crds/orderpipelines.yaml is stale: run `cargo xtask crdgen`"
+        );
+    }
+
+    #[test]
+    fn an_empty_spec_is_a_complete_pipeline() {
+        let spec: OrderPipelineSpec = serde_json::from_str("{}").unwrap();
+        assert!(!spec.paused);
+        assert_eq!(spec.gateway.replicas, 1);
+        assert_eq!(spec.processor.workload.replicas, 1);
+        assert!(spec.processor.autoscaling.is_none());
+        assert_eq!(spec.auth.token_lifetime_seconds, 3600);
+        for dependency in [&spec.rabbitmq, &spec.redis, &spec.cassandra] {
+            let managed = dependency.managed.as_ref().expect("managed by default");
+            assert_eq!(managed.storage.size, "1Gi");
+            assert!(dependency.external.is_none());
+        }
+    }
+
+    fn schema() -> serde_json::Value {
+        let crd = serde_json::to_value(OrderPipeline::crd()).unwrap();
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+    }
+
+    fn rules(value: &serde_json::Value) -> Vec<String> {
+        value["x-kubernetes-validations"]
+            .as_array()
+            .map(|rules| {
+                rules
+                    .iter()
+                    .map(|rule| rule["rule"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_schema_carries_the_rules_the_api_server_enforces() {
+        let schema = schema();
+        let spec = &schema["properties"]["spec"]["properties"];
+        let rabbitmq = &spec["rabbitmq"];
+        assert!(rules(rabbitmq).contains(&"has(self.managed) != has(self.external)".to_owned()));
+        assert!(rules(rabbitmq).iter().any(|rule| rule.contains("oldSelf")));
+        assert!(
+            rules(&rabbitmq["properties"]["managed"]["properties"]["storage"])
+                .contains(&"self == oldSelf".to_owned())
+        );
+        assert!(
+            rules(&spec["processor"]["properties"]["autoscaling"])
+                .contains(&"self.minReplicas <= self.maxReplicas".to_owned())
+        );
+        assert_eq!(spec["gateway"]["properties"]["replicas"]["maximum"], 100.0);
+        assert_eq!(
+            spec["auth"]["properties"]["tokenLifetimeSeconds"]["minimum"],
+            60.0
+        );
+        assert!(
+            rules(&schema)
+                .iter()
+                .any(|rule| rule.contains("metadata.name.size()"))
+        );
+    }
+
+    #[test]
+    fn printer_columns_tell_health_at_a_glance() {
+        let crd = OrderPipeline::crd();
+        let columns: Vec<String> = crd.spec.versions[0]
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|column| column.name.clone())
+            .collect();
+        assert_eq!(columns, ["Ready", "Phase", "Gateway", "Age"]);
+        assert_eq!(crd.spec.names.short_names, Some(vec!["op".to_owned()]));
+    }
+}
