@@ -1,0 +1,390 @@
+//! The last step: what the applied children say about the pipeline's health, as standard
+//! conditions (`Ready`, `Progressing`, `Degraded`) so `kubectl wait --for=condition=Ready` works.
+//! A condition's transition time changes only when its status does, so a converged pipeline's
+//! status is byte-identical from one reconcile to the next and is not written again.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use pipeline_api::{ComponentStatus, Condition, Endpoints, OrderPipeline, OrderPipelineStatus};
+use pipeline_contract::ports;
+use serde_json::json;
+
+use super::build::MANAGER;
+use super::{Applied, Error};
+
+/// A condition change worth an Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub reason: String,
+    pub message: String,
+}
+
+/// The status after a successful apply, and the transitions to announce.
+pub fn compute(
+    pipeline: &OrderPipeline,
+    applied: &Applied,
+) -> (OrderPipelineStatus, Vec<Transition>) {
+    let mut components = BTreeMap::new();
+    for deployment in &applied.deployments {
+        let component = component_of(deployment.metadata.labels.as_ref());
+        let desired = deployment
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.replicas)
+            .unwrap_or(1);
+        let ready = deployment
+            .status
+            .as_ref()
+            .and_then(|status| status.ready_replicas)
+            .unwrap_or(0);
+        components.insert(
+            component,
+            ComponentStatus {
+                desired_replicas: desired,
+                ready_replicas: ready,
+            },
+        );
+    }
+    for stateful_set in &applied.stateful_sets {
+        let component = component_of(stateful_set.metadata.labels.as_ref());
+        let desired = stateful_set
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.replicas)
+            .unwrap_or(1);
+        let ready = stateful_set
+            .status
+            .as_ref()
+            .and_then(|status| status.ready_replicas)
+            .unwrap_or(0);
+        components.insert(
+            component,
+            ComponentStatus {
+                desired_replicas: desired,
+                ready_replicas: ready,
+            },
+        );
+    }
+    let not_ready: Vec<String> = components
+        .iter()
+        .filter(|(_, status)| status.ready_replicas < status.desired_replicas)
+        .map(|(name, status)| {
+            format!(
+                "{name} {}/{}",
+                status.ready_replicas, status.desired_replicas
+            )
+        })
+        .collect();
+    let ready_count = components.len() - not_ready.len();
+    let all_ready = not_ready.is_empty();
+    let name = pipeline.name_any();
+    let namespace = pipeline.namespace().unwrap_or_default();
+    let previous = pipeline.status.clone().unwrap_or_default();
+    let generation = pipeline.metadata.generation;
+    let conditions = vec![
+        if all_ready {
+            condition(
+                &previous,
+                generation,
+                "Ready",
+                "True",
+                "AllComponentsReady",
+                "every component has its desired replicas ready".into(),
+            )
+        } else {
+            condition(
+                &previous,
+                generation,
+                "Ready",
+                "False",
+                "ComponentsNotReady",
+                format!("waiting for {}", not_ready.join(", ")),
+            )
+        },
+        if all_ready {
+            condition(
+                &previous,
+                generation,
+                "Progressing",
+                "False",
+                "Converged",
+                "the pipeline matches its spec".into(),
+            )
+        } else {
+            condition(
+                &previous,
+                generation,
+                "Progressing",
+                "True",
+                "RollingOut",
+                format!("waiting for {}", not_ready.join(", ")),
+            )
+        },
+        condition(
+            &previous,
+            generation,
+            "Degraded",
+            "False",
+            "Reconciled",
+            "the last reconcile succeeded".into(),
+        ),
+    ];
+    let transitions = transitions(&previous.conditions, &conditions);
+    let status = OrderPipelineStatus {
+        observed_generation: generation,
+        phase: Some(if all_ready { "Ready" } else { "Progressing" }.to_owned()),
+        ready_components: Some(format!("{ready_count}/{}", components.len())),
+        conditions,
+        components,
+        endpoints: Endpoints {
+            gateway: Some(format!(
+                "http://{name}-gateway.{namespace}.svc:{}",
+                ports::GATEWAY_HTTP
+            )),
+            dashboard: Some(format!(
+                "http://{name}-dashboard.{namespace}.svc:{}",
+                ports::DASHBOARD_HTTP
+            )),
+        },
+        autoscaler: previous.autoscaler.clone(),
+    };
+    (status, transitions)
+}
+
+/// The status while reconciliation is paused: what was last seen, marked as paused.
+pub fn paused(pipeline: &OrderPipeline) -> OrderPipelineStatus {
+    let previous = pipeline.status.clone().unwrap_or_default();
+    let generation = pipeline.metadata.generation;
+    let mut conditions: Vec<Condition> = previous
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != "Progressing")
+        .cloned()
+        .collect();
+    conditions.push(condition(
+        &previous,
+        generation,
+        "Progressing",
+        "False",
+        "Paused",
+        "reconciliation is paused (spec.paused)".into(),
+    ));
+    conditions.sort_by_key(|condition| condition_order(&condition.type_));
+    OrderPipelineStatus {
+        observed_generation: generation,
+        phase: Some("Paused".into()),
+        conditions,
+        ..previous
+    }
+}
+
+/// The status after a failed reconcile: the children as last seen, `Degraded` with the reason.
+pub fn degraded(pipeline: &OrderPipeline, reason: &str, message: &str) -> OrderPipelineStatus {
+    let previous = pipeline.status.clone().unwrap_or_default();
+    let generation = pipeline.metadata.generation;
+    let mut conditions: Vec<Condition> = previous
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != "Degraded")
+        .cloned()
+        .collect();
+    conditions.push(condition(
+        &previous,
+        generation,
+        "Degraded",
+        "True",
+        reason,
+        message.to_owned(),
+    ));
+    conditions.sort_by_key(|condition| condition_order(&condition.type_));
+    OrderPipelineStatus {
+        phase: Some("Degraded".into()),
+        conditions,
+        ..previous
+    }
+}
+
+/// Writes the status unless it is unchanged.
+pub async fn write(
+    pipeline: &OrderPipeline,
+    client: &Client,
+    status: OrderPipelineStatus,
+) -> Result<(), Error> {
+    if pipeline.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<OrderPipeline> =
+        Api::namespaced(client.clone(), &pipeline.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": OrderPipeline::api_version(&()),
+        "kind": OrderPipeline::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &pipeline.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Status)?;
+    Ok(())
+}
+
+fn component_of(labels: Option<&BTreeMap<String, String>>) -> String {
+    labels
+        .and_then(|labels| labels.get("app.kubernetes.io/component"))
+        .cloned()
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn condition_order(type_: &str) -> u8 {
+    match type_ {
+        "Ready" => 0,
+        "Progressing" => 1,
+        "Degraded" => 2,
+        _ => 3,
+    }
+}
+
+/// A condition that keeps its previous transition time unless its status changed.
+fn condition(
+    previous: &OrderPipelineStatus,
+    generation: Option<i64>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+) -> Condition {
+    let last_transition_time = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Timestamp::now().to_string());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time,
+        observed_generation: generation,
+    }
+}
+
+fn transitions(before: &[Condition], after: &[Condition]) -> Vec<Transition> {
+    after
+        .iter()
+        .filter(|c| c.type_ == "Ready")
+        .filter(|c| {
+            before
+                .iter()
+                .find(|b| b.type_ == c.type_)
+                .map(|b| &b.status)
+                != Some(&c.status)
+        })
+        .map(|c| Transition {
+            reason: if c.status == "True" {
+                "PipelineReady".into()
+            } else {
+                "PipelineNotReady".into()
+            },
+            message: c.message.clone(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::core::ObjectMeta;
+
+    use super::*;
+
+    fn pipeline() -> OrderPipeline {
+        let mut pipeline = OrderPipeline::new("shop", serde_json::from_str("{}").unwrap());
+        pipeline.metadata = ObjectMeta {
+            name: Some("shop".into()),
+            namespace: Some("store".into()),
+            generation: Some(3),
+            ..ObjectMeta::default()
+        };
+        pipeline
+    }
+
+    fn deployment(component: &str, desired: i32, ready: i32) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("shop-{component}"), "labels": {"app.kubernetes.io/component": component}},
+            "spec": {"replicas": desired, "selector": {}, "template": {}},
+            "status": {"readyReplicas": ready},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn ready_only_when_every_component_is() {
+        let applied = Applied {
+            deployments: vec![deployment("gateway", 2, 2), deployment("processor", 1, 0)],
+            ..Applied::default()
+        };
+        let (status, transitions) = compute(&pipeline(), &applied);
+        assert_eq!(status.phase.as_deref(), Some("Progressing"));
+        assert_eq!(status.ready_components.as_deref(), Some("1/2"));
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(status.conditions[0].status, "False");
+        assert_eq!(status.conditions[0].message, "waiting for processor 0/1");
+        assert_eq!(transitions.len(), 1);
+        assert_eq!(
+            status.endpoints.gateway.as_deref(),
+            Some("http://shop-gateway.store.svc:8080")
+        );
+
+        let mut converged = pipeline();
+        converged.status = Some(status);
+        let applied = Applied {
+            deployments: vec![deployment("gateway", 2, 2), deployment("processor", 1, 1)],
+            ..Applied::default()
+        };
+        let (status, transitions) = compute(&converged, &applied);
+        assert_eq!(status.phase.as_deref(), Some("Ready"));
+        assert_eq!(status.conditions[0].reason, "AllComponentsReady");
+        assert_eq!(transitions[0].reason, "PipelineReady");
+
+        // Once converged, computing again yields the identical status: no write, no event.
+        let mut steady = converged.clone();
+        steady.status = Some(status.clone());
+        let (again, transitions) = compute(&steady, &applied);
+        assert_eq!(again, status);
+        assert!(transitions.is_empty());
+    }
+
+    #[test]
+    fn a_failure_marks_degraded_and_keeps_the_rest() {
+        let mut failing = pipeline();
+        let applied = Applied {
+            deployments: vec![deployment("gateway", 1, 1)],
+            ..Applied::default()
+        };
+        failing.status = Some(compute(&failing, &applied).0);
+        let status = degraded(
+            &failing,
+            "ApplyFailed",
+            "failed to apply Deployment shop-gateway: forbidden",
+        );
+        assert_eq!(status.phase.as_deref(), Some("Degraded"));
+        let degraded = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "ApplyFailed")
+        );
+        assert_eq!(status.components.len(), 1);
+        let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, ["Ready", "Progressing", "Degraded"]);
+    }
+}

@@ -1,0 +1,134 @@
+//! The operator's Prometheus metrics and its admin listener (`/healthz`, `/readyz`,
+//! `/metrics`). The workloads' admin server lives in `workload-runtime`, which links their
+//! broker and Redis drivers; the operator keeps its own small one so it links neither.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use pipeline_contract::probes;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// The reconcile step that failed.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum ErrorKind {
+    Dereference,
+    Build,
+    Apply,
+    Status,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: ErrorKind,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub reconciles: Counter,
+    failures: Family<ErrorLabels, Counter>,
+    pub duration: Histogram,
+    /// 1 while this replica holds the leader lease.
+    pub leader: Gauge,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            reconciles: Counter::default(),
+            failures: Family::default(),
+            duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            leader: Gauge::default(),
+        };
+        registry.register(
+            "reconciles",
+            "Reconciles started",
+            metrics.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by step",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            metrics.leader.clone(),
+        );
+        metrics
+    }
+
+    pub fn failure(&self, kind: ErrorKind) {
+        self.failures.get_or_create(&ErrorLabels { kind }).inc();
+    }
+}
+
+#[derive(Debug, Clone)]
+struct AdminState {
+    registry: Arc<Registry>,
+    ready: Arc<AtomicBool>,
+}
+
+/// Serves the admin routes on `port` until `shutdown`. `ready` says whether the operator can
+/// talk to the API server (a standby replica is ready too: it is healthy, only not leading).
+pub async fn serve_admin(
+    port: u16,
+    registry: Arc<Registry>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
+    let router = Router::new()
+        .route(probes::LIVENESS, get(|| async { "ok" }))
+        .route(probes::READINESS, get(readyz))
+        .route(probes::METRICS, get(metrics))
+        .with_state(AdminState { registry, ready });
+    Ok(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    })
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the API server\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let mut body = String::new();
+    if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

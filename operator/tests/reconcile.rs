@@ -1,0 +1,348 @@
+//! The operator against the environment's real control plane (etcd, kube-apiserver with RBAC,
+//! controller-manager, scheduler, kwok): apply a pipeline and every child appears, kwok makes the
+//! pods Ready and the status follows; once converged, reconciling again writes nothing; a change
+//! of replicas changes only what it must; deleting the pipeline garbage-collects the children.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    Namespace, PersistentVolume, PersistentVolumeClaim, Secret, Service,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, Config, CustomResourceExt, ResourceExt};
+use order_pipeline_operator::controller::{self, Context};
+use order_pipeline_operator::metrics::Metrics;
+use pipeline_api::OrderPipeline;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+async fn client() -> Client {
+    let env = testenv::Env::load();
+    let kubeconfig = Kubeconfig::read_from(env.require("KUBECONFIG")).unwrap();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        OrderPipeline::crd_name(),
+        &PatchParams::apply("operator-tests").force(),
+        &Patch::Apply(OrderPipeline::crd()),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(
+            crds,
+            OrderPipeline::crd_name(),
+            conditions::is_crd_established(),
+        ),
+    )
+    .await
+    .expect("CRD established")
+    .unwrap();
+}
+
+/// Volumes for the dependencies' claims: the environment has no storage provisioner, so the test
+/// provides what a cluster's provisioner would (the controller-manager binds them).
+async fn provide_volumes(client: &Client, namespace: &str, count: usize) -> Vec<String> {
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for index in 0..count {
+        let name = format!("{namespace}-pv-{index}");
+        let volume: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Delete",
+                "storageClassName": "",
+                "hostPath": {"path": format!("/tmp/{name}")},
+            },
+        }))
+        .unwrap();
+        volumes
+            .create(&PostParams::default(), &volume)
+            .await
+            .unwrap();
+        names.push(name);
+    }
+    names
+}
+
+fn new_context(client: &Client) -> Arc<Context> {
+    let mut registry = Registry::default();
+    Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), Reporter::from("operator-tests")),
+        metrics: Arc::new(Metrics::register(&mut registry)),
+        version: "0.1.0".into(),
+    })
+}
+
+async fn wait_ready(pipelines: &Api<OrderPipeline>, name: &str, within: Duration) -> OrderPipeline {
+    let ready = await_condition(
+        pipelines.clone(),
+        name,
+        |pipeline: Option<&OrderPipeline>| {
+            pipeline
+                .and_then(|p| p.status.as_ref())
+                .is_some_and(|status| {
+                    status
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                        && status.observed_generation
+                            == pipeline.and_then(|p| p.metadata.generation)
+                })
+        },
+    );
+    tokio::time::timeout(within, ready)
+        .await
+        .unwrap_or_else(|_| panic!("{name} not Ready within {within:?}"))
+        .unwrap()
+        .unwrap()
+}
+
+/// Resource versions of every child, to prove a reconcile wrote nothing.
+async fn versions(client: &Client, namespace: &str) -> BTreeMap<String, String> {
+    let params =
+        ListParams::default().labels("app.kubernetes.io/managed-by=order-pipeline-operator");
+    let mut versions = BTreeMap::new();
+    macro_rules! collect {
+        ($kind:ty) => {
+            for object in Api::<$kind>::namespaced(client.clone(), namespace)
+                .list(&params)
+                .await
+                .unwrap()
+            {
+                versions.insert(
+                    format!("{}/{}", stringify!($kind), object.name_any()),
+                    object.resource_version().unwrap_or_default(),
+                );
+            }
+        };
+    }
+    collect!(Deployment);
+    collect!(StatefulSet);
+    collect!(Service);
+    collect!(Secret);
+    collect!(NetworkPolicy);
+    collect!(PodDisruptionBudget);
+    versions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
+    let client = client().await;
+    install_crd(&client).await;
+    let namespace = testenv::unique("op");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let volumes = provide_volumes(&client, &namespace, 3).await;
+
+    let context = new_context(&client);
+    let stop = CancellationToken::new();
+    let controller = tokio::spawn(controller::run(
+        context.clone(),
+        stop.clone().cancelled_owned(),
+    ));
+
+    let pipelines: Api<OrderPipeline> = Api::namespaced(client.clone(), &namespace);
+    let sample: OrderPipeline = serde_json::from_value(json!({
+        "apiVersion": "orderpipeline.dev/v1alpha1",
+        "kind": "OrderPipeline",
+        "metadata": {"name": "shop"},
+        "spec": {},
+    }))
+    .unwrap();
+    pipelines
+        .create(&PostParams::default(), &sample)
+        .await
+        .unwrap();
+    let ready = wait_ready(&pipelines, "shop", Duration::from_secs(120)).await;
+    let status = ready.status.clone().unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Ready"));
+    assert_eq!(status.ready_components.as_deref(), Some("7/7"));
+    assert_eq!(status.components["gateway"].ready_replicas, 1);
+    assert_eq!(
+        status.endpoints.gateway.as_deref(),
+        Some(format!("http://shop-gateway.{namespace}.svc:8080").as_str())
+    );
+
+    // Every child exists with the expected fields.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let gateway = deployments.get("shop-gateway").await.unwrap();
+    let owner = &gateway.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("OrderPipeline", "shop")
+    );
+    assert_eq!(gateway.spec.as_ref().unwrap().replicas, Some(1));
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    assert_eq!(
+        statefulsets
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        3
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let jwt = secrets.get("shop-jwt").await.unwrap().data.unwrap()["secret"].clone();
+    assert_eq!(jwt.0.len(), 48);
+
+    // Converged: more reconciles write nothing at all.
+    let before = versions(&client, &namespace).await;
+    let pipeline_version = pipelines.get("shop").await.unwrap().resource_version();
+    for _ in 0..3 {
+        let current = Arc::new(pipelines.get("shop").await.unwrap());
+        controller::reconcile(current, context.clone())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        versions(&client, &namespace).await,
+        before,
+        "a steady-state reconcile wrote a child"
+    );
+    assert_eq!(
+        pipelines.get("shop").await.unwrap().resource_version(),
+        pipeline_version,
+        "it wrote the status"
+    );
+
+    // Scaling the gateway changes its Deployment and adds a disruption budget; nothing rolls.
+    let hash_before = gateway
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .clone();
+    pipelines
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"gateway": {"replicas": 3}}})),
+        )
+        .await
+        .unwrap();
+    let scaled = wait_ready(&pipelines, "shop", Duration::from_secs(60)).await;
+    assert_eq!(
+        scaled.status.unwrap().components["gateway"],
+        pipeline_api::ComponentStatus {
+            desired_replicas: 3,
+            ready_replicas: 3
+        }
+    );
+    let gateway = deployments.get("shop-gateway").await.unwrap();
+    assert_eq!(gateway.spec.as_ref().unwrap().replicas, Some(3));
+    assert_eq!(
+        gateway
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations,
+        hash_before
+    );
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &namespace);
+    assert!(budgets.get_opt("shop-gateway").await.unwrap().is_some());
+    let after = versions(&client, &namespace).await;
+    let changed: Vec<&String> = after
+        .keys()
+        .filter(|key| before.get(*key) != after.get(*key))
+        .collect();
+    assert!(
+        changed.iter().all(|key| key.ends_with("/shop-gateway")),
+        "only the gateway's objects may change: {changed:?}"
+    );
+
+    // Restarting the operator (a new context) converges on the same generated secrets.
+    let restarted = new_context(&client);
+    controller::reconcile(Arc::new(pipelines.get("shop").await.unwrap()), restarted)
+        .await
+        .unwrap();
+    assert_eq!(
+        secrets.get("shop-jwt").await.unwrap().data.unwrap()["secret"],
+        jwt
+    );
+
+    // Deleting the pipeline collects its children; the data volumes' claims are kept.
+    let uid = pipelines.get("shop").await.unwrap().uid().unwrap();
+    pipelines
+        .delete("shop", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(pipelines.clone(), "shop", conditions::is_deleted(&uid)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !deployments
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deployments were not garbage-collected"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+    assert_eq!(
+        claims
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        3,
+        "claims are retained"
+    );
+
+    stop.cancel();
+    controller.await.unwrap();
+    namespaces
+        .delete(&namespace, &DeleteParams::default())
+        .await
+        .unwrap();
+    let volume_api: Api<PersistentVolume> = Api::all(client.clone());
+    for volume in volumes {
+        let _ = volume_api.delete(&volume, &DeleteParams::default()).await;
+    }
+}
