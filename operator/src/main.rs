@@ -98,7 +98,14 @@ async fn main() -> Result<()> {
         duration_seconds: 15,
         grace_seconds: 5,
     };
-    leader::run(context, lease, shutdown.clone()).await?;
+    // One replica may run without a lease (the chart's leaderElection.enabled=false).
+    let elect = std::env::var("LEADER_ELECTION_ENABLED").map_or(true, |value| value != "false");
+    if elect {
+        leader::run(context, lease, shutdown.clone()).await?;
+    } else {
+        context.metrics.leader.set(1);
+        order_pipeline_operator::controller::run(context, shutdown.clone().cancelled_owned()).await;
+    }
     shutdown.cancel();
     let _ = admin.await;
     tracing::info!("operator stopped");

@@ -3,9 +3,13 @@
 //! pods Ready and the status follows; once converged, reconciling again writes nothing; a change
 //! of replicas changes only what it must; deleting the pipeline garbage-collects the children.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use support::{client, install_crd, new_context, provide_volumes, wait_ready};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
@@ -13,112 +17,17 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, Config, CustomResourceExt, ResourceExt};
-use order_pipeline_operator::controller::{self, Context};
-use order_pipeline_operator::metrics::Metrics;
+use kube::{Client, ResourceExt};
+use order_pipeline_operator::controller;
 use pipeline_api::OrderPipeline;
-use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-async fn client() -> Client {
-    let env = testenv::Env::load();
-    let kubeconfig = Kubeconfig::read_from(env.require("KUBECONFIG")).unwrap();
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
-}
-
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        OrderPipeline::crd_name(),
-        &PatchParams::apply("operator-tests").force(),
-        &Patch::Apply(OrderPipeline::crd()),
-    )
-    .await
-    .unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        await_condition(
-            crds,
-            OrderPipeline::crd_name(),
-            conditions::is_crd_established(),
-        ),
-    )
-    .await
-    .expect("CRD established")
-    .unwrap();
-}
-
-/// Volumes for the dependencies' claims: the environment has no storage provisioner, so the test
-/// provides what a cluster's provisioner would (the controller-manager binds them).
-async fn provide_volumes(client: &Client, namespace: &str, count: usize) -> Vec<String> {
-    let volumes: Api<PersistentVolume> = Api::all(client.clone());
-    let mut names = Vec::new();
-    for index in 0..count {
-        let name = format!("{namespace}-pv-{index}");
-        let volume: PersistentVolume = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Delete",
-                "storageClassName": "",
-                "hostPath": {"path": format!("/tmp/{name}")},
-            },
-        }))
-        .unwrap();
-        volumes
-            .create(&PostParams::default(), &volume)
-            .await
-            .unwrap();
-        names.push(name);
-    }
-    names
-}
-
-fn new_context(client: &Client) -> Arc<Context> {
-    let mut registry = Registry::default();
-    Arc::new(Context {
-        client: client.clone(),
-        recorder: Recorder::new(client.clone(), Reporter::from("operator-tests")),
-        metrics: Arc::new(Metrics::register(&mut registry)),
-        version: "0.1.0".into(),
-    })
-}
-
-async fn wait_ready(pipelines: &Api<OrderPipeline>, name: &str, within: Duration) -> OrderPipeline {
-    let ready = await_condition(
-        pipelines.clone(),
-        name,
-        |pipeline: Option<&OrderPipeline>| {
-            pipeline
-                .and_then(|p| p.status.as_ref())
-                .is_some_and(|status| {
-                    status
-                        .conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-                        && status.observed_generation
-                            == pipeline.and_then(|p| p.metadata.generation)
-                })
-        },
-    );
-    tokio::time::timeout(within, ready)
-        .await
-        .unwrap_or_else(|_| panic!("{name} not Ready within {within:?}"))
-        .unwrap()
-        .unwrap()
-}
-
-/// Resource versions of every child, to prove a reconcile wrote nothing.
+/// What the operator last wrote to every child: its generation (spec changes) and the time of the
+/// operator's own managed-fields entry, which an apply that changes nothing leaves alone. Status
+/// updates by Kubernetes' own controllers change neither.
 async fn versions(client: &Client, namespace: &str) -> BTreeMap<String, String> {
     let params =
         ListParams::default().labels("app.kubernetes.io/managed-by=order-pipeline-operator");
@@ -130,9 +39,19 @@ async fn versions(client: &Client, namespace: &str) -> BTreeMap<String, String> 
                 .await
                 .unwrap()
             {
+                let ours = object
+                    .managed_fields()
+                    .iter()
+                    .filter(|entry| entry.manager.as_deref() == Some("order-pipeline-operator"))
+                    .map(|entry| format!("{:?}", entry.time))
+                    .collect::<Vec<_>>()
+                    .join(",");
                 versions.insert(
                     format!("{}/{}", stringify!($kind), object.name_any()),
-                    object.resource_version().unwrap_or_default(),
+                    format!(
+                        "generation {:?}, written {ours}",
+                        object.metadata.generation
+                    ),
                 );
             }
         };

@@ -1,5 +1,6 @@
 //! Project commands. Run `cargo xtask --help`.
 
+mod crdgen;
 mod env;
 mod pipeline;
 
@@ -36,6 +37,13 @@ enum Command {
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_test_args: Vec<String>,
+    },
+    /// Generate the OrderPipeline CRD from operator/api and write it to crds/ and to the Helm
+    /// chart's crds/.
+    Crdgen {
+        /// Write nothing; fail when a written copy differs from the generated CRD (for CI).
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -102,6 +110,7 @@ fn run(cli: Cli) -> Result<bool> {
             env::up(&layout, &Component::ALL)?;
             run_workspace_tests(&cargo_test_args)
         }
+        Command::Crdgen { check } => crdgen::run(check).map(|()| true),
     }
 }
 

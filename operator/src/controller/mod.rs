@@ -69,13 +69,22 @@ pub enum Error {
     },
     #[error("failed to update the status: {0}")]
     Status(#[source] kube::Error),
+    #[error(
+        "refusing to scale {dependency} down from {from} to {to} replicas: the removed nodes' data would be lost; \
+         set spec.{dependency}.managed.allowDataLossOnScaleDown to proceed"
+    )]
+    ScaleDownRefused {
+        dependency: &'static str,
+        from: i32,
+        to: i32,
+    },
 }
 
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Dereference { .. } | Error::MissingSecret(_) => ErrorKind::Dereference,
-            Error::Build(_) => ErrorKind::Build,
+            Error::Build(_) | Error::ScaleDownRefused { .. } => ErrorKind::Build,
             Error::Apply { .. } => ErrorKind::Apply,
             Error::Status(_) => ErrorKind::Status,
         }
@@ -86,6 +95,7 @@ impl Error {
             Error::Dereference { .. } => "DereferenceFailed",
             Error::MissingSecret(_) => "SecretMissing",
             Error::Build(_) => "InvalidSpec",
+            Error::ScaleDownRefused { .. } => "ScaleDownRefused",
             Error::Apply { .. } => "ApplyFailed",
             Error::Status(_) => "StatusFailed",
         }
@@ -122,9 +132,22 @@ async fn reconcile_steps(pipeline: &OrderPipeline, context: &Context) -> Result<
         return Ok(Action::await_change());
     }
     let secrets = dereference::secrets(pipeline, &context.client).await?;
+    refuse_unsafe_scale_down(pipeline, &context.client, &namespace).await?;
     let children = build::build(pipeline, &secrets, &context.version)?;
     let applied = apply_all(&context.client, &namespace, children).await?;
-    let (new_status, transitions) = status::compute(pipeline, &applied);
+    let (mut new_status, mut transitions) = status::compute(pipeline, &applied);
+    let mut current = pipeline.clone();
+    if pipeline.status.as_ref() != Some(&new_status) {
+        // The watch cache may not show our last status write yet; judged against it, the
+        // status would be rewritten (and its conditions restamped) for nothing. Read it fresh
+        // first: one GET, only when a write seems due.
+        let api: Api<OrderPipeline> = Api::namespaced(context.client.clone(), &namespace);
+        current = api
+            .get_status(&pipeline.name_any())
+            .await
+            .map_err(Error::Status)?;
+        (new_status, transitions) = status::compute(&current, &applied);
+    }
     for transition in transitions {
         publish(
             context,
@@ -135,9 +158,45 @@ async fn reconcile_steps(pipeline: &OrderPipeline, context: &Context) -> Result<
         )
         .await;
     }
-    status::write(pipeline, &context.client, new_status).await?;
+    status::write(&current, &context.client, new_status).await?;
     // Children's changes trigger reconciles through the watches; this is the safety net.
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// A managed dependency shrinks only when the resource says its data may go.
+async fn refuse_unsafe_scale_down(
+    pipeline: &OrderPipeline,
+    client: &Client,
+    namespace: &str,
+) -> Result<(), Error> {
+    let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    for dependency in build::Dependency::ALL {
+        let Some(managed) = &dependency.spec(pipeline).managed else {
+            continue;
+        };
+        if managed.allow_data_loss_on_scale_down {
+            continue;
+        }
+        let name = format!("{}-{}", pipeline.name_any(), dependency.name());
+        let current = api
+            .get_opt(&name)
+            .await
+            .map_err(|source| Error::Dereference {
+                what: format!("StatefulSet {name}"),
+                source,
+            })?
+            .and_then(|existing| existing.spec.and_then(|spec| spec.replicas));
+        if let Some(current) = current
+            && managed.replicas < current
+        {
+            return Err(Error::ScaleDownRefused {
+                dependency: dependency.name(),
+                from: current,
+                to: managed.replicas,
+            });
+        }
+    }
+    Ok(())
 }
 
 async fn apply_all(

@@ -392,6 +392,10 @@ fn start_controller_manager(layout: &Layout, binaries: &Binaries, state: &State)
                 // the way they would in a real cluster.
                 .arg("--use-service-account-credentials=true")
                 .arg("--controllers=*")
+                // kwok keeps its fake nodes alive from one process that shares two cores with
+                // everything under test; a late heartbeat must not mark every node NotReady (and
+                // with it every pod, which kwok then never marks Ready again).
+                .arg("--node-monitor-grace-period=300s")
                 .arg(format!(
                     "--service-account-private-key-file={}",
                     pki.service_account_private_key().display()
@@ -476,7 +480,9 @@ fn start_kwok(layout: &Layout, binaries: &Binaries, state: &State) -> Result<()>
                 .arg(format!(
                     "--manage-nodes-with-annotation-selector={annotation}={value}"
                 ))
-                .arg(format!("--server-address=127.0.0.1:{KWOK_PORT}"));
+                .arg(format!("--server-address=127.0.0.1:{KWOK_PORT}"))
+                // Node leases are cheap heartbeats (the controller-manager accepts either).
+                .arg("--node-lease-duration-seconds=40");
             command
         },
         || {

@@ -1,0 +1,82 @@
+{{/*
+The chart name, or nameOverride.
+*/}}
+{{- define "order-pipeline-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The prefix of every resource name: <release>-<chart>, or <release> when it already contains the
+chart name. Truncated to 63 characters, the limit of a label value and a Service name.
+*/}}
+{{- define "order-pipeline-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The helm.sh/chart label: chart name and version.
+*/}}
+{{- define "order-pipeline-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels on every resource of the chart.
+*/}}
+{{- define "order-pipeline-operator.labels" -}}
+helm.sh/chart: {{ include "order-pipeline-operator.chart" . }}
+{{ include "order-pipeline-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: order-pipeline
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Labels that select the operator pods. Immutable in a Deployment's selector: never add to them.
+*/}}
+{{- define "order-pipeline-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "order-pipeline-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+The ServiceAccount the operator runs as and the RBAC binds.
+*/}}
+{{- define "order-pipeline-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "order-pipeline-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name must name an existing ServiceAccount when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator image: repository and tag, the tag defaulting to the chart's appVersion.
+*/}}
+{{- define "order-pipeline-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+The Lease the replicas elect a leader with; fixed in the operator.
+*/}}
+{{- define "order-pipeline-operator.leaseName" -}}
+order-pipeline-operator
+{{- end }}
+
+{{/*
+The metrics Service: the full name with a suffix, still within a Service name's 63 characters.
+*/}}
+{{- define "order-pipeline-operator.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "order-pipeline-operator.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
