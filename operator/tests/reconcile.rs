@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{client, install_crd, new_context, provide_volumes, wait_ready};
+use support::{
+    chart_identity, client, install_crd, new_context, provide_volumes, remove_chart_identity,
+    wait_ready,
+};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
@@ -80,7 +83,10 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
         .unwrap();
     let volumes = provide_volumes(&client, &namespace, 3).await;
 
-    let context = new_context(&client);
+    // The operator runs as the Helm chart's ServiceAccount: a rule missing from the chart fails
+    // this test. The assertions use the admin client.
+    let (operator_client, operator_namespace) = chart_identity().await;
+    let context = new_context(&operator_client);
     let stop = CancellationToken::new();
     let controller = tokio::spawn(controller::run(
         context.clone(),
@@ -206,7 +212,7 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
     );
 
     // Restarting the operator (a new context) converges on the same generated secrets.
-    let restarted = new_context(&client);
+    let restarted = new_context(&operator_client);
     controller::reconcile(Arc::new(pipelines.get("shop").await.unwrap()), restarted)
         .await
         .unwrap();
@@ -264,4 +270,5 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
     for volume in volumes {
         let _ = volume_api.delete(&volume, &DeleteParams::default()).await;
     }
+    remove_chart_identity(&operator_namespace);
 }

@@ -119,3 +119,136 @@ pub async fn wait_ready(
         }
     }
 }
+
+/// A client acting as the Helm chart's ServiceAccount: the chart's RBAC rendered with the
+/// environment's helm and applied to the API server, and a token minted for the account. The
+/// operator runs under it in these tests, so a rule missing from the chart fails them. Returns
+/// the client and the namespace the account lives in (delete it when done; the cluster-wide
+/// role and binding are named after it).
+pub async fn chart_identity() -> (Client, String) {
+    let env = testenv::Env::load();
+    let (helm, kubectl, kubeconfig) = (
+        env.require("OP_HELM"),
+        env.require("OP_KUBECTL"),
+        env.require("KUBECONFIG"),
+    );
+    let namespace = testenv::unique("opsa");
+    let chart = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/order-pipeline-operator"
+    );
+    let run = |program: &str, args: &[&str], input: Option<&str>| -> String {
+        use std::io::Write;
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("{program}: {error}"));
+        if let Some(input) = input {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    run(&kubectl, &["create", "namespace", &namespace], None);
+    let rbac = run(
+        &helm,
+        &[
+            "template",
+            &namespace,
+            chart,
+            "--namespace",
+            &namespace,
+            "--show-only",
+            "templates/serviceaccount.yaml",
+            "--show-only",
+            "templates/clusterrole.yaml",
+            "--show-only",
+            "templates/clusterrolebinding.yaml",
+            "--show-only",
+            "templates/role.yaml",
+            "--show-only",
+            "templates/rolebinding.yaml",
+        ],
+        None,
+    );
+    run(
+        &kubectl,
+        &["apply", "--server-side", "-n", &namespace, "-f", "-"],
+        Some(&rbac),
+    );
+    let account = rbac
+        .lines()
+        .skip_while(|line| !line.starts_with("kind: ServiceAccount"))
+        .find_map(|line| line.trim().strip_prefix("name: "))
+        .expect("the chart renders a ServiceAccount")
+        .to_owned();
+    let token = run(
+        &kubectl,
+        &[
+            "create",
+            "token",
+            &account,
+            "-n",
+            &namespace,
+            "--duration",
+            "1h",
+        ],
+        None,
+    );
+
+    let kubeconfig = Kubeconfig::read_from(&kubeconfig).unwrap();
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.trim().to_owned().into()),
+        ..kube::config::AuthInfo::default()
+    };
+    // RBAC bindings take a moment to reach the authorizer's cache.
+    let client = Client::try_from(config).unwrap();
+    let pipelines: Api<OrderPipeline> = Api::all(client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while pipelines.list(&Default::default()).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the chart's ServiceAccount never got its permissions"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (client, namespace)
+}
+
+/// Removes what [`chart_identity`] created.
+pub fn remove_chart_identity(namespace: &str) {
+    let env = testenv::Env::load();
+    let kubectl = env.require("OP_KUBECTL");
+    for args in [
+        vec![
+            "delete",
+            "clusterrole,clusterrolebinding",
+            "-l",
+            &format!("app.kubernetes.io/instance={namespace}"),
+        ],
+        vec!["delete", "namespace", namespace, "--wait=false"],
+    ] {
+        let _ = std::process::Command::new(&kubectl)
+            .args(&args)
+            .env("KUBECONFIG", env.require("KUBECONFIG"))
+            .output();
+    }
+}
