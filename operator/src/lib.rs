@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod autoscale;
 pub mod controller;
 pub mod leader;
 pub mod metrics;

@@ -79,18 +79,19 @@ async fn main() -> Result<()> {
 
     let identity =
         std::env::var("POD_NAME").unwrap_or_else(|_| format!("{NAME}-{}", std::process::id()));
-    let context = Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: NAME.into(),
-                instance: Some(identity.clone()),
-            },
-        ),
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: NAME.into(),
+            instance: Some(identity.clone()),
+        },
+    );
+    let context = Arc::new(Context::new(
         client,
+        recorder,
         metrics,
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-    });
+        env!("CARGO_PKG_VERSION"),
+    ));
     let lease = LeaseSettings {
         name: NAME.into(),
         namespace: std::env::var("OPERATOR_NAMESPACE").unwrap_or_else(|_| "default".into()),

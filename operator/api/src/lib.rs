@@ -282,6 +282,11 @@ pub struct ExternalDependency {
     /// A Secret with `username` and `password` keys, when the service needs credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
+    /// RabbitMQ only: the management API's base URL (`http://host:15672`), which queue-depth
+    /// autoscaling reads; without it an external RabbitMQ cannot be autoscaled on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub management_url: Option<String>,
 }
 
 /// A Secret in the pipeline's namespace.

@@ -168,10 +168,14 @@ pub enum BuildError {
     MissingSecret(&'static str),
 }
 
+/// Replica counts decided by the autoscaler, replacing the spec's for those workloads.
+pub type ReplicaOverrides = BTreeMap<Workload, i32>;
+
 /// Builds every child of `pipeline`.
 pub fn build(
     pipeline: &OrderPipeline,
     secrets: &Secrets,
+    overrides: &ReplicaOverrides,
     operator_version: &str,
 ) -> Result<Children, BuildError> {
     let name = pipeline.metadata.name.clone().ok_or(BuildError::Unnamed)?;
@@ -213,10 +217,12 @@ pub fn build(
     let hash = config_hash(pipeline, secrets);
     for workload in Workload::ALL {
         let spec = workload.spec(pipeline);
+        let replicas = overrides.get(&workload).copied().unwrap_or(spec.replicas);
         children.deployments.push(context.deployment(
             pipeline,
             workload,
             spec,
+            replicas,
             &hash,
             operator_version,
         )?);
@@ -228,7 +234,7 @@ pub fn build(
                 false,
             ));
         }
-        if spec.replicas > 1 {
+        if replicas > 1 {
             children
                 .disruption_budgets
                 .push(context.disruption_budget(workload.name()));
@@ -489,6 +495,7 @@ impl Context<'_> {
         pipeline: &OrderPipeline,
         workload: Workload,
         spec: &WorkloadSpec,
+        replicas: i32,
         hash: &str,
         operator_version: &str,
     ) -> Result<Deployment, BuildError> {
@@ -521,7 +528,6 @@ impl Context<'_> {
             .map(|var| json!({"name": var.name, "value": var.value}))
             .collect();
         all_env.extend(env);
-        let replicas = spec.replicas;
         Ok(from_json(json!({
             "metadata": self.metadata(&format!("{}-{component}", self.name), component),
             "spec": {
@@ -789,12 +795,20 @@ impl Context<'_> {
                 continue;
             }
             let component = dependency.name();
+            let mut ingress = vec![json!({"from": [pipeline_pods]})];
+            if dependency == Dependency::Rabbitmq {
+                // The operator, wherever it runs, reads queue depths from the management API.
+                ingress.push(json!({
+                    "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": MANAGED_BY}}}],
+                    "ports": [{"port": 15672, "protocol": "TCP"}],
+                }));
+            }
             policies.push(from_json(json!({
                 "metadata": self.metadata(&format!("{}-{component}", self.name), component),
                 "spec": {
                     "podSelector": {"matchLabels": self.selector(component)},
                     "policyTypes": ["Ingress"],
-                    "ingress": [{"from": [pipeline_pods]}],
+                    "ingress": ingress,
                 },
             })));
         }
@@ -874,6 +888,28 @@ mod tests {
         pipeline
     }
 
+    fn build_default(
+        pipeline: &OrderPipeline,
+        secrets: &Secrets,
+        version: &str,
+    ) -> Result<Children, BuildError> {
+        build(pipeline, secrets, &ReplicaOverrides::new(), version)
+    }
+
+    #[test]
+    fn autoscaler_overrides_replace_the_spec_count() {
+        let overrides = ReplicaOverrides::from([(Workload::Processor, 4)]);
+        let children = build(&pipeline(json!({})), &secrets(), &overrides, "0.1.0").unwrap();
+        let processor = deployment(&children, "shop-processor");
+        assert_eq!(processor.spec.as_ref().unwrap().replicas, Some(4));
+        assert!(
+            children
+                .disruption_budgets
+                .iter()
+                .any(|b| b.metadata.name.as_deref() == Some("shop-processor"))
+        );
+    }
+
     fn secrets() -> Secrets {
         Secrets {
             jwt: Some("j".repeat(48)),
@@ -911,7 +947,7 @@ mod tests {
 
     #[test]
     fn an_empty_spec_builds_the_whole_pipeline() {
-        let children = build(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
+        let children = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
         let names = |items: Vec<Option<String>>| items.into_iter().flatten().collect::<Vec<_>>();
         assert_eq!(
             names(
@@ -969,7 +1005,7 @@ mod tests {
 
     #[test]
     fn workloads_are_wired_exactly_as_they_read_their_configuration() {
-        let children = build(
+        let children = build_default(
             &pipeline(json!({"rabbitmq": {"managed": {"replicas": 3}}})),
             &secrets(),
             "0.1.0",
@@ -1030,7 +1066,7 @@ mod tests {
             "rabbitmq": {"external": {"endpoints": ["amqps://mq.example.com:5671/prod"], "credentialsSecretRef": {"name": "mq"}}},
             "redis": {"external": {"endpoints": ["cache.example.com:6380"]}},
         });
-        let children = build(&pipeline(spec), &secrets(), "0.1.0").unwrap();
+        let children = build_default(&pipeline(spec), &secrets(), "0.1.0").unwrap();
         let processor = env_of(deployment(&children, "shop-processor"));
         assert_eq!(
             processor[env::RABBITMQ_URLS]["value"],
@@ -1056,7 +1092,7 @@ mod tests {
 
     #[test]
     fn pods_meet_the_restricted_pod_security_standard() {
-        let children = build(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
+        let children = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
         let templates = children
             .deployments
             .iter()
@@ -1086,8 +1122,8 @@ mod tests {
 
     #[test]
     fn the_build_is_deterministic_and_the_hash_follows_spec_and_secrets() {
-        let first = build(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
-        let second = build(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
+        let first = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
+        let second = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
         assert_eq!(first, second);
         let base = config_hash(&pipeline(json!({})), &secrets());
         let rotated = Secrets {
@@ -1115,7 +1151,7 @@ mod tests {
             "gateway": {"replicas": 3, "env": [{"name": "LOG_LEVEL", "value": "debug"}, {"name": "REDIS_ADDR", "value": "evil:1"}]},
             "rabbitmq": {"managed": {"replicas": 3}},
         });
-        let children = build(&pipeline(spec), &secrets(), "0.1.0").unwrap();
+        let children = build_default(&pipeline(spec), &secrets(), "0.1.0").unwrap();
         let budgets: Vec<_> = children
             .disruption_budgets
             .iter()

@@ -13,6 +13,8 @@ pub mod status;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use build::Workload;
+
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
@@ -23,10 +25,11 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use pipeline_api::OrderPipeline;
+use pipeline_api::{OrderPipeline, ScalingDecision};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::autoscale;
 use crate::metrics::{ErrorKind, Metrics};
 
 /// What every reconcile needs.
@@ -37,6 +40,27 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The workload images' default tag.
     pub version: String,
+    /// For RabbitMQ's management API (queue depths).
+    pub http: reqwest::Client,
+    pub windows: Arc<autoscale::Windows>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        version: impl Into<String>,
+    ) -> Self {
+        Self {
+            client,
+            recorder,
+            metrics,
+            version: version.into(),
+            http: reqwest::Client::new(),
+            windows: Arc::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -133,9 +157,20 @@ async fn reconcile_steps(pipeline: &OrderPipeline, context: &Context) -> Result<
     }
     let secrets = dereference::secrets(pipeline, &context.client).await?;
     refuse_unsafe_scale_down(pipeline, &context.client, &namespace).await?;
-    let children = build::build(pipeline, &secrets, &context.version)?;
+    let (overrides, decisions) = autoscale_step(pipeline, &secrets, &namespace, context).await?;
+    for (_, decision) in &decisions {
+        publish(
+            context,
+            pipeline,
+            EventType::Normal,
+            "Scaled",
+            decision.reason.clone(),
+        )
+        .await;
+    }
+    let children = build::build(pipeline, &secrets, &overrides, &context.version)?;
     let applied = apply_all(&context.client, &namespace, children).await?;
-    let (mut new_status, mut transitions) = status::compute(pipeline, &applied);
+    let (mut new_status, mut transitions) = status::compute(pipeline, &applied, &decisions);
     let mut current = pipeline.clone();
     if pipeline.status.as_ref() != Some(&new_status) {
         // The watch cache may not show our last status write yet; judged against it, the
@@ -146,7 +181,7 @@ async fn reconcile_steps(pipeline: &OrderPipeline, context: &Context) -> Result<
             .get_status(&pipeline.name_any())
             .await
             .map_err(Error::Status)?;
-        (new_status, transitions) = status::compute(&current, &applied);
+        (new_status, transitions) = status::compute(&current, &applied, &decisions);
     }
     for transition in transitions {
         publish(
@@ -159,8 +194,119 @@ async fn reconcile_steps(pipeline: &OrderPipeline, context: &Context) -> Result<
         .await;
     }
     status::write(&current, &context.client, new_status).await?;
-    // Children's changes trigger reconciles through the watches; this is the safety net.
-    Ok(Action::requeue(Duration::from_secs(300)))
+    // Children's changes trigger reconciles through the watches; the requeue is the safety net,
+    // and the autoscaler's polling interval when it is on.
+    let autoscaling = pipeline.spec.processor.autoscaling.is_some()
+        || pipeline.spec.notifier.autoscaling.is_some();
+    Ok(Action::requeue(Duration::from_secs(if autoscaling {
+        15
+    } else {
+        300
+    })))
+}
+
+/// Replica counts for the autoscaled workloads, and the decisions that changed one.
+async fn autoscale_step(
+    pipeline: &OrderPipeline,
+    secrets: &build::Secrets,
+    namespace: &str,
+    context: &Context,
+) -> Result<(build::ReplicaOverrides, Vec<(Workload, ScalingDecision)>), Error> {
+    let mut overrides = build::ReplicaOverrides::new();
+    let mut decisions = Vec::new();
+    let deployments: Api<Deployment> = Api::namespaced(context.client.clone(), namespace);
+    for (workload, spec) in [
+        (Workload::Processor, &pipeline.spec.processor),
+        (Workload::Notifier, &pipeline.spec.notifier),
+    ] {
+        let Some(bounds) = &spec.autoscaling else {
+            continue;
+        };
+        let name = format!("{}-{}", pipeline.name_any(), workload.name());
+        let current = deployments
+            .get_opt(&name)
+            .await
+            .map_err(|source| Error::Dereference {
+                what: format!("Deployment {name}"),
+                source,
+            })?
+            .and_then(|deployment| deployment.spec.and_then(|spec| spec.replicas))
+            .unwrap_or(spec.workload.replicas);
+        let (Some(management), Some(queue)) =
+            (management(pipeline, secrets), autoscale::queue_of(workload))
+        else {
+            overrides.insert(workload, current);
+            continue;
+        };
+        let depth = match autoscale::depth(&context.http, &management, queue).await {
+            Ok(depth) => depth,
+            Err(error) => {
+                // Without a reading, keep what runs: never fall back to the spec's count.
+                tracing::warn!(pipeline = %pipeline.name_any(), %error, "autoscaler cannot read the queue depth");
+                overrides.insert(workload, current);
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let (decision, pending) = autoscale::decide(
+            current,
+            depth,
+            bounds,
+            context.windows.get(pipeline, workload),
+            now,
+        );
+        context.windows.set(pipeline, workload, pending);
+        overrides.insert(workload, decision.replicas);
+        if decision.replicas != current {
+            decisions.push((
+                workload,
+                ScalingDecision {
+                    queue: queue.to_owned(),
+                    queue_depth: depth,
+                    from_replicas: current,
+                    to_replicas: decision.replicas,
+                    reason: decision.reason,
+                    time: k8s_openapi::jiff::Timestamp::now().to_string(),
+                },
+            ));
+        }
+    }
+    Ok((overrides, decisions))
+}
+
+/// Where the pipeline's RabbitMQ management API answers, with what credentials.
+fn management(pipeline: &OrderPipeline, secrets: &build::Secrets) -> Option<autoscale::Management> {
+    let rabbitmq = &pipeline.spec.rabbitmq;
+    if rabbitmq.managed.is_some() {
+        return Some(autoscale::Management {
+            url: format!(
+                "http://{}-rabbitmq.{}.svc:15672",
+                pipeline.name_any(),
+                pipeline.namespace().unwrap_or_default()
+            ),
+            vhost: "/".to_owned(),
+            username: "pipeline".to_owned(),
+            password: secrets.rabbitmq_password.clone()?,
+        });
+    }
+    let external = rabbitmq.external.as_ref()?;
+    let url = external.management_url.clone()?;
+    let credentials = external
+        .credentials_secret_ref
+        .as_ref()
+        .and_then(|reference| secrets.referenced.get(&reference.name));
+    let field = |key: &str| {
+        credentials
+            .and_then(|data| data.get(key))
+            .map(|value| String::from_utf8_lossy(value).into_owned())
+            .unwrap_or_default()
+    };
+    Some(autoscale::Management {
+        url,
+        vhost: autoscale::vhost_of(external.endpoints.first()?),
+        username: field("username"),
+        password: field("password"),
+    })
 }
 
 /// A managed dependency shrinks only when the resource says its data may go.

@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
-use pipeline_api::{ComponentStatus, Condition, Endpoints, OrderPipeline, OrderPipelineStatus};
+use pipeline_api::{
+    ComponentStatus, Condition, Endpoints, OrderPipeline, OrderPipelineStatus, ScalingDecision,
+};
 use pipeline_contract::ports;
 use serde_json::json;
 
-use super::build::MANAGER;
+use super::build::{MANAGER, Workload};
 use super::{Applied, Error};
 
 /// A condition change worth an Event.
@@ -26,6 +28,7 @@ pub struct Transition {
 pub fn compute(
     pipeline: &OrderPipeline,
     applied: &Applied,
+    decisions: &[(Workload, ScalingDecision)],
 ) -> (OrderPipelineStatus, Vec<Transition>) {
     let mut components = BTreeMap::new();
     for deployment in &applied.deployments {
@@ -149,7 +152,15 @@ pub fn compute(
                 ports::DASHBOARD_HTTP
             )),
         },
-        autoscaler: previous.autoscaler.clone(),
+        autoscaler: {
+            // Only decisions that changed a count are recorded, so a steady pipeline's status
+            // stays byte-identical between polls.
+            let mut autoscaler = previous.autoscaler.clone();
+            for (workload, decision) in decisions {
+                autoscaler.insert(workload.name().to_owned(), decision.clone());
+            }
+            autoscaler
+        },
     };
     (status, transitions)
 }
@@ -329,7 +340,7 @@ mod tests {
             deployments: vec![deployment("gateway", 2, 2), deployment("processor", 1, 0)],
             ..Applied::default()
         };
-        let (status, transitions) = compute(&pipeline(), &applied);
+        let (status, transitions) = compute(&pipeline(), &applied, &[]);
         assert_eq!(status.phase.as_deref(), Some("Progressing"));
         assert_eq!(status.ready_components.as_deref(), Some("1/2"));
         assert_eq!(status.observed_generation, Some(3));
@@ -347,7 +358,7 @@ mod tests {
             deployments: vec![deployment("gateway", 2, 2), deployment("processor", 1, 1)],
             ..Applied::default()
         };
-        let (status, transitions) = compute(&converged, &applied);
+        let (status, transitions) = compute(&converged, &applied, &[]);
         assert_eq!(status.phase.as_deref(), Some("Ready"));
         assert_eq!(status.conditions[0].reason, "AllComponentsReady");
         assert_eq!(transitions[0].reason, "PipelineReady");
@@ -355,7 +366,7 @@ mod tests {
         // Once converged, computing again yields the identical status: no write, no event.
         let mut steady = converged.clone();
         steady.status = Some(status.clone());
-        let (again, transitions) = compute(&steady, &applied);
+        let (again, transitions) = compute(&steady, &applied, &[]);
         assert_eq!(again, status);
         assert!(transitions.is_empty());
     }
@@ -367,7 +378,7 @@ mod tests {
             deployments: vec![deployment("gateway", 1, 1)],
             ..Applied::default()
         };
-        failing.status = Some(compute(&failing, &applied).0);
+        failing.status = Some(compute(&failing, &applied, &[]).0);
         let status = degraded(
             &failing,
             "ApplyFailed",

@@ -78,12 +78,12 @@ pub async fn provide_volumes(client: &Client, namespace: &str, count: usize) -> 
 
 pub fn new_context(client: &Client) -> Arc<Context> {
     let mut registry = Registry::default();
-    Arc::new(Context {
-        client: client.clone(),
-        recorder: Recorder::new(client.clone(), Reporter::from("operator-tests")),
-        metrics: Arc::new(Metrics::register(&mut registry)),
-        version: "0.1.0".into(),
-    })
+    Arc::new(Context::new(
+        client.clone(),
+        Recorder::new(client.clone(), Reporter::from("operator-tests")),
+        Arc::new(Metrics::register(&mut registry)),
+        "0.1.0",
+    ))
 }
 
 pub async fn wait_ready(

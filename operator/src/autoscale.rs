@@ -1,0 +1,270 @@
+//! Queue-depth autoscaling of the processor and notifier.
+//!
+//! The operator reads the depth of `orders.queue` and `notifier.queue` from the pipeline's
+//! RabbitMQ management API and sets the workload's replicas to `ceil(depth / target per replica)`
+//! within the resource's bounds. Scaling up happens at once (a backlog is growing); scaling down
+//! only once the lower count has been wanted for the whole stabilisation window, so a burst
+//! followed by a lull does not make the pods flap. The window is tracked in memory: an operator
+//! restart starts it again, which can only delay a scale-down, never hasten one.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use pipeline_api::{Autoscaling, OrderPipeline};
+use pipeline_contract::topology;
+
+use crate::controller::build::Workload;
+
+/// One replica-count decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub replicas: i32,
+    pub reason: String,
+}
+
+/// The pure rule. `low_since` is when a count below `current` was first wanted (and has been
+/// ever since), or `None`.
+pub fn decide(
+    current: i32,
+    depth: i64,
+    bounds: &Autoscaling,
+    low_since: Option<Instant>,
+    now: Instant,
+) -> (Decision, Option<Instant>) {
+    let target = u64::try_from(bounds.target_queue_depth_per_replica.max(1)).unwrap_or(1);
+    let needed = u64::try_from(depth.max(0)).unwrap_or(0).div_ceil(target);
+    let wanted = i64::try_from(needed).unwrap_or(i64::MAX).clamp(
+        i64::from(bounds.min_replicas),
+        i64::from(bounds.max_replicas),
+    );
+    let wanted = i32::try_from(wanted).unwrap_or(bounds.max_replicas);
+    let current = current.clamp(bounds.min_replicas, bounds.max_replicas);
+    if wanted > current {
+        let reason = format!("{depth} messages waiting: scaling up to {wanted}");
+        return (
+            Decision {
+                replicas: wanted,
+                reason,
+            },
+            None,
+        );
+    }
+    if wanted == current {
+        let reason = format!("{depth} messages waiting: {current} replicas are right");
+        return (
+            Decision {
+                replicas: current,
+                reason,
+            },
+            None,
+        );
+    }
+    let since = low_since.unwrap_or(now);
+    let window = Duration::from_secs(u64::try_from(bounds.scale_down_window_seconds).unwrap_or(0));
+    if now.duration_since(since) >= window {
+        let reason = format!(
+            "{depth} messages waiting for {}s: scaling down to {wanted}",
+            window.as_secs()
+        );
+        (
+            Decision {
+                replicas: wanted,
+                reason,
+            },
+            None,
+        )
+    } else {
+        let reason = format!(
+            "{depth} messages waiting: {wanted} would do, holding {current} for the {}s window",
+            window.as_secs()
+        );
+        (
+            Decision {
+                replicas: current,
+                reason,
+            },
+            Some(since),
+        )
+    }
+}
+
+/// Where to read a pipeline's queue depths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Management {
+    pub url: String,
+    pub vhost: String,
+    pub username: String,
+    pub password: String,
+}
+
+/// The queue a scaled workload consumes.
+pub fn queue_of(workload: Workload) -> Option<&'static str> {
+    match workload {
+        Workload::Processor => Some(topology::ORDERS_QUEUE),
+        Workload::Notifier => Some(topology::NOTIFIER_QUEUE),
+        Workload::Gateway | Workload::Dashboard => None,
+    }
+}
+
+/// The vhost of an AMQP URL (`amqp://host:5672/%2f` is `/`), percent-decoded.
+pub fn vhost_of(amqp_url: &str) -> String {
+    let path = amqp_url
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(_, path)| path.split('?').next().unwrap_or(""))
+        .unwrap_or("");
+    if path.is_empty() {
+        return "/".to_owned();
+    }
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%'
+            && index + 2 < bytes.len()
+            && let Ok(byte) = u8::from_str_radix(&path[index + 1..index + 3], 16)
+        {
+            decoded.push(byte);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DepthError {
+    #[error("failed to read the depth of {queue}: {reason}")]
+    Read { queue: String, reason: String },
+}
+
+/// Reads a queue's depth (ready plus unacknowledged messages).
+pub async fn depth(
+    http: &reqwest::Client,
+    management: &Management,
+    queue: &str,
+) -> Result<i64, DepthError> {
+    let vhost: String = management
+        .vhost
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect();
+    let url = format!(
+        "{}/api/queues/{vhost}/{queue}",
+        management.url.trim_end_matches('/')
+    );
+    let error = |reason: String| DepthError::Read {
+        queue: queue.to_owned(),
+        reason,
+    };
+    let response = http
+        .get(&url)
+        .basic_auth(&management.username, Some(&management.password))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| error(e.to_string()))?;
+    if response.status().as_u16() == 404 {
+        // Not declared yet: nothing is waiting.
+        return Ok(0);
+    }
+    let body: serde_json::Value = response
+        .error_for_status()
+        .map_err(|e| error(e.to_string()))?
+        .json()
+        .await
+        .map_err(|e| error(e.to_string()))?;
+    Ok(body["messages"].as_i64().unwrap_or(0))
+}
+
+/// When each scaled workload of each pipeline first wanted fewer replicas.
+#[derive(Debug, Default)]
+pub struct Windows {
+    low_since: Mutex<BTreeMap<(String, String, &'static str), Instant>>,
+}
+
+impl Windows {
+    pub fn get(&self, pipeline: &OrderPipeline, workload: Workload) -> Option<Instant> {
+        self.lock().get(&key(pipeline, workload)).copied()
+    }
+
+    pub fn set(&self, pipeline: &OrderPipeline, workload: Workload, since: Option<Instant>) {
+        let mut windows = self.lock();
+        match since {
+            Some(since) => windows.insert(key(pipeline, workload), since),
+            None => windows.remove(&key(pipeline, workload)),
+        };
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String, &'static str), Instant>> {
+        self.low_since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn key(pipeline: &OrderPipeline, workload: Workload) -> (String, String, &'static str) {
+    (
+        pipeline.metadata.namespace.clone().unwrap_or_default(),
+        pipeline.metadata.name.clone().unwrap_or_default(),
+        workload.name(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bounds(min: i32, max: i32, target: i32, window: i32) -> Autoscaling {
+        Autoscaling {
+            min_replicas: min,
+            max_replicas: max,
+            target_queue_depth_per_replica: target,
+            scale_down_window_seconds: window,
+        }
+    }
+
+    #[test]
+    fn scales_up_at_once_within_bounds() {
+        let now = Instant::now();
+        let (decision, pending) = decide(1, 35, &bounds(1, 10, 10, 60), None, now);
+        assert_eq!((decision.replicas, pending), (4, None));
+        let (decision, _) = decide(1, 10_000, &bounds(1, 10, 10, 60), None, now);
+        assert_eq!(decision.replicas, 10, "capped at max");
+        let (decision, _) = decide(5, 0, &bounds(2, 10, 10, 0), None, now);
+        assert_eq!(decision.replicas, 2, "floored at min");
+    }
+
+    #[test]
+    fn scales_down_only_after_the_window() {
+        let start = Instant::now();
+        let bounds = bounds(1, 10, 10, 30);
+        let (hold, pending) = decide(5, 0, &bounds, None, start);
+        assert_eq!((hold.replicas, pending), (5, Some(start)));
+        let (still, pending) = decide(5, 0, &bounds, pending, start + Duration::from_secs(29));
+        assert_eq!((still.replicas, pending), (5, Some(start)));
+        let (down, pending) = decide(5, 0, &bounds, pending, start + Duration::from_secs(30));
+        assert_eq!((down.replicas, pending), (1, None));
+        // A burst in the middle of the window resets it.
+        let (_, pending) = decide(5, 0, &bounds, None, start);
+        let (burst, pending) = decide(5, 50, &bounds, pending, start + Duration::from_secs(10));
+        assert_eq!((burst.replicas, pending), (5, None));
+    }
+
+    #[test]
+    fn vhosts_are_read_from_amqp_urls() {
+        assert_eq!(vhost_of("amqp://host:5672/%2f"), "/");
+        assert_eq!(vhost_of("amqp://host:5672"), "/");
+        assert_eq!(vhost_of("amqps://u:p@host/prod"), "prod");
+        assert_eq!(vhost_of("amqp://host/a%2Fb?heartbeat=10"), "a/b");
+    }
+}
