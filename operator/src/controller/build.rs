@@ -171,11 +171,17 @@ pub enum BuildError {
 /// Replica counts decided by the autoscaler, replacing the spec's for those workloads.
 pub type ReplicaOverrides = BTreeMap<Workload, i32>;
 
+/// The image each managed dependency runs now. Without an image in the spec, a running
+/// dependency keeps its image: an operator upgrade with newer defaults must not restart
+/// RabbitMQ, Redis or Cassandra by surprise. New pipelines get the new defaults.
+pub type RunningImages = BTreeMap<Dependency, String>;
+
 /// Builds every child of `pipeline`.
 pub fn build(
     pipeline: &OrderPipeline,
     secrets: &Secrets,
     overrides: &ReplicaOverrides,
+    running: &RunningImages,
     operator_version: &str,
 ) -> Result<Children, BuildError> {
     let name = pipeline.metadata.name.clone().ok_or(BuildError::Unnamed)?;
@@ -206,9 +212,13 @@ pub fn build(
     for dependency in Dependency::ALL {
         let spec = dependency.spec(pipeline);
         match (&spec.managed, &spec.external) {
-            (Some(managed), None) => {
-                context.managed_dependency(dependency, managed, secrets, &mut children)?
-            }
+            (Some(managed), None) => context.managed_dependency(
+                dependency,
+                managed,
+                running.get(&dependency).map(String::as_str),
+                secrets,
+                &mut children,
+            )?,
             (None, Some(_)) => {}
             _ => return Err(BuildError::NoDependencyMode(dependency.name())),
         }
@@ -563,9 +573,17 @@ impl Context<'_> {
         &self,
         dependency: Dependency,
         managed: &ManagedDependency,
+        running_image: Option<&str>,
         secrets: &Secrets,
         children: &mut Children,
     ) -> Result<(), BuildError> {
+        let image = |default: &str| {
+            managed
+                .image
+                .clone()
+                .or_else(|| running_image.map(str::to_owned))
+                .unwrap_or_else(|| default.to_owned())
+        };
         let component = dependency.name();
         let name = format!("{}-{component}", self.name);
         let headless = format!("{name}-headless");
@@ -589,10 +607,7 @@ impl Context<'_> {
                     &[("username", "pipeline"), ("password", password)],
                 ));
                 DependencyPod {
-                    image: managed
-                        .image
-                        .clone()
-                        .unwrap_or_else(|| RABBITMQ_IMAGE.to_owned()),
+                    image: image(RABBITMQ_IMAGE),
                     ports: vec![
                         ("amqp", port),
                         ("management", 15672),
@@ -632,10 +647,7 @@ impl Context<'_> {
                     &[("password", password)],
                 ));
                 DependencyPod {
-                    image: managed
-                        .image
-                        .clone()
-                        .unwrap_or_else(|| REDIS_IMAGE.to_owned()),
+                    image: image(REDIS_IMAGE),
                     ports: vec![("redis", port)],
                     env: vec![
                         json!({"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": credentials, "key": "password"}}}),
@@ -659,10 +671,7 @@ impl Context<'_> {
                 ));
                 let seeds = format!("{name}-0.{headless}.{}.svc", self.namespace);
                 DependencyPod {
-                    image: managed
-                        .image
-                        .clone()
-                        .unwrap_or_else(|| CASSANDRA_IMAGE.to_owned()),
+                    image: image(CASSANDRA_IMAGE),
                     ports: vec![("cql", port), ("intra", 7000)],
                     env: vec![
                         json!({"name": "CASSANDRA_SEEDS", "value": seeds}),
@@ -893,13 +902,26 @@ mod tests {
         secrets: &Secrets,
         version: &str,
     ) -> Result<Children, BuildError> {
-        build(pipeline, secrets, &ReplicaOverrides::new(), version)
+        build(
+            pipeline,
+            secrets,
+            &ReplicaOverrides::new(),
+            &RunningImages::new(),
+            version,
+        )
     }
 
     #[test]
     fn autoscaler_overrides_replace_the_spec_count() {
         let overrides = ReplicaOverrides::from([(Workload::Processor, 4)]);
-        let children = build(&pipeline(json!({})), &secrets(), &overrides, "0.1.0").unwrap();
+        let children = build(
+            &pipeline(json!({})),
+            &secrets(),
+            &overrides,
+            &RunningImages::new(),
+            "0.1.0",
+        )
+        .unwrap();
         let processor = deployment(&children, "shop-processor");
         assert_eq!(processor.spec.as_ref().unwrap().replicas, Some(4));
         assert!(
@@ -907,6 +929,57 @@ mod tests {
                 .disruption_budgets
                 .iter()
                 .any(|b| b.metadata.name.as_deref() == Some("shop-processor"))
+        );
+    }
+
+    #[test]
+    fn running_dependencies_keep_their_image_unless_the_spec_names_one() {
+        let running = RunningImages::from([(Dependency::Redis, "redis:7.0.0".to_owned())]);
+        let image_of = |children: &Children, name: &str| {
+            let set = children
+                .stateful_sets
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(name))
+                .unwrap();
+            set.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers[0]
+                .image
+                .clone()
+        };
+        let children = build(
+            &pipeline(json!({})),
+            &secrets(),
+            &ReplicaOverrides::new(),
+            &running,
+            "9.9.9",
+        )
+        .unwrap();
+        assert_eq!(
+            image_of(&children, "shop-redis").as_deref(),
+            Some("redis:7.0.0")
+        );
+        assert_eq!(
+            image_of(&children, "shop-rabbitmq").as_deref(),
+            Some(RABBITMQ_IMAGE)
+        );
+        let explicit = json!({"redis": {"managed": {"image": "redis:8.0.0"}}});
+        let children = build(
+            &pipeline(explicit),
+            &secrets(),
+            &ReplicaOverrides::new(),
+            &running,
+            "9.9.9",
+        )
+        .unwrap();
+        assert_eq!(
+            image_of(&children, "shop-redis").as_deref(),
+            Some("redis:8.0.0")
         );
     }
 

@@ -156,7 +156,7 @@ async fn reconcile_steps(pipeline: &OrderPipeline, context: &Context) -> Result<
         return Ok(Action::await_change());
     }
     let secrets = dereference::secrets(pipeline, &context.client).await?;
-    refuse_unsafe_scale_down(pipeline, &context.client, &namespace).await?;
+    let running = running_dependencies(pipeline, &context.client, &namespace).await?;
     let (overrides, decisions) = autoscale_step(pipeline, &secrets, &namespace, context).await?;
     for (_, decision) in &decisions {
         publish(
@@ -168,7 +168,7 @@ async fn reconcile_steps(pipeline: &OrderPipeline, context: &Context) -> Result<
         )
         .await;
     }
-    let children = build::build(pipeline, &secrets, &overrides, &context.version)?;
+    let children = build::build(pipeline, &secrets, &overrides, &running, &context.version)?;
     let applied = apply_all(&context.client, &namespace, children).await?;
     let (mut new_status, mut transitions) = status::compute(pipeline, &applied, &decisions);
     let mut current = pipeline.clone();
@@ -309,31 +309,42 @@ fn management(pipeline: &OrderPipeline, secrets: &build::Secrets) -> Option<auto
     })
 }
 
-/// A managed dependency shrinks only when the resource says its data may go.
-async fn refuse_unsafe_scale_down(
+/// What the managed dependencies run now, and the refusal of a scale-down that could lose data
+/// (a managed dependency shrinks only when the resource says its data may go).
+async fn running_dependencies(
     pipeline: &OrderPipeline,
     client: &Client,
     namespace: &str,
-) -> Result<(), Error> {
+) -> Result<build::RunningImages, Error> {
     let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    let mut images = build::RunningImages::new();
     for dependency in build::Dependency::ALL {
         let Some(managed) = &dependency.spec(pipeline).managed else {
             continue;
         };
-        if managed.allow_data_loss_on_scale_down {
-            continue;
-        }
         let name = format!("{}-{}", pipeline.name_any(), dependency.name());
-        let current = api
+        let Some(existing) = api
             .get_opt(&name)
             .await
             .map_err(|source| Error::Dereference {
                 what: format!("StatefulSet {name}"),
                 source,
             })?
-            .and_then(|existing| existing.spec.and_then(|spec| spec.replicas));
-        if let Some(current) = current
+        else {
+            continue;
+        };
+        let spec = existing.spec.unwrap_or_default();
+        if let Some(image) = spec
+            .template
+            .spec
+            .and_then(|pod| pod.containers.into_iter().next())
+            .and_then(|container| container.image)
+        {
+            images.insert(dependency, image);
+        }
+        if let Some(current) = spec.replicas
             && managed.replicas < current
+            && !managed.allow_data_loss_on_scale_down
         {
             return Err(Error::ScaleDownRefused {
                 dependency: dependency.name(),
@@ -342,7 +353,7 @@ async fn refuse_unsafe_scale_down(
             });
         }
     }
-    Ok(())
+    Ok(images)
 }
 
 async fn apply_all(
