@@ -94,13 +94,9 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
     ));
 
     let pipelines: Api<OrderPipeline> = Api::namespaced(client.clone(), &namespace);
-    let sample: OrderPipeline = serde_json::from_value(json!({
-        "apiVersion": "orderpipeline.dev/v1alpha1",
-        "kind": "OrderPipeline",
-        "metadata": {"name": "shop"},
-        "spec": {},
-    }))
-    .unwrap();
+    // The project's sample resource, as a user would apply it.
+    let sample: OrderPipeline =
+        serde_yaml::from_str(include_str!("../../samples/orderpipeline.yaml")).unwrap();
     pipelines
         .create(&PostParams::default(), &sample)
         .await

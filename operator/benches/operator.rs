@@ -1,0 +1,374 @@
+//! The operator's benchmark against the environment's real control plane (`cargo xtask env up
+//! kube`), with the operator running as its own release process (so its memory is its own):
+//!
+//! - time from applying one OrderPipeline to `Ready` (kwok makes pods Ready), over several runs;
+//! - 100 pipelines applied at once: time until all are `Ready`, and the operator's resident memory;
+//! - a forced resync of all 100: API requests by verb for the pipeline's kinds (from the API
+//!   server's own metrics) and writes (children whose generation or operator-owned fields
+//!   changed, and status writes).
+//!
+//! `cargo bench -p order-pipeline-operator --bench operator`. Figures are printed, not asserted.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, CustomResourceExt, ResourceExt};
+use pipeline_api::OrderPipeline;
+use serde_json::json;
+
+const ADMIN_PORT: u16 = 19090;
+const MANY: usize = 100;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let env = testenv::Env::load();
+    let kubeconfig = env.require("KUBECONFIG");
+    let client = Client::try_from(
+        Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(&kubeconfig)?,
+            &KubeConfigOptions::default(),
+        )
+        .await?,
+    )?;
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .patch(
+            OrderPipeline::crd_name(),
+            &PatchParams::apply("operator-bench").force(),
+            &Patch::Apply(OrderPipeline::crd()),
+        )
+        .await?;
+    let namespace = testenv::unique("bench");
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": namespace}}))?,
+        )
+        .await?;
+    let volumes = provide_volumes(&client, &namespace, 3 * (MANY + 5)).await?;
+    let mut operator = start_operator(&kubeconfig)?;
+    let result = run(&client, &namespace, &operator).await;
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(operator.id().to_string())
+        .status();
+    let _ = operator.wait();
+    Api::<Namespace>::all(client.clone())
+        .delete(&namespace, &DeleteParams::default())
+        .await?;
+    let api: Api<PersistentVolume> = Api::all(client.clone());
+    for volume in volumes {
+        let _ = api.delete(&volume, &DeleteParams::default()).await;
+    }
+    result
+}
+
+async fn run(client: &Client, namespace: &str, operator: &Child) -> Result<()> {
+    let pipelines: Api<OrderPipeline> = Api::namespaced(client.clone(), namespace);
+    wait_for_operator().await?;
+
+    println!("== one pipeline: apply → Ready ==");
+    let mut times = Vec::new();
+    for index in 0..5 {
+        let name = format!("single-{index}");
+        let started = Instant::now();
+        pipelines
+            .create(&PostParams::default(), &pipeline(&name)?)
+            .await?;
+        wait_all_ready(&pipelines, &[name], Duration::from_secs(60)).await?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    println!(
+        "  runs {:?}\n  p50 {:.2} s",
+        times
+            .iter()
+            .map(|t| format!("{:.2}s", t.as_secs_f64()))
+            .collect::<Vec<_>>(),
+        times[times.len() / 2].as_secs_f64()
+    );
+
+    println!("== {MANY} pipelines applied at once ==");
+    let names: Vec<String> = (0..MANY).map(|index| format!("many-{index}")).collect();
+    let started = Instant::now();
+    for name in &names {
+        pipelines
+            .create(&PostParams::default(), &pipeline(name)?)
+            .await?;
+    }
+    wait_all_ready(&pipelines, &names, Duration::from_secs(300)).await?;
+    println!(
+        "  all {MANY} Ready after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let rss = resident_kib(operator.id())?;
+    println!(
+        "  operator resident memory with {} pipelines: {:.1} MiB",
+        MANY + 5,
+        rss as f64 / 1024.0
+    );
+
+    println!("== steady-state resync of every pipeline ==");
+    let children_before = written(client, namespace).await?;
+    let reconciles_before = operator_counter("orderpipeline_operator_reconciles_total").await?;
+    let requests_before = api_requests(client).await?;
+    // An annotation changes no spec and no child, but makes the operator reconcile each one.
+    for name in names.iter().chain(
+        (0..5)
+            .map(|i| format!("single-{i}"))
+            .collect::<Vec<_>>()
+            .iter(),
+    ) {
+        pipelines
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"bench/resync": "1"}}})),
+            )
+            .await?;
+    }
+    let statuses_before: BTreeMap<String, String> = pipelines
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|p| (p.name_any(), p.resource_version().unwrap_or_default()))
+        .collect();
+    let total = MANY + 5;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done =
+            operator_counter("orderpipeline_operator_reconciles_total").await? - reconciles_before;
+        if done >= total as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {total} reconciles ran");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let the last reconciles finish their requests.
+    let mut last = operator_counter("orderpipeline_operator_reconciles_total").await?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = operator_counter("orderpipeline_operator_reconciles_total").await?;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let reconciles = last - reconciles_before;
+    let requests_after = api_requests(client).await?;
+    let children_after = written(client, namespace).await?;
+    let statuses_after: BTreeMap<String, String> = pipelines
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|p| (p.name_any(), p.resource_version().unwrap_or_default()))
+        .collect();
+    let child_writes = children_after
+        .iter()
+        .filter(|(k, v)| children_before.get(*k) != Some(*v))
+        .count();
+    let status_writes = statuses_after
+        .iter()
+        .filter(|(k, v)| statuses_before.get(*k) != Some(*v))
+        .count();
+    println!("  {reconciles} reconciles of {total} pipelines");
+    for (verb, after) in &requests_after {
+        let delta = after - requests_before.get(verb).copied().unwrap_or(0.0);
+        if delta > 0.0 {
+            println!(
+                "  {verb:<8} {delta:>6.0} requests = {:.1} per reconcile",
+                delta / reconciles as f64
+            );
+        }
+    }
+    println!(
+        "  writes: {child_writes} children changed, {status_writes} statuses written (of {total})"
+    );
+    Ok(())
+}
+
+fn pipeline(name: &str) -> Result<OrderPipeline> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "orderpipeline.dev/v1alpha1",
+        "kind": "OrderPipeline",
+        "metadata": {"name": name},
+        "spec": {},
+    }))?)
+}
+
+fn start_operator(kubeconfig: &str) -> Result<Child> {
+    let binary = env!("CARGO_BIN_EXE_order-pipeline-operator");
+    Command::new(binary)
+        .env("KUBECONFIG", kubeconfig)
+        .env("LEADER_ELECTION_ENABLED", "false")
+        .env("ADMIN_PORT", ADMIN_PORT.to_string())
+        .env("LOG_LEVEL", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("failed to start {binary}"))
+}
+
+async fn wait_for_operator() -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("http://127.0.0.1:{ADMIN_PORT}/readyz"))
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
+        if Instant::now() > deadline {
+            bail!("the operator did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+async fn operator_counter(name: &str) -> Result<u64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{ADMIN_PORT}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0))
+}
+
+async fn wait_all_ready(
+    pipelines: &Api<OrderPipeline>,
+    names: &[String],
+    within: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let list = pipelines.list(&ListParams::default()).await?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|p| names.contains(&p.name_any()))
+            .filter(|p| {
+                p.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            })
+            .count();
+        if ready == names.len() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{ready} of {} Ready after {within:?}", names.len());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn provide_volumes(client: &Client, namespace: &str, count: usize) -> Result<Vec<String>> {
+    let api: Api<PersistentVolume> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for index in 0..count {
+        let name = format!("{namespace}-pv-{index}");
+        let volume: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                     "persistentVolumeReclaimPolicy": "Delete", "hostPath": {"path": format!("/tmp/{name}")}},
+        }))?;
+        api.create(&PostParams::default(), &volume).await?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn resident_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+/// Generation and operator-owned field times of every child: what changes only when the operator
+/// writes.
+async fn written(client: &Client, namespace: &str) -> Result<BTreeMap<String, String>> {
+    let params =
+        ListParams::default().labels("app.kubernetes.io/managed-by=order-pipeline-operator");
+    let mut versions = BTreeMap::new();
+    macro_rules! collect {
+        ($kind:ty) => {
+            for object in Api::<$kind>::namespaced(client.clone(), namespace)
+                .list(&params)
+                .await?
+            {
+                let ours: Vec<String> = object
+                    .managed_fields()
+                    .iter()
+                    .filter(|entry| entry.manager.as_deref() == Some("order-pipeline-operator"))
+                    .map(|entry| format!("{:?}", entry.time))
+                    .collect();
+                versions.insert(
+                    format!("{}/{}", stringify!($kind), object.name_any()),
+                    format!("{:?} {ours:?}", object.metadata.generation),
+                );
+            }
+        };
+    }
+    collect!(Deployment);
+    collect!(StatefulSet);
+    collect!(Service);
+    Ok(versions)
+}
+
+/// The API server's request counters by verb, for the kinds the operator touches.
+async fn api_requests(client: &Client) -> Result<BTreeMap<String, f64>> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(request).await?;
+    let kinds = [
+        "orderpipelines",
+        "deployments",
+        "statefulsets",
+        "services",
+        "secrets",
+        "configmaps",
+        "poddisruptionbudgets",
+        "networkpolicies",
+    ];
+    let mut by_verb = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|line| line.starts_with("apiserver_request_total{"))
+    {
+        let label = |name: &str| {
+            line.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("")
+        };
+        if !kinds.contains(&label("resource")) || label("scope").is_empty() {
+            continue;
+        }
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *by_verb.entry(label("verb").to_owned()).or_insert(0.0) += value;
+    }
+    Ok(by_verb)
+}
