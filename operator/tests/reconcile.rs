@@ -207,6 +207,99 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
         "only the gateway's objects may change: {changed:?}"
     );
 
+    // A new processor image changes only the processor's Deployment.
+    let before = versions(&client, &namespace).await;
+    pipelines
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"processor": {"image": "example.invalid/processor:2"}}})),
+        )
+        .await
+        .unwrap();
+    wait_ready(&pipelines, "shop", Duration::from_secs(60)).await;
+    let processor = deployments.get("shop-processor").await.unwrap();
+    let image = processor
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some("example.invalid/processor:2"));
+    let after = versions(&client, &namespace).await;
+    let changed: Vec<&String> = after
+        .keys()
+        .filter(|key| before.get(*key) != after.get(*key))
+        .collect();
+    assert_eq!(
+        changed,
+        ["Deployment/shop-processor"],
+        "only the processor may change"
+    );
+
+    // A token setting every workload reads rolls the workloads (new config hash), not the
+    // dependencies.
+    let hash = |deployment: &Deployment| {
+        deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()["orderpipeline.dev/config-hash"]
+            .clone()
+    };
+    let hashes_before: Vec<String> = deployments
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(hash)
+        .collect();
+    let before = versions(&client, &namespace).await;
+    pipelines
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"auth": {"tokenLifetimeSeconds": 600}}})),
+        )
+        .await
+        .unwrap();
+    wait_ready(&pipelines, "shop", Duration::from_secs(60)).await;
+    let hashes_after: Vec<String> = deployments
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(hash)
+        .collect();
+    assert!(
+        hashes_before
+            .iter()
+            .zip(&hashes_after)
+            .all(|(old, new)| old != new),
+        "every workload rolls"
+    );
+    let after = versions(&client, &namespace).await;
+    assert!(
+        after
+            .iter()
+            .filter(|(key, _)| key.starts_with("StatefulSet/"))
+            .all(|(key, value)| before.get(key) == Some(value)),
+        "the dependencies must not restart"
+    );
+
     // Restarting the operator (a new context) converges on the same generated secrets.
     let restarted = new_context(&operator_client);
     controller::reconcile(Arc::new(pipelines.get("shop").await.unwrap()), restarted)
