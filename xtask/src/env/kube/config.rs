@@ -141,8 +141,10 @@ pub fn node_manifest(
          \x20   operatingSystem: linux\n\
          \x20   kubeletVersion: {kubelet_version}\n",
         host = 10 + index,
+        // Fake nodes cost nothing: room for the operator benchmark's hundred pipelines (about
+        // 700 pods) on three of them.
         resources =
-            "    cpu: \"32\"\n    memory: 64Gi\n    pods: \"110\"\n    ephemeral-storage: 100Gi\n",
+            "    cpu: \"256\"\n    memory: 1Ti\n    pods: \"1000\"\n    ephemeral-storage: 1Ti\n",
     )
 }
 
@@ -238,7 +240,7 @@ mod tests {
         assert!(text.contains("    kubernetes.io/hostname: kwok-node-1\n"));
         assert!(text.contains("  podCIDR: 10.244.1.0/24\n"));
         assert!(text.contains("    address: 10.88.0.11\n"));
-        assert!(text.contains("    cpu: \"32\"\n    memory: 64Gi\n    pods: \"110\"\n"));
+        assert!(text.contains("    cpu: \"256\"\n    memory: 1Ti\n    pods: \"1000\"\n"));
         assert!(text.contains("    kubeletVersion: v1.34.4\n"));
         assert!(!text.contains("taints"));
     }
