@@ -1,14 +1,13 @@
 //! Wiring only: configuration, telemetry, metrics, the admin and business listeners, shutdown.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use dashboard::config::DashboardConfig;
 use dashboard::{REDIS_CHECK, app, connect};
 use prometheus_client::registry::Registry;
-use workload_runtime::admin::{self, AdminState, Readiness};
+use workload_runtime::admin::{self, Readiness};
 use workload_runtime::config::ProcessEnv;
 use workload_runtime::http_metrics::HttpMetrics;
 use workload_runtime::shutdown::Shutdown;
@@ -29,17 +28,9 @@ async fn main() -> Result<()> {
     let http_metrics = HttpMetrics::register(&mut registry);
     let readiness = Readiness::new();
     let redis_ready = readiness.check(REDIS_CHECK);
-    let admin_server = admin::serve(
-        config.admin_port,
-        AdminState {
-            registry: Arc::new(registry),
-            readiness: readiness.clone(),
-            shutdown: shutdown.token(),
-        },
-    )
-    .await
-    .context("failed to bind the admin port")?;
-    shutdown.spawn(admin_server);
+    admin::start(config.admin_port, registry, &readiness, &shutdown)
+        .await
+        .context("failed to bind the admin port")?;
 
     let Some(state) = connect(&config.redis, http_metrics, redis_ready, &shutdown).await else {
         shutdown.wait_for_tasks(Duration::from_secs(5)).await;

@@ -1,14 +1,13 @@
 //! Wiring only: configuration, telemetry, metrics, the admin and business listeners, shutdown.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use gateway::config::GatewayConfig;
 use gateway::{GatewayMetrics, app, connect};
 use prometheus_client::registry::Registry;
-use workload_runtime::admin::{self, AdminState, Readiness};
+use workload_runtime::admin::{self, Readiness};
 use workload_runtime::config::ProcessEnv;
 use workload_runtime::shutdown::Shutdown;
 use workload_runtime::telemetry;
@@ -27,17 +26,9 @@ async fn main() -> Result<()> {
     let mut registry = Registry::with_prefix("gateway");
     let metrics = GatewayMetrics::register(&mut registry);
     let readiness = Readiness::new();
-    let admin_server = admin::serve(
-        config.admin_port,
-        AdminState {
-            registry: Arc::new(registry),
-            readiness: readiness.clone(),
-            shutdown: shutdown.token(),
-        },
-    )
-    .await
-    .context("failed to bind the admin port")?;
-    shutdown.spawn(admin_server);
+    admin::start(config.admin_port, registry, &readiness, &shutdown)
+        .await
+        .context("failed to bind the admin port")?;
 
     let http_port = config.http_port;
     let Some(state) = connect(config, metrics, &readiness, &shutdown).await? else {

@@ -1,12 +1,11 @@
 //! Wiring only: configuration, telemetry, metrics, the admin listener, the consumer, shutdown.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use processor::{Metrics, ProcessorConfig, run};
 use prometheus_client::registry::Registry;
-use workload_runtime::admin::{self, AdminState, Readiness};
+use workload_runtime::admin::{self, Readiness};
 use workload_runtime::config::ProcessEnv;
 use workload_runtime::shutdown::Shutdown;
 use workload_runtime::telemetry;
@@ -25,17 +24,9 @@ async fn main() -> Result<()> {
     let mut registry = Registry::with_prefix("processor");
     let metrics = Metrics::register(&mut registry);
     let readiness = Readiness::new();
-    let admin_server = admin::serve(
-        config.admin_port,
-        AdminState {
-            registry: Arc::new(registry),
-            readiness: readiness.clone(),
-            shutdown: shutdown.token(),
-        },
-    )
-    .await
-    .context("failed to bind the admin port")?;
-    shutdown.spawn(admin_server);
+    admin::start(config.admin_port, registry, &readiness, &shutdown)
+        .await
+        .context("failed to bind the admin port")?;
 
     // Returns once shutdown began and in-flight orders are settled.
     run(config, metrics, &readiness, &shutdown).await;

@@ -146,6 +146,27 @@ pub async fn serve(
     })
 }
 
+/// Binds the admin port and serves it as a task that shutdown waits for: what every workload's
+/// `main` does once its metrics are registered.
+pub async fn start(
+    port: u16,
+    registry: Registry,
+    readiness: &Readiness,
+    shutdown: &crate::shutdown::Shutdown,
+) -> std::io::Result<()> {
+    let server = serve(
+        port,
+        AdminState {
+            registry: Arc::new(registry),
+            readiness: readiness.clone(),
+            shutdown: shutdown.token(),
+        },
+    )
+    .await?;
+    shutdown.spawn(server);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
