@@ -170,7 +170,8 @@ async fn reconcile_steps(pipeline: &OrderPipeline, context: &Context) -> Result<
     }
     let children = build::build(pipeline, &secrets, &overrides, &running, &context.version)?;
     let applied = apply_all(&context.client, &namespace, children).await?;
-    let (mut new_status, mut transitions) = status::compute(pipeline, &applied, &decisions);
+    let (mut new_status, mut transitions) =
+        status::compute(pipeline, pipeline.status.as_ref(), &applied, &decisions);
     let mut current = pipeline.clone();
     if pipeline.status.as_ref() != Some(&new_status) {
         // The watch cache may not show our last status write yet; judged against it, the
@@ -181,7 +182,8 @@ async fn reconcile_steps(pipeline: &OrderPipeline, context: &Context) -> Result<
             .get_status(&pipeline.name_any())
             .await
             .map_err(Error::Status)?;
-        (new_status, transitions) = status::compute(&current, &applied, &decisions);
+        (new_status, transitions) =
+            status::compute(pipeline, current.status.as_ref(), &applied, &decisions);
     }
     for transition in transitions {
         publish(

@@ -25,8 +25,12 @@ pub struct Transition {
 }
 
 /// The status after a successful apply, and the transitions to announce.
+///
+/// `pipeline` is the object the children were built from (its generation is the one observed);
+/// `previous` is the status to carry transition times over from, which may be fresher.
 pub fn compute(
     pipeline: &OrderPipeline,
+    previous: Option<&OrderPipelineStatus>,
     applied: &Applied,
     decisions: &[(Workload, ScalingDecision)],
 ) -> (OrderPipelineStatus, Vec<Transition>) {
@@ -85,7 +89,7 @@ pub fn compute(
     let all_ready = not_ready.is_empty();
     let name = pipeline.name_any();
     let namespace = pipeline.namespace().unwrap_or_default();
-    let previous = pipeline.status.clone().unwrap_or_default();
+    let previous = previous.cloned().unwrap_or_default();
     let generation = pipeline.metadata.generation;
     let conditions = vec![
         if all_ready {
@@ -340,7 +344,7 @@ mod tests {
             deployments: vec![deployment("gateway", 2, 2), deployment("processor", 1, 0)],
             ..Applied::default()
         };
-        let (status, transitions) = compute(&pipeline(), &applied, &[]);
+        let (status, transitions) = compute(&pipeline(), None, &applied, &[]);
         assert_eq!(status.phase.as_deref(), Some("Progressing"));
         assert_eq!(status.ready_components.as_deref(), Some("1/2"));
         assert_eq!(status.observed_generation, Some(3));
@@ -358,7 +362,7 @@ mod tests {
             deployments: vec![deployment("gateway", 2, 2), deployment("processor", 1, 1)],
             ..Applied::default()
         };
-        let (status, transitions) = compute(&converged, &applied, &[]);
+        let (status, transitions) = compute(&converged, converged.status.as_ref(), &applied, &[]);
         assert_eq!(status.phase.as_deref(), Some("Ready"));
         assert_eq!(status.conditions[0].reason, "AllComponentsReady");
         assert_eq!(transitions[0].reason, "PipelineReady");
@@ -366,7 +370,7 @@ mod tests {
         // Once converged, computing again yields the identical status: no write, no event.
         let mut steady = converged.clone();
         steady.status = Some(status.clone());
-        let (again, transitions) = compute(&steady, &applied, &[]);
+        let (again, transitions) = compute(&steady, steady.status.as_ref(), &applied, &[]);
         assert_eq!(again, status);
         assert!(transitions.is_empty());
     }
@@ -378,7 +382,7 @@ mod tests {
             deployments: vec![deployment("gateway", 1, 1)],
             ..Applied::default()
         };
-        failing.status = Some(compute(&failing, &applied, &[]).0);
+        failing.status = Some(compute(&failing, None, &applied, &[]).0);
         let status = degraded(
             &failing,
             "ApplyFailed",
