@@ -35,44 +35,32 @@ pub fn compute(
     decisions: &[(Workload, ScalingDecision)],
 ) -> (OrderPipelineStatus, Vec<Transition>) {
     let mut components = BTreeMap::new();
+    let replicas = |spec: Option<i32>, ready: Option<i32>| ComponentStatus {
+        desired_replicas: spec.unwrap_or(1),
+        ready_replicas: ready.unwrap_or(0),
+    };
     for deployment in &applied.deployments {
-        let component = component_of(deployment.metadata.labels.as_ref());
-        let desired = deployment
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.replicas)
-            .unwrap_or(1);
-        let ready = deployment
-            .status
-            .as_ref()
-            .and_then(|status| status.ready_replicas)
-            .unwrap_or(0);
         components.insert(
-            component,
-            ComponentStatus {
-                desired_replicas: desired,
-                ready_replicas: ready,
-            },
+            component_of(deployment.metadata.labels.as_ref()),
+            replicas(
+                deployment.spec.as_ref().and_then(|spec| spec.replicas),
+                deployment
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.ready_replicas),
+            ),
         );
     }
     for stateful_set in &applied.stateful_sets {
-        let component = component_of(stateful_set.metadata.labels.as_ref());
-        let desired = stateful_set
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.replicas)
-            .unwrap_or(1);
-        let ready = stateful_set
-            .status
-            .as_ref()
-            .and_then(|status| status.ready_replicas)
-            .unwrap_or(0);
         components.insert(
-            component,
-            ComponentStatus {
-                desired_replicas: desired,
-                ready_replicas: ready,
-            },
+            component_of(stateful_set.metadata.labels.as_ref()),
+            replicas(
+                stateful_set.spec.as_ref().and_then(|spec| spec.replicas),
+                stateful_set
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.ready_replicas),
+            ),
         );
     }
     let not_ready: Vec<String> = components

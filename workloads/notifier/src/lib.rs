@@ -33,12 +33,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use redis::aio::ConnectionManager;
 use workload_runtime::admin::Readiness;
-use workload_runtime::broker::{Broker, BrokerConfig, BrokerMetrics, DeclareTopology};
+use workload_runtime::broker::{BrokerConfig, BrokerMetrics, DeclareTopology};
 use workload_runtime::config::{self, ConfigError, Source};
 use workload_runtime::consumer::{
     self, ConsumerConfig, ConsumerMetrics, Disposition, Handler, Incoming,
 };
-use workload_runtime::redis_connection::{self, RedisConfig};
+use workload_runtime::redis_connection::RedisConfig;
 use workload_runtime::shutdown::Shutdown;
 use workload_runtime::topology as queues;
 
@@ -389,18 +389,18 @@ pub async fn run<S: Sink>(
     readiness: &Readiness,
     shutdown: &Shutdown,
 ) {
-    let redis_check = readiness.check("redis");
-    let broker = Broker::start(
+    let Some((broker, redis)) = consumer::connect(
         BrokerConfig::new(config.rabbitmq_urls.clone(), "notifier"),
         declare_topology(),
         metrics.broker,
-        readiness.check("rabbitmq"),
+        &config.redis,
+        readiness,
         shutdown,
-    );
-    let Some(redis) = redis_connection::connect(&config.redis, shutdown).await else {
+    )
+    .await
+    else {
         return;
     };
-    redis_connection::watch_readiness(redis.clone(), redis_check, Duration::from_secs(2), shutdown);
     let notifier = Notifier::new(
         redis,
         config.redis.keys.clone(),

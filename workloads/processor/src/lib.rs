@@ -13,7 +13,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use pipeline_contract::keys::Keys;
 use pipeline_contract::messages::{OrderOutcome, OrderPlaced, Outcome};
@@ -29,7 +29,7 @@ use workload_runtime::config::{self, ConfigError, Source};
 use workload_runtime::consumer::{
     self, ConsumerConfig, ConsumerMetrics, Disposition, Handler, Incoming,
 };
-use workload_runtime::redis_connection::{self, RedisConfig};
+use workload_runtime::redis_connection::RedisConfig;
 use workload_runtime::shutdown::Shutdown;
 use workload_runtime::topology as queues;
 
@@ -310,18 +310,18 @@ pub async fn run(
     readiness: &Readiness,
     shutdown: &Shutdown,
 ) {
-    let redis_check = readiness.check("redis");
-    let broker = Broker::start(
+    let Some((broker, redis)) = consumer::connect(
         BrokerConfig::new(config.rabbitmq_urls.clone(), "processor"),
         declare_topology(),
         metrics.broker,
-        readiness.check("rabbitmq"),
+        &config.redis,
+        readiness,
         shutdown,
-    );
-    let Some(redis) = redis_connection::connect(&config.redis, shutdown).await else {
+    )
+    .await
+    else {
         return;
     };
-    redis_connection::watch_readiness(redis.clone(), redis_check, Duration::from_secs(2), shutdown);
     let processor = Processor::new(
         redis,
         config.redis.keys.clone(),

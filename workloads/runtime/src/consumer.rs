@@ -127,6 +127,35 @@ impl ConsumerMetrics {
     }
 }
 
+/// What a consuming workload connects to before it consumes: the broker (through the connection
+/// manager, declaring `topology`) and Redis, each with its readiness check. `None` when shutdown
+/// began first.
+pub async fn connect(
+    broker: crate::broker::BrokerConfig,
+    topology: crate::broker::DeclareTopology,
+    broker_metrics: crate::broker::BrokerMetrics,
+    redis: &crate::redis_connection::RedisConfig,
+    readiness: &crate::admin::Readiness,
+    shutdown: &Shutdown,
+) -> Option<(Broker, redis::aio::ConnectionManager)> {
+    let redis_check = readiness.check("redis");
+    let broker = Broker::start(
+        broker,
+        topology,
+        broker_metrics,
+        readiness.check("rabbitmq"),
+        shutdown,
+    );
+    let connection = crate::redis_connection::connect(redis, shutdown).await?;
+    crate::redis_connection::watch_readiness(
+        connection.clone(),
+        redis_check,
+        Duration::from_secs(2),
+        shutdown,
+    );
+    Some((broker, connection))
+}
+
 /// Consumes until shutdown, re-subscribing after every reconnection.
 pub async fn run<H: Handler>(
     broker: Broker,
