@@ -47,7 +47,7 @@ pub struct OrderPipelineSpec {
     pub paused: bool,
     /// The API gateway (HTTP on 8080).
     #[serde(default)]
-    pub gateway: WorkloadSpec,
+    pub gateway: ExposedWorkloadSpec,
     /// The order processor.
     #[serde(default)]
     pub processor: ScaledWorkloadSpec,
@@ -56,7 +56,7 @@ pub struct OrderPipelineSpec {
     pub notifier: ScaledWorkloadSpec,
     /// The dashboard (HTTP on 8081).
     #[serde(default)]
-    pub dashboard: WorkloadSpec,
+    pub dashboard: ExposedWorkloadSpec,
     /// Access tokens.
     #[serde(default)]
     pub auth: AuthSpec,
@@ -100,6 +100,56 @@ impl Default for WorkloadSpec {
             image: None,
             resources: None,
             env: Vec::new(),
+        }
+    }
+}
+
+/// A workload with a Service of its own (the gateway and the dashboard).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExposedWorkloadSpec {
+    /// Replicas, image, resources and env.
+    #[serde(flatten)]
+    pub workload: WorkloadSpec,
+    /// How the workload's Service is reached.
+    #[serde(default)]
+    pub service: ServiceSpec,
+}
+
+/// How a workload's Service is reached. Only the business port is meant for outside traffic:
+/// the pipeline's NetworkPolicy admits the admin port from the pipeline's own pods only.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.nodePort) || self.type != 'ClusterIP'").message("service.nodePort needs service.type NodePort or LoadBalancer"))]
+pub struct ServiceSpec {
+    /// `ClusterIP` (inside the cluster only; reach it with `kubectl port-forward`), `NodePort`
+    /// (also on every node's address, as the kind cluster in `kind-config.yaml` maps to
+    /// localhost) or `LoadBalancer`.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// The node port of the business port (30000-32767) for `NodePort` and `LoadBalancer`;
+    /// Kubernetes picks one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub node_port: Option<i32>,
+}
+
+/// A Service type.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The name Kubernetes uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
         }
     }
 }
@@ -433,7 +483,8 @@ mod tests {
     fn an_empty_spec_is_a_complete_pipeline() {
         let spec: OrderPipelineSpec = serde_json::from_str("{}").unwrap();
         assert!(!spec.paused);
-        assert_eq!(spec.gateway.replicas, 1);
+        assert_eq!(spec.gateway.workload.replicas, 1);
+        assert_eq!(spec.gateway.service.type_, ServiceType::ClusterIP);
         assert_eq!(spec.processor.workload.replicas, 1);
         assert!(spec.processor.autoscaling.is_none());
         assert_eq!(spec.auth.token_lifetime_seconds, 3600);

@@ -146,6 +146,27 @@ fn invalid_cases() -> Vec<InvalidCase> {
             expected: &["spec.dashboard.image", "should be at least 1 chars long"],
         },
         InvalidCase {
+            name: "node-port-on-a-cluster-ip-service",
+            spec: json!({"gateway": {"service": {"nodePort": 30080}}}),
+            expected: &[
+                "spec.gateway.service",
+                "service.nodePort needs service.type NodePort or LoadBalancer",
+            ],
+        },
+        InvalidCase {
+            name: "node-port-outside-the-node-port-range",
+            spec: json!({"dashboard": {"service": {"type": "NodePort", "nodePort": 8081}}}),
+            expected: &[
+                "spec.dashboard.service.nodePort",
+                "should be greater than or equal to 30000",
+            ],
+        },
+        InvalidCase {
+            name: "unknown-service-type",
+            spec: json!({"gateway": {"service": {"type": "ExternalName"}}}),
+            expected: &["spec.gateway.service.type", "Unsupported value"],
+        },
+        InvalidCase {
             // 41 characters: child names are derived from it.
             name: "pipeline-with-a-name-longer-than-40-chars",
             spec: json!({}),

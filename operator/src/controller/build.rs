@@ -12,7 +12,8 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use pipeline_api::{
-    DependencySpec, ExternalDependency, ManagedDependency, OrderPipeline, Resources, WorkloadSpec,
+    DependencySpec, ExternalDependency, ManagedDependency, OrderPipeline, Resources, ServiceSpec,
+    WorkloadSpec,
 };
 use pipeline_contract::{env, ports, probes};
 use serde_json::{Value, json};
@@ -74,10 +75,19 @@ impl Workload {
     fn spec(self, pipeline: &OrderPipeline) -> &WorkloadSpec {
         let spec = &pipeline.spec;
         match self {
-            Workload::Gateway => &spec.gateway,
+            Workload::Gateway => &spec.gateway.workload,
             Workload::Processor => &spec.processor.workload,
             Workload::Notifier => &spec.notifier.workload,
-            Workload::Dashboard => &spec.dashboard,
+            Workload::Dashboard => &spec.dashboard.workload,
+        }
+    }
+
+    /// How the workload's Service is reached, for the workloads that have one.
+    fn service(self, pipeline: &OrderPipeline) -> Option<&ServiceSpec> {
+        match self {
+            Workload::Gateway => Some(&pipeline.spec.gateway.service),
+            Workload::Dashboard => Some(&pipeline.spec.dashboard.service),
+            Workload::Processor | Workload::Notifier => None,
         }
     }
 
@@ -236,13 +246,15 @@ pub fn build(
             &hash,
             operator_version,
         )?);
-        if let Some(port) = workload.http_port() {
-            children.services.push(context.service(
+        if let (Some(port), Some(exposure)) = (workload.http_port(), workload.service(pipeline)) {
+            let mut service = context.service(
                 &format!("{name}-{}", workload.name()),
                 workload.name(),
                 &[("http", port), ("admin", ports::ADMIN)],
                 false,
-            ));
+            );
+            expose(&mut service, exposure);
+            children.services.push(service);
         }
         if replicas > 1 {
             children
@@ -252,6 +264,22 @@ pub fn build(
     }
     children.network_policies = context.network_policies(pipeline);
     Ok(children)
+}
+
+/// Sets the Service type the spec asks for, and the node port of its business port (the first).
+/// The admin port gets a node port too when the type needs one (Kubernetes gives every port of
+/// such a Service one), but the pipeline's NetworkPolicy admits it only from the pipeline's pods.
+fn expose(service: &mut Service, exposure: &ServiceSpec) {
+    let Some(spec) = service.spec.as_mut() else {
+        return;
+    };
+    spec.type_ = Some(exposure.type_.as_str().to_owned());
+    if let (Some(node_port), Some(http)) = (
+        exposure.node_port,
+        spec.ports.as_mut().and_then(|ports| ports.first_mut()),
+    ) {
+        http.node_port = Some(node_port);
+    }
 }
 
 /// Hash of what the workloads' behaviour depends on outside their own pod template: token
@@ -909,6 +937,60 @@ mod tests {
             &RunningImages::new(),
             version,
         )
+    }
+
+    #[test]
+    fn services_are_cluster_internal_unless_the_spec_exposes_them() {
+        let service = |children: &Children, name: &str| {
+            children
+                .services
+                .iter()
+                .find(|service| service.metadata.name.as_deref() == Some(name))
+                .and_then(|service| service.spec.clone())
+                .unwrap()
+        };
+        let internal = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
+        for name in ["shop-gateway", "shop-dashboard"] {
+            let spec = service(&internal, name);
+            assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+            assert!(
+                spec.ports
+                    .unwrap()
+                    .iter()
+                    .all(|port| port.node_port.is_none())
+            );
+        }
+
+        let exposed = build_default(
+            &pipeline(json!({
+                "gateway": {"service": {"type": "NodePort", "nodePort": 30080}},
+                "dashboard": {"service": {"type": "LoadBalancer"}},
+            })),
+            &secrets(),
+            "0.1.0",
+        )
+        .unwrap();
+        let gateway = service(&exposed, "shop-gateway");
+        assert_eq!(gateway.type_.as_deref(), Some("NodePort"));
+        let ports = gateway.ports.unwrap();
+        assert_eq!(
+            (ports[0].name.as_deref(), ports[0].node_port),
+            (Some("http"), Some(30080))
+        );
+        // The admin port's node port is left to Kubernetes; the NetworkPolicy guards it.
+        assert_eq!(
+            (ports[1].name.as_deref(), ports[1].node_port),
+            (Some("admin"), None)
+        );
+        let dashboard = service(&exposed, "shop-dashboard");
+        assert_eq!(dashboard.type_.as_deref(), Some("LoadBalancer"));
+        assert!(
+            dashboard
+                .ports
+                .unwrap()
+                .iter()
+                .all(|port| port.node_port.is_none())
+        );
     }
 
     #[test]
