@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, Service};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -102,12 +102,29 @@ async fn run(client: &Client, namespace: &str, operator: &Child) -> Result<()> {
             .create(&PostParams::default(), &pipeline(name)?)
             .await?;
     }
+    let applied = started.elapsed();
+    // Where the time goes: the operator's first pass over every pipeline (observedGeneration
+    // set), the cluster making the pods (kube-controller-manager, scheduler, kwok), and the
+    // status following.
+    let timeline = {
+        let client = client.clone();
+        let namespace = namespace.to_owned();
+        let names = names.clone();
+        tokio::spawn(async move { timeline(&client, &namespace, &names, started).await })
+    };
     wait_all_ready(&pipelines, &names, Duration::from_secs(300)).await?;
+    timeline.abort();
     println!(
-        "  all {MANY} Ready after {:.1} s",
-        started.elapsed().as_secs_f64()
+        "  all {MANY} Ready after {:.1} s (created in {:.1} s)",
+        started.elapsed().as_secs_f64(),
+        applied.as_secs_f64()
     );
     let rss = resident_kib(operator.id())?;
+    println!(
+        "  full applies {}, applies skipped {}",
+        operator_counter("orderpipeline_operator_full_applies_total").await?,
+        operator_counter("orderpipeline_operator_applies_skipped_total").await?
+    );
     println!(
         "  operator resident memory with {} pipelines: {:.1} MiB",
         MANY + 5,
@@ -195,6 +212,53 @@ async fn run(client: &Client, namespace: &str, operator: &Child) -> Result<()> {
         "  writes: {child_writes} children changed, {status_writes} statuses written (of {total})"
     );
     Ok(())
+}
+
+/// Prints, every few seconds until aborted: pipelines the operator has reconciled once, Ready
+/// pipelines, reconciles so far, and the namespace's pods (all, and Ready).
+async fn timeline(client: &Client, namespace: &str, names: &[String], started: Instant) {
+    let pipelines: Api<OrderPipeline> = Api::namespaced(client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (Ok(list), Ok(pod_list), Ok(reconciles)) = (
+            pipelines.list(&ListParams::default()).await,
+            pods.list(&ListParams::default()).await,
+            operator_counter("orderpipeline_operator_reconciles_total").await,
+        ) else {
+            continue;
+        };
+        let ours = list.items.iter().filter(|p| names.contains(&p.name_any()));
+        let (mut reconciled, mut ready) = (0, 0);
+        for pipeline in ours {
+            let status = pipeline.status.as_ref();
+            if status.and_then(|s| s.observed_generation).is_some() {
+                reconciled += 1;
+            }
+            if status.is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            }) {
+                ready += 1;
+            }
+        }
+        let pods_ready = pod_list
+            .items
+            .iter()
+            .filter(|pod| {
+                pod.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        println!(
+            "  +{:>5.1}s reconciled once {reconciled:>3}, Ready {ready:>3}, reconciles {reconciles:>5}, pods {:>4} ({pods_ready} Ready)",
+            started.elapsed().as_secs_f64(),
+            pod_list.items.len()
+        );
+    }
 }
 
 fn pipeline(name: &str) -> Result<OrderPipeline> {

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub reconciles: Counter,
     failures: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
+    /// Reconciles that sent every child (server-side apply), and those that found the children
+    /// exactly as the last full apply left them and only read them (see `controller::ledger`).
+    pub full_applies: Counter,
+    pub applies_skipped: Counter,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
 }
@@ -49,6 +53,8 @@ impl Metrics {
             reconciles: Counter::default(),
             failures: Family::default(),
             duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            full_applies: Counter::default(),
+            applies_skipped: Counter::default(),
             leader: Gauge::default(),
         };
         registry.register(
@@ -65,6 +71,16 @@ impl Metrics {
             "reconcile_duration_seconds",
             "Reconcile duration",
             metrics.duration.clone(),
+        );
+        registry.register(
+            "full_applies",
+            "Reconciles that applied every child",
+            metrics.full_applies.clone(),
+        );
+        registry.register(
+            "applies_skipped",
+            "Reconciles that found the children as last applied and did not apply them",
+            metrics.applies_skipped.clone(),
         );
         registry.register(
             "leader",

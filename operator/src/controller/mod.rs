@@ -8,6 +8,7 @@
 
 pub mod build;
 pub mod dereference;
+pub mod ledger;
 pub mod status;
 
 use std::sync::Arc;
@@ -20,8 +21,8 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -31,6 +32,11 @@ use serde::de::DeserializeOwned;
 
 use crate::autoscale;
 use crate::metrics::{ErrorKind, Metrics};
+
+/// Reconciles that run at once (of different pipelines; one pipeline is never reconciled twice at
+/// once). A reconcile mostly waits on the API server, so a few dozen keep it busy; unbounded, a
+/// burst of 100 new pipelines held 100 reconciles' objects and connections in memory at once.
+pub const CONCURRENT_RECONCILES: u16 = 16;
 
 /// What every reconcile needs.
 #[derive(Clone)]
@@ -43,6 +49,8 @@ pub struct Context {
     /// For RabbitMQ's management API (queue depths).
     pub http: reqwest::Client,
     pub windows: Arc<autoscale::Windows>,
+    /// What was last applied to each pipeline.
+    pub ledger: Arc<ledger::Ledger>,
 }
 
 impl Context {
@@ -59,6 +67,7 @@ impl Context {
             version: version.into(),
             http: reqwest::Client::new(),
             windows: Arc::default(),
+            ledger: Arc::default(),
         }
     }
 }
@@ -152,6 +161,8 @@ pub async fn reconcile(
 async fn reconcile_steps(pipeline: &OrderPipeline, context: &Context) -> Result<Action, Error> {
     let namespace = pipeline.namespace().unwrap_or_default();
     if pipeline.spec.paused {
+        // Whatever is changed by hand meanwhile, resuming applies everything again.
+        context.ledger.forget(&pipeline.uid().unwrap_or_default());
         status::write(pipeline, &context.client, status::paused(pipeline)).await?;
         return Ok(Action::await_change());
     }
@@ -169,7 +180,7 @@ async fn reconcile_steps(pipeline: &OrderPipeline, context: &Context) -> Result<
         .await;
     }
     let children = build::build(pipeline, &secrets, &overrides, &running, &context.version)?;
-    let applied = apply_all(&context.client, &namespace, children).await?;
+    let applied = apply_or_observe(pipeline, &namespace, children, context).await?;
     let (mut new_status, mut transitions) =
         status::compute(pipeline, pipeline.status.as_ref(), &applied, &decisions);
     let mut current = pipeline.clone();
@@ -358,6 +369,79 @@ async fn running_dependencies(
     Ok(images)
 }
 
+/// Applies every child, unless the ledger shows that exactly these children were applied
+/// recently and a listing finds them untouched since; then the listing stands in for the apply's
+/// answer (see [`ledger`]).
+async fn apply_or_observe(
+    pipeline: &OrderPipeline,
+    namespace: &str,
+    children: build::Children,
+    context: &Context,
+) -> Result<Applied, Error> {
+    let uid = pipeline.uid().unwrap_or_default();
+    let fingerprint = ledger::fingerprint(&children);
+    let now = Instant::now();
+    if let Some(entry) = context.ledger.fresh(&uid, fingerprint, now) {
+        let client = &context.client;
+        let (deployments, stateful_sets, services) = futures::try_join!(
+            list_children::<Deployment>(client, namespace, pipeline),
+            list_children::<StatefulSet>(client, namespace, pipeline),
+            list_children::<Service>(client, namespace, pipeline),
+        )?;
+        if let Some(applied) = entry.unchanged(deployments, stateful_sets, services) {
+            context.metrics.applies_skipped.inc();
+            return Ok(applied);
+        }
+    }
+    context.metrics.full_applies.inc();
+    match apply_all(&context.client, namespace, children).await {
+        Ok(applied) => {
+            context
+                .ledger
+                .record(&uid, ledger::Entry::new(fingerprint, &applied, now));
+            Ok(applied)
+        }
+        Err(error) => {
+            context.ledger.forget(&uid);
+            Err(error)
+        }
+    }
+}
+
+/// The pipeline's children of one kind, as they are now.
+async fn list_children<K>(
+    client: &Client,
+    namespace: &str,
+    pipeline: &OrderPipeline,
+) -> Result<Vec<K>, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let selector = format!(
+        "app.kubernetes.io/instance={},app.kubernetes.io/managed-by={}",
+        pipeline.name_any(),
+        build::MANAGED_BY
+    );
+    api.list(&ListParams::default().labels(&selector))
+        .await
+        .map(|list| list.items)
+        .map_err(|source| Error::Dereference {
+            what: format!("the pipeline's {}", kind_name::<K>()),
+            source,
+        })
+}
+
+fn kind_name<K>() -> &'static str {
+    std::any::type_name::<K>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("object")
+}
+
 async fn apply_all(
     client: &Client,
     namespace: &str,
@@ -413,10 +497,7 @@ where
     )
     .await
     .map_err(|source| Error::Apply {
-        kind: std::any::type_name::<K>()
-            .rsplit("::")
-            .next()
-            .unwrap_or("object"),
+        kind: kind_name::<K>(),
         name,
         source,
     })
@@ -480,6 +561,7 @@ pub async fn run(
     .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
     .owns(Api::<Service>::all(client.clone()), children.clone())
     .owns(Api::<Secret>::all(client.clone()), children)
+    .with_config(controller::Config::default().concurrency(CONCURRENT_RECONCILES))
     .graceful_shutdown_on(stop)
     .run(reconcile, error_policy, context)
     .for_each(|result| async move {

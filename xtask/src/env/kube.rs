@@ -396,6 +396,13 @@ fn start_controller_manager(layout: &Layout, binaries: &Binaries, state: &State)
                 // everything under test; a late heartbeat must not mark every node NotReady (and
                 // with it every pod, which kwok then never marks Ready again).
                 .arg("--node-monitor-grace-period=300s")
+                // Each controller's client is limited to 20 requests/s by default. Rolling out
+                // 100 pipelines means ~400 Deployments, their ReplicaSets and ~735 pods, each
+                // with a create, status updates and an Event: at 20/s the deployment controller
+                // alone needs ~100 s. kwok simulates the nodes; the control plane should not be
+                // the simulation's bottleneck (kwokctl raises these limits for the same reason).
+                .arg("--kube-api-qps=200")
+                .arg("--kube-api-burst=400")
                 .arg(format!(
                     "--service-account-private-key-file={}",
                     pki.service_account_private_key().display()
@@ -450,6 +457,10 @@ fn start_scheduler(layout: &Layout, binaries: &Binaries, state: &State) -> Resul
                 .arg("--bind-address=127.0.0.1")
                 .arg(format!("--secure-port={SCHEDULER_PORT}"))
                 .arg("--leader-elect=false")
+                // A binding and an Event per pod; the default 50/s would pace 735 pods (see the
+                // controller manager's limits above).
+                .arg("--kube-api-qps=200")
+                .arg("--kube-api-burst=400")
                 .arg("--profiling=false");
             command
         },

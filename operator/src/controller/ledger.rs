@@ -1,0 +1,371 @@
+//! What the operator last applied to each pipeline, so that a reconcile whose desired children
+//! are unchanged and whose children show no drift can skip the ~27 server-side applies.
+//!
+//! Most reconciles are triggered by a child's *status* (a ReplicaSet created, a pod Ready): while
+//! 100 pipelines roll out, that is about 13 reconciles per pipeline. An unchanged apply is a
+//! no-op in the API server, but it still costs the server a merge per object; sending them all for
+//! every status change made the operator the control plane's busiest client. Instead, such a
+//! reconcile lists the pipeline's Deployments, StatefulSets and Services (three requests) and
+//! compares what it sees with what the last apply returned:
+//!
+//! - a Deployment or StatefulSet whose `metadata.generation` moved has had its spec changed by
+//!   someone else; a Service whose `resourceVersion` moved was edited (Services carry no status
+//!   that changes on their own); a missing child was deleted. Any of these means a full apply.
+//! - Everything else (ConfigMaps, PodDisruptionBudgets, NetworkPolicies, metadata edits that do
+//!   not bump a generation) is healed by the full apply that runs at least every
+//!   [`FULL_APPLY_INTERVAL`], and at every change of the desired children.
+//!
+//! The ledger lives in memory: a new leader starts empty, so its first pass applies everything.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
+
+use super::Applied;
+use super::build::Children;
+
+/// The longest a pipeline goes without a full apply (and the drift healing it brings).
+pub const FULL_APPLY_INTERVAL: Duration = Duration::from_secs(300);
+
+/// The last full apply of every pipeline, by UID.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+/// What one full apply left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Hash of every desired child, as sent.
+    fingerprint: u64,
+    /// `metadata.generation` of each Deployment and StatefulSet after the apply, by name.
+    generations: BTreeMap<String, i64>,
+    /// `metadata.resourceVersion` of each Service after the apply, by name.
+    service_versions: BTreeMap<String, String>,
+    at: Instant,
+}
+
+impl Entry {
+    /// Records what an apply of `children` (fingerprinted) returned.
+    pub fn new(fingerprint: u64, applied: &Applied, at: Instant) -> Self {
+        let mut generations = BTreeMap::new();
+        for deployment in &applied.deployments {
+            generations.insert(
+                format!("Deployment/{}", deployment.name_any()),
+                deployment.metadata.generation.unwrap_or_default(),
+            );
+        }
+        for stateful_set in &applied.stateful_sets {
+            generations.insert(
+                format!("StatefulSet/{}", stateful_set.name_any()),
+                stateful_set.metadata.generation.unwrap_or_default(),
+            );
+        }
+        let service_versions = applied
+            .services
+            .iter()
+            .map(|service| {
+                (
+                    service.name_any(),
+                    service.resource_version().unwrap_or_default(),
+                )
+            })
+            .collect();
+        Self {
+            fingerprint,
+            generations,
+            service_versions,
+            at,
+        }
+    }
+
+    /// The children as listed now, when they are exactly what this apply left (so the status
+    /// can be computed from them without applying); `None` when anything drifted or is missing.
+    pub fn unchanged(
+        &self,
+        deployments: Vec<Deployment>,
+        stateful_sets: Vec<StatefulSet>,
+        services: Vec<Service>,
+    ) -> Option<Applied> {
+        let mut generations = BTreeMap::new();
+        for deployment in &deployments {
+            generations.insert(
+                format!("Deployment/{}", deployment.name_any()),
+                deployment.metadata.generation.unwrap_or_default(),
+            );
+        }
+        for stateful_set in &stateful_sets {
+            generations.insert(
+                format!("StatefulSet/{}", stateful_set.name_any()),
+                stateful_set.metadata.generation.unwrap_or_default(),
+            );
+        }
+        let service_versions: BTreeMap<String, String> = services
+            .iter()
+            .map(|service| {
+                (
+                    service.name_any(),
+                    service.resource_version().unwrap_or_default(),
+                )
+            })
+            .collect();
+        // Equality, not inclusion: an extra child (say, a StatefulSet left after a switch to an
+        // external dependency) is also something only a full apply sorts out.
+        (generations == self.generations && service_versions == self.service_versions).then(|| {
+            Applied {
+                deployments,
+                stateful_sets,
+                services,
+            }
+        })
+    }
+}
+
+impl Ledger {
+    /// The entry of the last full apply of `uid`, when it applied exactly `fingerprint` less than
+    /// [`FULL_APPLY_INTERVAL`] before `now`.
+    pub fn fresh(&self, uid: &str, fingerprint: u64, now: Instant) -> Option<Entry> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        entries
+            .get(uid)
+            .filter(|entry| {
+                entry.fingerprint == fingerprint
+                    && now.saturating_duration_since(entry.at) < FULL_APPLY_INTERVAL
+            })
+            .cloned()
+    }
+
+    /// Records a full apply, and forgets entries too old to be used again (deleted pipelines
+    /// among them), so the ledger stays as small as the set of live pipelines.
+    pub fn record(&self, uid: &str, entry: Entry) {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let now = entry.at;
+        entries.retain(|_, old| now.saturating_duration_since(old.at) < FULL_APPLY_INTERVAL);
+        entries.insert(uid.to_owned(), entry);
+    }
+
+    /// Forgets a pipeline, so its next reconcile applies everything (after a failed apply, whose
+    /// partial effects the ledger cannot describe).
+    pub fn forget(&self, uid: &str) {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        entries.remove(uid);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A hash of every desired child, in apply order. Building is deterministic (sorted maps), so
+/// equal specs and facts give equal fingerprints.
+pub fn fingerprint(children: &Children) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    let mut feed = |value: Result<Vec<u8>, serde_json::Error>| match value {
+        Ok(bytes) => bytes.hash(&mut hasher),
+        // Unserializable cannot happen for k8s-openapi types; if it did, hash something that
+        // never matches a previous entry, forcing a full apply.
+        Err(_) => Instant::now().hash(&mut hasher),
+    };
+    for object in &children.secrets {
+        feed(serde_json::to_vec(object));
+    }
+    for object in &children.config_maps {
+        feed(serde_json::to_vec(object));
+    }
+    for object in &children.services {
+        feed(serde_json::to_vec(object));
+    }
+    for object in &children.stateful_sets {
+        feed(serde_json::to_vec(object));
+    }
+    for object in &children.deployments {
+        feed(serde_json::to_vec(object));
+    }
+    for object in &children.disruption_budgets {
+        feed(serde_json::to_vec(object));
+    }
+    for object in &children.network_policies {
+        feed(serde_json::to_vec(object));
+    }
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn deployment(name: &str, generation: i64) -> Deployment {
+        serde_json::from_value(json!({"metadata": {"name": name, "generation": generation}}))
+            .unwrap()
+    }
+
+    fn stateful_set(name: &str, generation: i64) -> StatefulSet {
+        serde_json::from_value(json!({"metadata": {"name": name, "generation": generation}}))
+            .unwrap()
+    }
+
+    fn service(name: &str, version: &str) -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name, "resourceVersion": version}}))
+            .unwrap()
+    }
+
+    fn applied() -> Applied {
+        Applied {
+            deployments: vec![
+                deployment("shop-gateway", 1),
+                deployment("shop-processor", 2),
+            ],
+            stateful_sets: vec![stateful_set("shop-redis", 1)],
+            services: vec![service("shop-gateway", "10")],
+        }
+    }
+
+    #[test]
+    fn an_untouched_pipeline_is_unchanged_in_any_listing_order() {
+        let entry = Entry::new(7, &applied(), Instant::now());
+        let listed = entry
+            .unchanged(
+                vec![
+                    deployment("shop-processor", 2),
+                    deployment("shop-gateway", 1),
+                ],
+                vec![stateful_set("shop-redis", 1)],
+                vec![service("shop-gateway", "10")],
+            )
+            .expect("nothing drifted");
+        assert_eq!(listed.deployments.len(), 2);
+    }
+
+    #[test]
+    fn drift_deletion_or_an_extra_child_needs_a_full_apply() {
+        let entry = Entry::new(7, &applied(), Instant::now());
+        let redis = || vec![stateful_set("shop-redis", 1)];
+        let gateway_service = || vec![service("shop-gateway", "10")];
+        // Someone edited the processor's spec.
+        assert!(
+            entry
+                .unchanged(
+                    vec![
+                        deployment("shop-gateway", 1),
+                        deployment("shop-processor", 3)
+                    ],
+                    redis(),
+                    gateway_service(),
+                )
+                .is_none()
+        );
+        // Someone deleted it.
+        assert!(
+            entry
+                .unchanged(
+                    vec![deployment("shop-gateway", 1)],
+                    redis(),
+                    gateway_service()
+                )
+                .is_none()
+        );
+        // Someone edited the Service.
+        assert!(
+            entry
+                .unchanged(
+                    vec![
+                        deployment("shop-gateway", 1),
+                        deployment("shop-processor", 2)
+                    ],
+                    redis(),
+                    vec![service("shop-gateway", "11")],
+                )
+                .is_none()
+        );
+        // A StatefulSet the last apply did not return.
+        assert!(
+            entry
+                .unchanged(
+                    vec![
+                        deployment("shop-gateway", 1),
+                        deployment("shop-processor", 2)
+                    ],
+                    vec![
+                        stateful_set("shop-redis", 1),
+                        stateful_set("shop-cassandra", 1)
+                    ],
+                    gateway_service(),
+                )
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn entries_are_fresh_only_for_the_same_fingerprint_within_the_interval() {
+        let ledger = Ledger::default();
+        let start = Instant::now();
+        ledger.record("uid-1", Entry::new(7, &applied(), start));
+        assert!(
+            ledger
+                .fresh("uid-1", 7, start + Duration::from_secs(1))
+                .is_some()
+        );
+        assert!(
+            ledger
+                .fresh("uid-1", 8, start + Duration::from_secs(1))
+                .is_none()
+        );
+        assert!(
+            ledger
+                .fresh("uid-1", 7, start + FULL_APPLY_INTERVAL)
+                .is_none()
+        );
+        assert!(ledger.fresh("uid-2", 7, start).is_none());
+        ledger.forget("uid-1");
+        assert!(ledger.fresh("uid-1", 7, start).is_none());
+    }
+
+    #[test]
+    fn recording_drops_entries_too_old_to_use() {
+        let ledger = Ledger::default();
+        let start = Instant::now();
+        ledger.record("deleted", Entry::new(1, &applied(), start));
+        ledger.record(
+            "live",
+            Entry::new(2, &applied(), start + FULL_APPLY_INTERVAL),
+        );
+        assert_eq!(ledger.len(), 1);
+        assert!(
+            ledger
+                .fresh("live", 2, start + FULL_APPLY_INTERVAL)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn fingerprints_follow_the_children() {
+        let mut children = Children::default();
+        let empty = fingerprint(&children);
+        assert_eq!(empty, fingerprint(&Children::default()));
+        children.deployments.push(deployment("shop-gateway", 1));
+        assert_ne!(empty, fingerprint(&children));
+    }
+}
