@@ -27,20 +27,24 @@ async fn main() -> Result<()> {
     let mut registry = Registry::with_prefix("dashboard");
     let http_metrics = HttpMetrics::register(&mut registry);
     let readiness = Readiness::new();
+    // Ready only once the business port is bound: the dependency checks can pass before it is,
+    // and a Service (or `cargo xtask run`) must not send traffic to a closed port.
+    let http_ready = readiness.check("http");
     let redis_ready = readiness.check(REDIS_CHECK);
     admin::start(config.admin_port, registry, &readiness, &shutdown)
         .await
         .context("failed to bind the admin port")?;
 
-    let Some(state) = connect(&config.redis, http_metrics, redis_ready, &shutdown).await else {
-        shutdown.wait_for_tasks(Duration::from_secs(5)).await;
-        return Ok(());
-    };
     let http_port = config.http_port;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], http_port)))
         .await
         .with_context(|| format!("failed to bind port {http_port}"))?;
+    let Some(state) = connect(&config.redis, http_metrics, redis_ready, &shutdown).await else {
+        shutdown.wait_for_tasks(Duration::from_secs(5)).await;
+        return Ok(());
+    };
     tracing::info!(port = http_port, "dashboard listening");
+    http_ready.set(true);
     let token = shutdown.token();
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async move { token.cancelled().await })

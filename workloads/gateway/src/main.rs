@@ -26,18 +26,22 @@ async fn main() -> Result<()> {
     let mut registry = Registry::with_prefix("gateway");
     let metrics = GatewayMetrics::register(&mut registry);
     let readiness = Readiness::new();
+    // Ready only once the business port is bound: the dependency checks can pass before it is,
+    // and a Service (or `cargo xtask run`) must not send traffic to a closed port.
+    let http_ready = readiness.check("http");
     admin::start(config.admin_port, registry, &readiness, &shutdown)
         .await
         .context("failed to bind the admin port")?;
 
     let http_port = config.http_port;
-    let Some(state) = connect(config, metrics, &readiness, &shutdown).await? else {
-        return Ok(());
-    };
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], http_port)))
         .await
         .with_context(|| format!("failed to bind port {http_port}"))?;
+    let Some(state) = connect(config, metrics, &readiness, &shutdown).await? else {
+        return Ok(());
+    };
     tracing::info!(port = http_port, "gateway listening");
+    http_ready.set(true);
     let token = shutdown.token();
     axum::serve(
         listener,
