@@ -8,6 +8,7 @@
 //!   changed, and status writes).
 //!
 //! `cargo bench -p order-pipeline-operator --bench operator`. Figures are printed, not asserted.
+//! `OPERATOR_BINARY=<path>` benchmarks another build of the operator (the image's musl binary).
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -119,16 +120,17 @@ async fn run(client: &Client, namespace: &str, operator: &Child) -> Result<()> {
         started.elapsed().as_secs_f64(),
         applied.as_secs_f64()
     );
-    let rss = resident_kib(operator.id())?;
+    let (rss, peak) = resident_kib(operator.id())?;
     println!(
         "  full applies {}, applies skipped {}",
         operator_counter("orderpipeline_operator_full_applies_total").await?,
         operator_counter("orderpipeline_operator_applies_skipped_total").await?
     );
     println!(
-        "  operator resident memory with {} pipelines: {:.1} MiB",
+        "  operator resident memory with {} pipelines: {:.1} MiB (peak so far {:.1} MiB)",
         MANY + 5,
-        rss as f64 / 1024.0
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0
     );
 
     println!("== steady-state resync of every pipeline ==");
@@ -211,6 +213,12 @@ async fn run(client: &Client, namespace: &str, operator: &Child) -> Result<()> {
     println!(
         "  writes: {child_writes} children changed, {status_writes} statuses written (of {total})"
     );
+    let (rss, peak) = resident_kib(operator.id())?;
+    println!(
+        "  operator resident memory after the resync: {:.1} MiB (peak {:.1} MiB)",
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
     Ok(())
 }
 
@@ -271,8 +279,12 @@ fn pipeline(name: &str) -> Result<OrderPipeline> {
 }
 
 fn start_operator(kubeconfig: &str) -> Result<Child> {
-    let binary = env!("CARGO_BIN_EXE_order-pipeline-operator");
-    Command::new(binary)
+    // OPERATOR_BINARY measures another build of the operator, such as the static musl binary
+    // the image ships (`cargo xtask images operator`).
+    let binary = std::env::var("OPERATOR_BINARY")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_order-pipeline-operator").to_owned());
+    println!("operator binary: {binary}");
+    Command::new(&binary)
         .env("KUBECONFIG", kubeconfig)
         .env("LEADER_ELECTION_ENABLED", "false")
         .env("ADMIN_PORT", ADMIN_PORT.to_string())
@@ -359,13 +371,17 @@ async fn provide_volumes(client: &Client, namespace: &str, count: usize) -> Resu
     Ok(names)
 }
 
-fn resident_kib(pid: u32) -> Result<u64> {
+/// Resident memory now and at its peak (VmRSS, VmHWM), in KiB.
+fn resident_kib(pid: u32) -> Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// Generation and operator-owned field times of every child: what changes only when the operator

@@ -2,8 +2,10 @@
 
 mod crdgen;
 mod env;
+mod images;
 mod pipeline;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -44,6 +46,15 @@ enum Command {
         /// Write nothing; fail when a written copy differs from the generated CRD (for CI).
         #[arg(long)]
         check: bool,
+    },
+    /// Build the container images (gateway, processor, notifier, dashboard, operator; all when
+    /// none is named) from static musl release binaries, tag them order-pipeline/<name>:<version>,
+    /// write OCI archives and run each image's binary to verify it.
+    Images {
+        /// Where to write <name>-<version>.oci.tar (default ~/.cache/order-pipeline/images).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        names: Vec<String>,
     },
 }
 
@@ -111,6 +122,7 @@ fn run(cli: Cli) -> Result<bool> {
             run_workspace_tests(&cargo_test_args)
         }
         Command::Crdgen { check } => crdgen::run(check).map(|()| true),
+        Command::Images { out, names } => images::run(&layout, out, &names).map(|()| true),
     }
 }
 

@@ -116,13 +116,13 @@ impl Entry {
             .collect();
         // Equality, not inclusion: an extra child (say, a StatefulSet left after a switch to an
         // external dependency) is also something only a full apply sorts out.
-        (generations == self.generations && service_versions == self.service_versions).then(|| {
+        (generations == self.generations && service_versions == self.service_versions).then_some(
             Applied {
                 deployments,
                 stateful_sets,
                 services,
-            }
-        })
+            },
+        )
     }
 }
 
