@@ -322,7 +322,7 @@ impl Default for Storage {
 }
 
 /// An existing service (for example a managed cloud offering).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalDependency {
     /// Endpoints: AMQP URLs without credentials for RabbitMQ (`amqp://host:5672/vhost`),
@@ -333,9 +333,11 @@ pub struct ExternalDependency {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
     /// RabbitMQ only: the management API's base URL (`http://host:15672`), which queue-depth
-    /// autoscaling reads; without it an external RabbitMQ cannot be autoscaled on.
+    /// autoscaling reads; without it an external RabbitMQ cannot be autoscaled on. Plain HTTP
+    /// only for now: the operator does not speak TLS to the management API yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^https?://"))]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://')").message("managementUrl must be an http:// URL (https is not supported yet)"))]
     pub management_url: Option<String>,
 }
 

@@ -167,6 +167,14 @@ fn invalid_cases() -> Vec<InvalidCase> {
             expected: &["spec.gateway.service.type", "Unsupported value"],
         },
         InvalidCase {
+            name: "https-management-url",
+            spec: json!({"rabbitmq": {"external": {"endpoints": ["amqp://mq:5672/"], "managementUrl": "https://mq:15671"}}}),
+            expected: &[
+                "spec.rabbitmq.external.managementUrl",
+                "managementUrl must be an http:// URL (https is not supported yet)",
+            ],
+        },
+        InvalidCase {
             // 41 characters: child names are derived from it.
             name: "pipeline-with-a-name-longer-than-40-chars",
             spec: json!({}),
