@@ -110,16 +110,21 @@ pub async fn serve_admin(
     shutdown: CancellationToken,
 ) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
-    let router = Router::new()
-        .route(probes::LIVENESS, get(|| async { "ok" }))
-        .route(probes::READINESS, get(readyz))
-        .route(probes::METRICS, get(metrics))
-        .with_state(AdminState { registry, ready });
+    let router = router(registry, ready);
     Ok(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
     })
+}
+
+/// The admin routes: `/healthz`, `/readyz` and `/metrics`.
+pub fn router(registry: Arc<Registry>, ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route(probes::LIVENESS, get(|| async { "ok" }))
+        .route(probes::READINESS, get(readyz))
+        .route(probes::METRICS, get(metrics))
+        .with_state(AdminState { registry, ready })
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -147,4 +152,63 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn get(router: &Router, path: &str) -> (StatusCode, String) {
+        let response = router
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn admin_routes_report_health_readiness_and_the_reconcile_metrics() {
+        let mut registry = Registry::with_prefix("orderpipeline_operator");
+        let metrics = Metrics::register(&mut registry);
+        let ready = Arc::new(AtomicBool::new(false));
+        let router = router(Arc::new(registry), ready.clone());
+
+        assert_eq!(get(&router, probes::LIVENESS).await.0, StatusCode::OK);
+        let (status, body) = get(&router, probes::READINESS).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("API server"), "{body}");
+        ready.store(true, Ordering::Relaxed);
+        assert_eq!(get(&router, probes::READINESS).await.0, StatusCode::OK);
+
+        metrics.reconciles.inc();
+        metrics.reconciles.inc();
+        metrics.failure(ErrorKind::Apply);
+        metrics.duration.observe(0.25);
+        metrics.full_applies.inc();
+        metrics.leader.set(1);
+        let (status, body) = get(&router, probes::METRICS).await;
+        assert_eq!(status, StatusCode::OK);
+        for line in [
+            "orderpipeline_operator_reconciles_total 2",
+            "orderpipeline_operator_reconcile_errors_total{kind=\"Apply\"} 1",
+            "orderpipeline_operator_reconcile_duration_seconds_count 1",
+            "orderpipeline_operator_full_applies_total 1",
+            "orderpipeline_operator_applies_skipped_total 0",
+            "orderpipeline_operator_leader 1",
+        ] {
+            assert!(
+                body.lines().any(|l| l == line),
+                "missing {line:?} in\n{body}"
+            );
+        }
+    }
 }
