@@ -294,6 +294,8 @@ fn cluster_wide_permissions() -> BTreeSet<Permission> {
         ),
         permission("pods", &[], &["get", "list", "watch"]),
         permission("events.events.k8s.io", &[], &["create", "patch"]),
+        // A managed Cassandra's credentials Job, applied only.
+        permission("jobs.batch", &[], &["create", "patch"]),
     ]);
     for resource in [
         "deployments.apps",
@@ -531,6 +533,8 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
         &["delete", "persistentvolumeclaims", "-n", "default"],
         &["list", "persistentvolumeclaims", "-A"],
         &["watch", "pods", "-A"],
+        &["create", "jobs.batch", "-n", "default"],
+        &["patch", "jobs.batch", "-A"],
         &["create", "events.events.k8s.io", "-n", "default"],
         &["patch", "events.events.k8s.io", "-A"],
         &["create", "leases.coordination.k8s.io", "-n", &namespace],
@@ -567,7 +571,13 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
         &["create", "pods", "--subresource=exec", "-n", "default"],
         &["create", "events", "-n", "default"],
         &["deletecollection", "secrets", "-A"],
-        &["create", "jobs.batch", "-n", "default"],
+        // Jobs are applied, never read, updated or deleted by the operator; nor are CronJobs.
+        &["get", "jobs.batch", "-n", "default"],
+        &["list", "jobs.batch", "-A"],
+        &["watch", "jobs.batch", "-A"],
+        &["update", "jobs.batch", "-A"],
+        &["delete", "jobs.batch", "-n", "default"],
+        &["create", "cronjobs.batch", "-n", "default"],
         &["create", "daemonsets.apps", "-n", "default"],
         // Nothing cluster-scoped, no way to grant itself more.
         &["create", "namespaces"],

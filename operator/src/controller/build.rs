@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -31,6 +32,23 @@ pub const WORKLOAD_IMAGE_REPOSITORY: &str = "order-pipeline";
 pub const RABBITMQ_IMAGE: &str = "rabbitmq:3.13.7-management-alpine";
 pub const REDIS_IMAGE: &str = "redis:7.4.1-alpine";
 pub const CASSANDRA_IMAGE: &str = "cassandra:5.0.2";
+
+/// The role the workloads log in to a managed Cassandra as: no superuser, just what the gateway
+/// needs (see [`CASSANDRA_CREDENTIALS_SCRIPT`]).
+pub const CASSANDRA_ROLE: &str = "pipeline";
+/// The superuser the Cassandra image creates on first start (password `cassandra`, replaced by a
+/// generated one once the credentials Job has run).
+pub const CASSANDRA_SUPERUSER: &str = "cassandra";
+/// The keyspace the gateway keeps accounts in: its default, as the operator sets no
+/// `CASSANDRA_KEYSPACE`.
+const GATEWAY_KEYSPACE: &str = "users_keyspace";
+/// The component label of the Job that sets a managed Cassandra's credentials. Not `cassandra`:
+/// its pod must not match the Cassandra Services' and StatefulSet's selectors.
+const CASSANDRA_AUTH: &str = "cassandra-auth";
+
+/// Hex digits of the spec hash in the credentials Job's name: 40 (longest pipeline name) + 16
+/// (`-cassandra-auth-`) + 7 = 63, the most a Job name may have.
+const JOB_HASH_LENGTH: usize = 7;
 
 /// A UID no image needs to exist, for the restricted Pod Security Standard.
 const RUN_AS_USER: i64 = 65532;
@@ -151,6 +169,12 @@ pub struct Secrets {
     pub rabbitmq_password: Option<String>,
     /// `<name>-redis-credentials` (`password`) when Redis is managed.
     pub redis_password: Option<String>,
+    /// `<name>-cassandra-credentials` (`username` [`CASSANDRA_ROLE`], `password`) when Cassandra
+    /// is managed: the workloads' role.
+    pub cassandra_password: Option<String>,
+    /// `<name>-cassandra-credentials` (`superuser-password`): what the credentials Job sets the
+    /// image's superuser to, so the well-known default stops working.
+    pub cassandra_superuser_password: Option<String>,
     /// Data of every Secret the spec references, by name, for the configuration hash only.
     pub referenced: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
 }
@@ -162,6 +186,8 @@ pub struct Children {
     pub config_maps: Vec<ConfigMap>,
     pub services: Vec<Service>,
     pub stateful_sets: Vec<StatefulSet>,
+    /// Run once per spec (the name carries a hash of it), after the StatefulSets they set up.
+    pub jobs: Vec<Job>,
     pub deployments: Vec<Deployment>,
     pub disruption_budgets: Vec<PodDisruptionBudget>,
     pub network_policies: Vec<NetworkPolicy>,
@@ -303,6 +329,13 @@ pub fn config_hash(pipeline: &OrderPipeline, secrets: &Secrets) -> String {
         &secrets.redis_password,
     ] {
         hasher.update(value.as_deref().unwrap_or("").as_bytes());
+        hasher.update([0]);
+    }
+    // Only when present, so that pipelines with an external Cassandra keep their hash (and their
+    // pods) across the operator upgrade that introduced it. The superuser's password is the
+    // credentials Job's alone.
+    if let Some(password) = &secrets.cassandra_password {
+        hasher.update(password.as_bytes());
         hasher.update([0]);
     }
     for (name, data) in &secrets.referenced {
@@ -689,13 +722,26 @@ impl Context<'_> {
                 }
             }
             Dependency::Cassandra => {
-                // The image's superuser is cassandra/cassandra; changing it needs CQL against
-                // the running cluster, which the operator does not do yet. The Secret is where
-                // the workloads read it from either way.
+                // The image starts with the well-known superuser cassandra/cassandra. The
+                // workloads log in as their own role instead, which the credentials Job (below)
+                // creates with this password, and the Job replaces the superuser's password with
+                // the generated one kept here: nothing answers to cassandra/cassandra once it ran.
+                let password = secrets
+                    .cassandra_password
+                    .as_deref()
+                    .ok_or(BuildError::MissingSecret("cassandra"))?;
+                let superuser_password = secrets
+                    .cassandra_superuser_password
+                    .as_deref()
+                    .ok_or(BuildError::MissingSecret("cassandra superuser"))?;
                 children.secrets.push(self.secret(
                     &format!("{name}-credentials"),
                     component,
-                    &[("username", "cassandra"), ("password", "cassandra")],
+                    &[
+                        ("username", CASSANDRA_ROLE),
+                        ("password", password),
+                        ("superuser-password", superuser_password),
+                    ],
                 ));
                 let seeds = format!("{name}-0.{headless}.{}.svc", self.namespace);
                 DependencyPod {
@@ -796,12 +842,83 @@ impl Context<'_> {
                 "volumeClaimTemplates": [claim],
             },
         })));
+        if dependency == Dependency::Cassandra {
+            children
+                .jobs
+                .push(self.cassandra_credentials_job(&image, managed.replicas));
+        }
         if managed.replicas > 1 {
             children
                 .disruption_budgets
                 .push(self.disruption_budget(component));
         }
         Ok(())
+    }
+
+    /// The Job that runs [`CASSANDRA_CREDENTIALS_SCRIPT`] with the StatefulSet's own image (and so
+    /// its `cqlsh`), reading every password from the credentials Secret.
+    ///
+    /// A Job's pod template is immutable, so an apply of a changed one would fail. The name
+    /// therefore ends in a hash of the spec: a changed spec (a new image, more replicas) is a new
+    /// Job that runs the idempotent script again, and an unchanged one re-applies as a no-op. The
+    /// hash stays short because Job names become label values (at most 63 characters, and
+    /// pipeline names have up to 40). A finished Job is deleted after
+    /// `ttlSecondsAfterFinished`, which also clears superseded ones; the next full apply then
+    /// creates it again and the script re-asserts the credentials (or retries a failed setup).
+    ///
+    /// Its pod carries the pipeline's instance label, which the Cassandra NetworkPolicy admits,
+    /// but a component of its own, so no Cassandra Service or the StatefulSet selects it.
+    fn cassandra_credentials_job(&self, image: &str, replicas: i32) -> Job {
+        let credentials = format!("{}-cassandra-credentials", self.name);
+        let secret_env = |name: &str, key: &str| json!({"name": name, "valueFrom": {"secretKeyRef": {"name": credentials, "key": key}}});
+        let mut job: Job = from_json(json!({
+            "metadata": self.metadata("", CASSANDRA_AUTH),
+            "spec": {
+                // Each attempt waits minutes for Cassandra itself (the script's own loop).
+                "backoffLimit": 4,
+                "ttlSecondsAfterFinished": 3600,
+                "template": {
+                    "metadata": {"labels": self.labels(CASSANDRA_AUTH)},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "automountServiceAccountToken": false,
+                        "securityContext": self.pod_security(DEPENDENCY_USER),
+                        "containers": [{
+                            "name": "cqlsh",
+                            "image": image,
+                            "command": ["bash", "-c", CASSANDRA_CREDENTIALS_SCRIPT],
+                            "env": [
+                                {"name": "CASSANDRA_HOST", "value": format!("{}-cassandra.{}.svc", self.name, self.namespace)},
+                                {"name": "CASSANDRA_PORT", "value": Dependency::Cassandra.port().to_string()},
+                                {"name": "SUPERUSER_NAME", "value": CASSANDRA_SUPERUSER},
+                                secret_env("SUPERUSER_PASSWORD", "superuser-password"),
+                                secret_env("APP_ROLE", "username"),
+                                secret_env("APP_PASSWORD", "password"),
+                                {"name": "APP_KEYSPACE", "value": GATEWAY_KEYSPACE},
+                                // As the gateway's keyspace: every node, up to three.
+                                {"name": "AUTH_REPLICATION_FACTOR", "value": replicas.clamp(1, 3).to_string()},
+                                // cqlsh keeps its history in ~/.cassandra; the root filesystem is
+                                // read-only.
+                                {"name": "HOME", "value": "/tmp"},
+                                {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+                            ],
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                            "resources": resources(None),
+                            "securityContext": self.restricted_container_security(),
+                        }],
+                        "volumes": [{"name": "tmp", "emptyDir": {}}],
+                    },
+                },
+            },
+        }));
+        let spec = serde_json::to_vec(&job.spec).unwrap_or_default();
+        let hash = hex::encode(Sha256::digest(spec));
+        job.metadata.name = Some(format!(
+            "{}-{CASSANDRA_AUTH}-{}",
+            self.name,
+            &hash[..JOB_HASH_LENGTH]
+        ));
+        job
     }
 
     /// Only the gateway and dashboard take traffic from outside the pipeline; each managed
@@ -905,6 +1022,163 @@ fn rabbitmq_config(service: &str, headless: &str, namespace: &str, replicas: i32
          # {replicas} node(s) behind {service}\n"
     )
 }
+
+/// Sets up a managed Cassandra's credentials; the credentials Job runs it with bash and the
+/// image's `cqlsh`, and the tests run this same text against the environment's Cassandra.
+///
+/// Every step can run again, after a partial or a complete run: it logs in as the superuser with
+/// the new password or else the image's default; makes `system_auth` replicated on up to three
+/// nodes (the image leaves it on one, so losing that node would lock everyone out) and, since
+/// rows written before that live on one node only, reads the role tables at `CONSISTENCY ALL`,
+/// which repairs them; creates the application role and sets its password, so the Secret is the
+/// truth; grants it what the gateway needs (it creates its keyspace and table when missing:
+/// `CREATE` on all keyspaces; the creator of a keyspace gets every permission on it, and an
+/// existing keyspace, created by the superuser before there was an application role, gets
+/// `SELECT` and `MODIFY` explicitly); and finally replaces the superuser's password.
+///
+/// Passwords arrive in the environment (from the Secret) and reach `cqlsh` only through files
+/// in a private directory, never a command line or the log.
+///
+/// Parameters, as environment variables: `CASSANDRA_HOST` (required), `CASSANDRA_PORT` (9042),
+/// `SUPERUSER_NAME` (`cassandra`), `DEFAULT_SUPERUSER_PASSWORD` (`cassandra`),
+/// `SUPERUSER_PASSWORD` (required: the new one), `APP_ROLE` (`pipeline`), `APP_PASSWORD`
+/// (required), `APP_KEYSPACE` (`users_keyspace`), `AUTH_REPLICATION_FACTOR` (1),
+/// `CONNECT_ATTEMPTS` (60) and `CONNECT_DELAY_SECONDS` (5).
+pub const CASSANDRA_CREDENTIALS_SCRIPT: &str = r#"set -euo pipefail
+
+host="${CASSANDRA_HOST:?CASSANDRA_HOST must name the Cassandra service}"
+port="${CASSANDRA_PORT:-9042}"
+superuser="${SUPERUSER_NAME:-cassandra}"
+default_superuser_password="${DEFAULT_SUPERUSER_PASSWORD:-cassandra}"
+superuser_password="${SUPERUSER_PASSWORD:?SUPERUSER_PASSWORD must be the new superuser password}"
+role="${APP_ROLE:-pipeline}"
+role_password="${APP_PASSWORD:?APP_PASSWORD must be the password of the application role}"
+keyspace="${APP_KEYSPACE:-users_keyspace}"
+replication_factor="${AUTH_REPLICATION_FACTOR:-1}"
+attempts="${CONNECT_ATTEMPTS:-60}"
+delay="${CONNECT_DELAY_SECONDS:-5}"
+
+case "$keyspace" in
+  '' | *[!A-Za-z0-9_]*) echo "APP_KEYSPACE '$keyspace' is not a plain CQL identifier" >&2; exit 1 ;;
+esac
+case "$replication_factor" in
+  '' | *[!0-9]* | 0) echo "AUTH_REPLICATION_FACTOR '$replication_factor' is not a positive number" >&2; exit 1 ;;
+esac
+
+umask 077
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+# A CQL string literal.
+literal() {
+  local quote="'"
+  printf "'%s'" "${1//$quote/$quote$quote}"
+}
+
+# cqlsh reads the password from a credentials file that only this user can read.
+use_password() {
+  printf '[plain_text_auth]\npassword = %s\n' "$1" > "$work/credentials"
+}
+
+cql() {
+  cqlsh "$host" "$port" -u "$superuser" --credentials "$work/credentials" --no-color \
+    --connect-timeout=10 --request-timeout=60 "$@"
+}
+
+# Runs one statement (from a file: it may hold a password). A failure is retried a few times
+# (Cassandra refuses a role's password change within 5 s of the last, and schema changes can time
+# out while nodes join); then the script stops.
+run() {
+  echo "$1"
+  printf '%s\n' "$2" > "$work/statement.cql"
+  local try
+  for try in 1 2 3 4; do
+    if cql -f "$work/statement.cql" > /dev/null; then
+      return 0
+    fi
+    echo "  failed (try $try of 5), again in 6 s"
+    sleep 6
+  done
+  cql -f "$work/statement.cql" > /dev/null
+}
+
+echo "waiting for CQL at $host:$port as $superuser"
+logged_in=""
+error=""
+for attempt in $(seq 1 "$attempts"); do
+  for candidate in "$superuser_password" "$default_superuser_password"; do
+    use_password "$candidate"
+    if error="$(cql -e 'SELECT release_version FROM system.local' 2>&1 > /dev/null)"; then
+      logged_in="$candidate"
+      break 2
+    fi
+  done
+  echo "attempt $attempt/$attempts: no login as $superuser at $host:$port with either password yet: ${error##*$'\n'}"
+  if [ "$attempt" -lt "$attempts" ]; then
+    sleep "$delay"
+  fi
+done
+if [ -z "$logged_in" ]; then
+  echo "giving up after $attempts attempts" >&2
+  exit 1
+fi
+if [ "$logged_in" = "$superuser_password" ]; then
+  echo "logged in with the generated superuser password (an earlier run set it)"
+else
+  echo "logged in with the default superuser password"
+fi
+
+# The cluster's one datacenter, as its snitch names it (dc1 in the image, datacenter1 elsewhere).
+datacenter="$(cql -e 'SELECT data_center FROM system.local' \
+  | awk 'found == 1 { sub(/^[ \t]+/, ""); sub(/[ \t]+$/, ""); print; found = 2 } /^-+$/ && !found { found = 1 }')"
+if [ -z "$datacenter" ]; then
+  echo "cannot read the datacenter's name from system.local" >&2
+  exit 1
+fi
+
+run "system_auth: $replication_factor replica(s) in datacenter $datacenter" \
+  "ALTER KEYSPACE system_auth WITH replication = {'class': 'NetworkTopologyStrategy', $(literal "$datacenter"): $replication_factor};"
+echo "system_auth: reading the role tables at CONSISTENCY ALL (repairs rows written before)"
+for table in roles role_members role_permissions; do
+  printf 'CONSISTENCY ALL;\nSELECT * FROM system_auth.%s;\n' "$table" > "$work/statement.cql"
+  cql -f "$work/statement.cql" > /dev/null
+done
+
+run "role $role: created unless it exists" \
+  "CREATE ROLE IF NOT EXISTS $(literal "$role") WITH PASSWORD = $(literal "$role_password") AND LOGIN = true;"
+run "role $role: may log in, is no superuser" \
+  "ALTER ROLE $(literal "$role") WITH LOGIN = true AND SUPERUSER = false;"
+# The Secret is the truth, but a password is only changed when it differs: every change is
+# rate-limited.
+printf '[plain_text_auth]\npassword = %s\n' "$role_password" > "$work/role-credentials"
+if cqlsh "$host" "$port" -u "$role" --credentials "$work/role-credentials" --no-color \
+  --connect-timeout=10 -e 'SELECT release_version FROM system.local' > /dev/null 2>&1; then
+  echo "role $role: logs in with the password from the Secret"
+else
+  run "role $role: the password from the Secret" \
+    "ALTER ROLE $(literal "$role") WITH PASSWORD = $(literal "$role_password");"
+fi
+run "role $role: may create keyspaces and tables" \
+  "GRANT CREATE ON ALL KEYSPACES TO $(literal "$role");"
+existing="$(cql -e "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = $(literal "${keyspace,,}");")"
+case "$existing" in
+  *'(1 rows)'*)
+    run "role $role: may read keyspace $keyspace" "GRANT SELECT ON KEYSPACE $keyspace TO $(literal "$role");"
+    run "role $role: may write keyspace $keyspace" "GRANT MODIFY ON KEYSPACE $keyspace TO $(literal "$role");"
+    ;;
+  *)
+    echo "keyspace $keyspace does not exist yet: $role gets every permission on it by creating it"
+    ;;
+esac
+
+if [ "$logged_in" = "$superuser_password" ]; then
+  echo "superuser $superuser: has the generated password already"
+else
+  run "superuser $superuser: the generated password" \
+    "ALTER ROLE $(literal "$superuser") WITH PASSWORD = $(literal "$superuser_password");"
+fi
+echo "credentials are set up"
+"#;
 
 #[cfg(test)]
 mod tests {
@@ -1070,6 +1344,8 @@ mod tests {
             jwt: Some("j".repeat(48)),
             rabbitmq_password: Some("rabbitpassword".into()),
             redis_password: Some("redispassword".into()),
+            cassandra_password: Some("cassandrapassword".into()),
+            cassandra_superuser_password: Some("superuserpassword".into()),
             referenced: BTreeMap::new(),
         }
     }
@@ -1210,7 +1486,13 @@ mod tests {
         assert!(!dashboard.contains_key(env::JWT_SECRET));
         // No secret value is written into any pod template.
         let text = serde_json::to_string(&children.deployments).unwrap();
-        for secret in ["rabbitpassword", "redispassword", &"j".repeat(48)] {
+        for secret in [
+            "rabbitpassword",
+            "redispassword",
+            "cassandrapassword",
+            "superuserpassword",
+            &"j".repeat(48),
+        ] {
             assert!(!text.contains(secret));
         }
     }
@@ -1257,7 +1539,14 @@ mod tests {
                     .stateful_sets
                     .iter()
                     .map(|s| s.spec.as_ref().unwrap().template.clone()),
+            )
+            .chain(
+                children
+                    .jobs
+                    .iter()
+                    .map(|j| j.spec.as_ref().unwrap().template.clone()),
             );
+        assert_eq!(children.jobs.len(), 1, "the Cassandra credentials Job");
         for template in templates {
             let spec = template.spec.unwrap();
             let pod = spec.security_context.unwrap();
@@ -1319,5 +1608,275 @@ mod tests {
             gateway[env::REDIS_ADDR]["value"],
             "shop-redis.store.svc:6379"
         );
+    }
+
+    fn credentials_job(children: &Children) -> &Job {
+        assert_eq!(children.jobs.len(), 1);
+        &children.jobs[0]
+    }
+
+    fn job_container(job: &Job) -> &k8s_openapi::api::core::v1::Container {
+        &job.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+    }
+
+    #[test]
+    fn a_managed_cassandra_gets_generated_credentials_and_a_job_an_external_one_neither() {
+        let children = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
+        let secret = children
+            .secrets
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some("shop-cassandra-credentials"))
+            .unwrap();
+        let data = secret.data.as_ref().unwrap();
+        let text = |key: &str| String::from_utf8(data[key].0.clone()).unwrap();
+        assert_eq!(text("username"), CASSANDRA_ROLE);
+        assert_eq!(text("password"), "cassandrapassword");
+        assert_eq!(text("superuser-password"), "superuserpassword");
+        let job = credentials_job(&children);
+        let name = job.metadata.name.as_deref().unwrap();
+        let hash = name.strip_prefix("shop-cassandra-auth-").unwrap();
+        assert_eq!(hash.len(), JOB_HASH_LENGTH);
+        assert!(hash.chars().all(|c| c.is_ascii_hexdigit()));
+        let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("OrderPipeline", Some(true))
+        );
+        assert_eq!(
+            job.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+            MANAGED_BY
+        );
+
+        let external = build_default(
+            &pipeline(json!({"cassandra": {"external": {"endpoints": ["db.example.com:9042"]}}})),
+            &Secrets {
+                cassandra_password: None,
+                cassandra_superuser_password: None,
+                ..secrets()
+            },
+            "0.1.0",
+        )
+        .unwrap();
+        assert!(external.jobs.is_empty());
+        assert!(
+            external
+                .secrets
+                .iter()
+                .all(|s| s.metadata.name.as_deref() != Some("shop-cassandra-credentials"))
+        );
+        // Managed without its passwords is a dereference bug, reported, never papered over.
+        let missing = Secrets {
+            cassandra_superuser_password: None,
+            ..secrets()
+        };
+        assert_eq!(
+            build_default(&pipeline(json!({})), &missing, "0.1.0"),
+            Err(BuildError::MissingSecret("cassandra superuser"))
+        );
+    }
+
+    #[test]
+    fn the_credentials_job_reads_every_password_from_the_secret() {
+        let children = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
+        let job = credentials_job(&children);
+        let text = serde_json::to_string(job).unwrap();
+        for password in ["cassandrapassword", "superuserpassword"] {
+            assert!(!text.contains(password), "{password} is written in the Job");
+        }
+        let container = job_container(job);
+        assert_eq!(
+            container.command.as_deref().unwrap(),
+            ["bash", "-c", CASSANDRA_CREDENTIALS_SCRIPT]
+        );
+        let env: BTreeMap<String, Value> = container
+            .env
+            .iter()
+            .flatten()
+            .map(|var| (var.name.clone(), serde_json::to_value(var).unwrap()))
+            .collect();
+        for (name, key) in [
+            ("SUPERUSER_PASSWORD", "superuser-password"),
+            ("APP_ROLE", "username"),
+            ("APP_PASSWORD", "password"),
+        ] {
+            assert_eq!(
+                env[name]["valueFrom"]["secretKeyRef"],
+                json!({"name": "shop-cassandra-credentials", "key": key}),
+                "{name}"
+            );
+        }
+        assert_eq!(env["CASSANDRA_HOST"]["value"], "shop-cassandra.store.svc");
+        assert_eq!(env["CASSANDRA_PORT"]["value"], "9042");
+        assert_eq!(env["SUPERUSER_NAME"]["value"], CASSANDRA_SUPERUSER);
+        assert_eq!(env["APP_KEYSPACE"]["value"], GATEWAY_KEYSPACE);
+        assert_eq!(env["AUTH_REPLICATION_FACTOR"]["value"], "1");
+        // Only the superuser's password can reach the script by value: the image's default one,
+        // which the script knows itself.
+        assert!(!env.contains_key("DEFAULT_SUPERUSER_PASSWORD"));
+        let template = &job.spec.as_ref().unwrap().template;
+        let pod = template.spec.as_ref().unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(
+            pod.security_context.as_ref().unwrap().run_as_user,
+            Some(DEPENDENCY_USER)
+        );
+        // cqlsh writes ~/.cassandra: HOME is on the emptyDir, the rest is read-only.
+        assert_eq!(env["HOME"]["value"], "/tmp");
+        assert_eq!(
+            serde_json::to_value(container.volume_mounts.as_ref().unwrap()).unwrap(),
+            json!([{"name": "tmp", "mountPath": "/tmp"}])
+        );
+        assert_eq!(
+            serde_json::to_value(pod.volumes.as_ref().unwrap()).unwrap(),
+            json!([{"name": "tmp", "emptyDir": {}}])
+        );
+        assert!(job.spec.as_ref().unwrap().backoff_limit.is_some());
+        assert!(
+            job.spec
+                .as_ref()
+                .unwrap()
+                .ttl_seconds_after_finished
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn workloads_log_in_to_cassandra_as_the_application_role_from_the_secret() {
+        let children = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
+        let gateway = env_of(deployment(&children, "shop-gateway"));
+        for (name, key) in [
+            (env::CASSANDRA_USER, "username"),
+            (env::CASSANDRA_PASSWORD, "password"),
+        ] {
+            assert_eq!(
+                gateway[name]["valueFrom"]["secretKeyRef"],
+                json!({"name": "shop-cassandra-credentials", "key": key}),
+                "{name}"
+            );
+        }
+        // The superuser's password is for the Job only.
+        let text = serde_json::to_string(&children.deployments).unwrap();
+        assert!(!text.contains("superuser-password"));
+        // A new Cassandra password rolls the workloads; the superuser's is not theirs.
+        let base = config_hash(&pipeline(json!({})), &secrets());
+        let rotated = Secrets {
+            cassandra_password: Some("another".into()),
+            ..secrets()
+        };
+        assert_ne!(base, config_hash(&pipeline(json!({})), &rotated));
+        let superuser = Secrets {
+            cassandra_superuser_password: Some("another".into()),
+            ..secrets()
+        };
+        assert_eq!(base, config_hash(&pipeline(json!({})), &superuser));
+    }
+
+    #[test]
+    fn the_credentials_job_pod_reaches_cassandra_without_being_taken_for_it() {
+        let children = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
+        let job = credentials_job(&children);
+        let labels = job
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .clone()
+            .unwrap();
+        let matches = |selector: &BTreeMap<String, String>| {
+            selector
+                .iter()
+                .all(|(key, value)| labels.get(key) == Some(value))
+        };
+        let policy = children
+            .network_policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some("shop-cassandra"))
+            .unwrap();
+        let admitted = policy
+            .spec
+            .as_ref()
+            .unwrap()
+            .ingress
+            .iter()
+            .flatten()
+            .flat_map(|rule| rule.from.iter().flatten())
+            .filter_map(|peer| peer.pod_selector.as_ref()?.match_labels.as_ref())
+            .any(&matches);
+        assert!(admitted, "the Cassandra NetworkPolicy admits the Job's pod");
+        for service in &children.services {
+            let selector = service.spec.as_ref().unwrap().selector.as_ref().unwrap();
+            assert!(
+                !matches(selector),
+                "Service {:?} would send traffic to the Job's pod",
+                service.metadata.name
+            );
+        }
+        for set in &children.stateful_sets {
+            let selector = set.spec.as_ref().unwrap().selector.match_labels.as_ref();
+            assert!(!matches(selector.unwrap()));
+        }
+    }
+
+    #[test]
+    fn the_credentials_job_follows_the_cassandra_image_and_is_renamed_by_any_change() {
+        let build_with = |spec: Value, running: &RunningImages| {
+            build(
+                &pipeline(spec),
+                &secrets(),
+                &ReplicaOverrides::new(),
+                running,
+                "0.1.0",
+            )
+            .unwrap()
+        };
+        let image = |children: &Children| job_container(credentials_job(children)).image.clone();
+        let name = |children: &Children| credentials_job(children).metadata.name.clone();
+        let base = build_with(json!({}), &RunningImages::new());
+        assert_eq!(image(&base).as_deref(), Some(CASSANDRA_IMAGE));
+        // The same inputs, the same Job: a re-apply is a no-op.
+        assert_eq!(
+            credentials_job(&base),
+            credentials_job(&build_with(json!({}), &RunningImages::new()))
+        );
+        // A running Cassandra keeps its image, and so does the Job: no new Job on upgrade.
+        let running = RunningImages::from([(Dependency::Cassandra, "cassandra:5.0.1".to_owned())]);
+        let upgraded = build_with(json!({}), &running);
+        assert_eq!(image(&upgraded).as_deref(), Some("cassandra:5.0.1"));
+        // A template change is a new Job (its template is immutable); so is more replicas.
+        assert_ne!(name(&base), name(&upgraded));
+        let scaled = build_with(
+            json!({"cassandra": {"managed": {"replicas": 3}}}),
+            &RunningImages::new(),
+        );
+        assert_ne!(name(&base), name(&scaled));
+        let explicit = build_with(
+            json!({"cassandra": {"managed": {"image": "cassandra:5.0.9"}}}),
+            &running,
+        );
+        assert_eq!(image(&explicit).as_deref(), Some("cassandra:5.0.9"));
+        // The longest pipeline name still makes a valid Job name.
+        let mut long = pipeline(json!({}));
+        long.metadata.name = Some("a".repeat(40));
+        let children = build(
+            &long,
+            &secrets(),
+            &ReplicaOverrides::new(),
+            &RunningImages::new(),
+            "0.1.0",
+        )
+        .unwrap();
+        assert_eq!(name(&children).unwrap().len(), 63);
     }
 }

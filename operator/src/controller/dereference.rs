@@ -11,7 +11,7 @@ use pipeline_api::OrderPipeline;
 use rand::distr::{Alphanumeric, SampleString};
 
 use super::Error;
-use super::build::Secrets;
+use super::build::{CASSANDRA_ROLE, Secrets};
 
 /// Generated passwords are alphanumeric, so they can sit in a URL without escaping.
 const PASSWORD_LENGTH: usize = 32;
@@ -58,6 +58,12 @@ pub async fn secrets(pipeline: &OrderPipeline, client: &Client) -> Result<Secret
             .await?,
         );
     }
+    if spec.cassandra.managed.is_some() {
+        let existing = read(&api, &format!("{name}-cassandra-credentials")).await?;
+        let credentials = cassandra_credentials(existing.as_ref(), new_password);
+        secrets.cassandra_password = Some(credentials.password);
+        secrets.cassandra_superuser_password = Some(credentials.superuser_password);
+    }
     for dependency in [&spec.rabbitmq, &spec.redis, &spec.cassandra] {
         if let Some(reference) = dependency
             .external
@@ -97,14 +103,108 @@ async fn existing_or_new(
     key: &str,
     length: usize,
 ) -> Result<String, Error> {
-    let existing = read(api, name)
-        .await?
-        .and_then(|data| data.get(key).cloned())
+    let existing = read(api, name).await?;
+    Ok(value(existing.as_ref(), key)
+        .unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), length)))
+}
+
+/// A non-empty UTF-8 value of a Secret's data.
+fn value(data: Option<&BTreeMap<String, Vec<u8>>>, key: &str) -> Option<String> {
+    data.and_then(|data| data.get(key).cloned())
         .and_then(|value| String::from_utf8(value).ok())
-        .filter(|value| !value.is_empty());
-    Ok(existing.unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), length)))
+        .filter(|value| !value.is_empty())
+}
+
+fn new_password() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), PASSWORD_LENGTH)
+}
+
+/// The passwords of a managed Cassandra's Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CassandraCredentials {
+    /// The application role's ([`CASSANDRA_ROLE`]).
+    password: String,
+    superuser_password: String,
+}
+
+/// The passwords the Secret holds, each generated when missing. A Secret written before there
+/// was an application role names the image's superuser with its well-known password
+/// (`cassandra`/`cassandra`): that password is not reused for the role.
+fn cassandra_credentials(
+    existing: Option<&BTreeMap<String, Vec<u8>>>,
+    mut generate: impl FnMut() -> String,
+) -> CassandraCredentials {
+    let ours = value(existing, "username").as_deref() == Some(CASSANDRA_ROLE);
+    CassandraCredentials {
+        password: value(existing, "password")
+            .filter(|_| ours)
+            .unwrap_or_else(&mut generate),
+        superuser_password: value(existing, "superuser-password").unwrap_or_else(generate),
+    }
 }
 
 fn missing(name: &str) -> Error {
     Error::MissingSecret(name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(entries: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+        entries
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), value.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn counter() -> impl FnMut() -> String {
+        let mut made = 0;
+        move || {
+            made += 1;
+            format!("generated-{made}")
+        }
+    }
+
+    #[test]
+    fn cassandra_passwords_are_generated_once_then_read_back() {
+        let first = cassandra_credentials(None, counter());
+        assert_eq!(first.password, "generated-1");
+        assert_eq!(first.superuser_password, "generated-2");
+        // What build writes from them, read back: nothing new is generated.
+        let written = data(&[
+            ("username", CASSANDRA_ROLE),
+            ("password", &first.password),
+            ("superuser-password", &first.superuser_password),
+        ]);
+        assert_eq!(
+            cassandra_credentials(Some(&written), || panic!("nothing to generate")),
+            first
+        );
+    }
+
+    #[test]
+    fn the_default_superuser_password_of_an_older_secret_is_not_reused() {
+        let older = data(&[("username", "cassandra"), ("password", "cassandra")]);
+        let credentials = cassandra_credentials(Some(&older), counter());
+        assert_eq!(credentials.password, "generated-1");
+        assert_eq!(credentials.superuser_password, "generated-2");
+        // An empty value counts as missing; the other is kept.
+        let partial = data(&[
+            ("username", CASSANDRA_ROLE),
+            ("password", "kept"),
+            ("superuser-password", ""),
+        ]);
+        let credentials = cassandra_credentials(Some(&partial), counter());
+        assert_eq!(credentials.password, "kept");
+        assert_eq!(credentials.superuser_password, "generated-1");
+    }
+
+    #[test]
+    fn generated_passwords_are_long_alphanumeric_and_differ() {
+        let (first, second) = (new_password(), new_password());
+        assert_eq!(first.len(), PASSWORD_LENGTH);
+        assert!(first.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(first, second);
+    }
 }

@@ -11,8 +11,8 @@
 //! - a Deployment or StatefulSet whose `metadata.generation` moved has had its spec changed by
 //!   someone else; a Service whose `resourceVersion` moved was edited (Services carry no status
 //!   that changes on their own); a missing child was deleted. Any of these means a full apply.
-//! - Everything else (ConfigMaps, PodDisruptionBudgets, NetworkPolicies, metadata edits that do
-//!   not bump a generation) is healed by the full apply that runs at least every
+//! - Everything else (ConfigMaps, Jobs, PodDisruptionBudgets, NetworkPolicies, metadata edits
+//!   that do not bump a generation) is healed by the full apply that runs at least every
 //!   [`FULL_APPLY_INTERVAL`], and at every change of the desired children.
 //!
 //! The ledger lives in memory: a new leader starts empty, so its first pass applies everything.
@@ -197,6 +197,9 @@ pub fn fingerprint(children: &Children) -> u64 {
         feed(serde_json::to_vec(object));
     }
     for object in &children.stateful_sets {
+        feed(serde_json::to_vec(object));
+    }
+    for object in &children.jobs {
         feed(serde_json::to_vec(object));
     }
     for object in &children.deployments {

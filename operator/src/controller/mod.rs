@@ -466,6 +466,9 @@ async fn apply_all(
             .stateful_sets
             .push(apply::<StatefulSet>(client, namespace, stateful_set).await?);
     }
+    for job in &children.jobs {
+        apply::<k8s_openapi::api::batch::v1::Job>(client, namespace, job).await?;
+    }
     for deployment in &children.deployments {
         applied
             .deployments
