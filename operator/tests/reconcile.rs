@@ -134,7 +134,9 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
     let jwt = secrets.get("shop-jwt").await.unwrap().data.unwrap()["secret"].clone();
     assert_eq!(jwt.0.len(), 48);
 
-    // Converged: more reconciles write nothing at all.
+    // Converged: more reconciles write nothing at all, whether they find the children as the
+    // ledger recorded them (the same context) or apply every child again (a fresh context, as
+    // after a restart, a new leadership term or the periodic full apply).
     let before = versions(&client, &namespace).await;
     let pipeline_version = pipelines.get("shop").await.unwrap().resource_version();
     for _ in 0..3 {
@@ -143,6 +145,14 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
             .await
             .unwrap();
     }
+    let fresh = new_context(&operator_client);
+    controller::reconcile(
+        Arc::new(pipelines.get("shop").await.unwrap()),
+        fresh.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fresh.metrics.full_applies.get(), 1);
     assert_eq!(
         versions(&client, &namespace).await,
         before,
@@ -153,6 +163,34 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
         pipeline_version,
         "it wrote the status"
     );
+
+    // Drift the ledger must see: a deleted Service and a Deployment scaled by hand are repaired
+    // by a full apply, not skipped over.
+    let full_applies = context.metrics.full_applies.get();
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    services
+        .delete("shop-gateway", &DeleteParams::default())
+        .await
+        .unwrap();
+    deployments
+        .patch(
+            "shop-processor",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 4}})),
+        )
+        .await
+        .unwrap();
+    controller::reconcile(
+        Arc::new(pipelines.get("shop").await.unwrap()),
+        context.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(services.get_opt("shop-gateway").await.unwrap().is_some());
+    let processor = deployments.get("shop-processor").await.unwrap();
+    assert_eq!(processor.spec.unwrap().replicas, Some(1));
+    assert!(context.metrics.full_applies.get() > full_applies);
+    let before = versions(&client, &namespace).await;
 
     // Scaling the gateway changes its Deployment and adds a disruption budget; nothing rolls.
     let hash_before = gateway

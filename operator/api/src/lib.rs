@@ -116,8 +116,8 @@ pub struct ExposedWorkloadSpec {
     pub service: ServiceSpec,
 }
 
-/// How a workload's Service is reached. Only the business port is meant for outside traffic:
-/// the pipeline's NetworkPolicy admits the admin port from the pipeline's own pods only.
+/// How a workload's Service is reached. A `NodePort` or `LoadBalancer` Service carries the
+/// business port only; the admin port (metrics) stays inside the cluster.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.nodePort) || self.type != 'ClusterIP'").message("service.nodePort needs service.type NodePort or LoadBalancer"))]

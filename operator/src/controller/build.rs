@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use pipeline_api::{
     DependencySpec, ExternalDependency, ManagedDependency, OrderPipeline, Resources, ServiceSpec,
-    WorkloadSpec,
+    ServiceType, WorkloadSpec,
 };
 use pipeline_contract::{env, ports, probes};
 use serde_json::{Value, json};
@@ -292,19 +292,23 @@ pub fn build(
     Ok(children)
 }
 
-/// Sets the Service type the spec asks for, and the node port of its business port (the first).
-/// The admin port gets a node port too when the type needs one (Kubernetes gives every port of
-/// such a Service one), but the pipeline's NetworkPolicy admits it only from the pipeline's pods.
+/// Sets the Service type the spec asks for, and the node port of its business port. A Service
+/// reachable from outside the cluster carries the business port only: Kubernetes would give the
+/// admin port (metrics) a node port too, and node-port traffic arrives from node addresses,
+/// which the NetworkPolicy cannot tell from the pipeline's own pods.
 fn expose(service: &mut Service, exposure: &ServiceSpec) {
     let Some(spec) = service.spec.as_mut() else {
         return;
     };
     spec.type_ = Some(exposure.type_.as_str().to_owned());
-    if let (Some(node_port), Some(http)) = (
-        exposure.node_port,
-        spec.ports.as_mut().and_then(|ports| ports.first_mut()),
-    ) {
-        http.node_port = Some(node_port);
+    if exposure.type_ == ServiceType::ClusterIP {
+        return;
+    }
+    if let Some(ports) = spec.ports.as_mut() {
+        ports.retain(|port| port.name.as_deref() == Some("http"));
+        if let Some(http) = ports.first_mut() {
+            http.node_port = exposure.node_port;
+        }
     }
 }
 
@@ -1251,11 +1255,8 @@ mod tests {
             (ports[0].name.as_deref(), ports[0].node_port),
             (Some("http"), Some(30080))
         );
-        // The admin port's node port is left to Kubernetes; the NetworkPolicy guards it.
-        assert_eq!(
-            (ports[1].name.as_deref(), ports[1].node_port),
-            (Some("admin"), None)
-        );
+        // The admin port (metrics) stays inside the cluster.
+        assert_eq!(ports.len(), 1);
         let dashboard = service(&exposed, "shop-dashboard");
         assert_eq!(dashboard.type_.as_deref(), Some("LoadBalancer"));
         assert!(

@@ -15,7 +15,8 @@
 //!   that do not bump a generation) is healed by the full apply that runs at least every
 //!   [`FULL_APPLY_INTERVAL`], and at every change of the desired children.
 //!
-//! The ledger lives in memory: a new leader starts empty, so its first pass applies everything.
+//! The ledger lives in memory and is cleared at the start of every leadership term, so a new
+//! leader's first pass applies everything.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -84,45 +85,55 @@ impl Entry {
         }
     }
 
-    /// The children as listed now, when they are exactly what this apply left (so the status
-    /// can be computed from them without applying); `None` when anything drifted or is missing.
+    /// The children as listed now, when every child this apply returned is still there as it
+    /// left it (so the status can be computed from them without applying); `None` when one
+    /// drifted or is missing. Objects the apply did not return (a user's object carrying the
+    /// pipeline's labels, an old child being garbage-collected) are not drift of the operator's
+    /// children and are left out of the status.
     pub fn unchanged(
         &self,
         deployments: Vec<Deployment>,
         stateful_sets: Vec<StatefulSet>,
         services: Vec<Service>,
     ) -> Option<Applied> {
-        let mut generations = BTreeMap::new();
-        for deployment in &deployments {
-            generations.insert(
-                format!("Deployment/{}", deployment.name_any()),
-                deployment.metadata.generation.unwrap_or_default(),
-            );
-        }
-        for stateful_set in &stateful_sets {
-            generations.insert(
-                format!("StatefulSet/{}", stateful_set.name_any()),
-                stateful_set.metadata.generation.unwrap_or_default(),
-            );
-        }
-        let service_versions: BTreeMap<String, String> = services
-            .iter()
-            .map(|service| {
-                (
-                    service.name_any(),
-                    service.resource_version().unwrap_or_default(),
-                )
+        // For each listed object the ledger knows: Some(object) when unchanged, None when not.
+        let known = |kind: &str, name: String, generation: Option<i64>| {
+            self.generations
+                .get(&format!("{kind}/{name}"))
+                .map(|recorded| *recorded == generation.unwrap_or_default())
+        };
+        let deployments: Vec<Deployment> = deployments
+            .into_iter()
+            .filter_map(|d| {
+                known("Deployment", d.name_any(), d.metadata.generation)
+                    .map(|same| same.then_some(d))
             })
-            .collect();
-        // Equality, not inclusion: an extra child (say, a StatefulSet left after a switch to an
-        // external dependency) is also something only a full apply sorts out.
-        (generations == self.generations && service_versions == self.service_versions).then_some(
-            Applied {
-                deployments,
-                stateful_sets,
-                services,
-            },
-        )
+            .collect::<Option<_>>()?;
+        let stateful_sets: Vec<StatefulSet> = stateful_sets
+            .into_iter()
+            .filter_map(|s| {
+                known("StatefulSet", s.name_any(), s.metadata.generation)
+                    .map(|same| same.then_some(s))
+            })
+            .collect::<Option<_>>()?;
+        let services: Vec<Service> = services
+            .into_iter()
+            .filter_map(|service| {
+                self.service_versions
+                    .get(&service.name_any())
+                    .map(|recorded| {
+                        (Some(recorded) == service.resource_version().as_ref()).then_some(service)
+                    })
+            })
+            .collect::<Option<_>>()?;
+        // Every recorded child was listed: none was deleted.
+        let complete = deployments.len() + stateful_sets.len() == self.generations.len()
+            && services.len() == self.service_versions.len();
+        complete.then_some(Applied {
+            deployments,
+            stateful_sets,
+            services,
+        })
     }
 }
 
@@ -153,6 +164,14 @@ impl Ledger {
         let now = entry.at;
         entries.retain(|_, old| now.saturating_duration_since(old.at) < FULL_APPLY_INTERVAL);
         entries.insert(uid.to_owned(), entry);
+    }
+
+    /// Forgets every pipeline (a new leadership term: another leader may have changed anything).
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clear();
     }
 
     /// Forgets a pipeline, so its next reconcile applies everything (after a failed apply, whose
@@ -263,7 +282,7 @@ mod tests {
     }
 
     #[test]
-    fn drift_deletion_or_an_extra_child_needs_a_full_apply() {
+    fn drift_or_deletion_needs_a_full_apply_and_extras_are_ignored() {
         let entry = Entry::new(7, &applied(), Instant::now());
         let redis = || vec![stateful_set("shop-redis", 1)];
         let gateway_service = || vec![service("shop-gateway", "10")];
@@ -303,22 +322,32 @@ mod tests {
                 )
                 .is_none()
         );
-        // A StatefulSet the last apply did not return.
-        assert!(
-            entry
-                .unchanged(
-                    vec![
-                        deployment("shop-gateway", 1),
-                        deployment("shop-processor", 2)
-                    ],
-                    vec![
-                        stateful_set("shop-redis", 1),
-                        stateful_set("shop-cassandra", 1)
-                    ],
-                    gateway_service(),
-                )
-                .is_none()
-        );
+        // A StatefulSet the last apply did not return is no drift of the operator's children,
+        // and is left out of what the status is computed from.
+        let with_extra = entry
+            .unchanged(
+                vec![
+                    deployment("shop-gateway", 1),
+                    deployment("shop-processor", 2),
+                ],
+                vec![
+                    stateful_set("shop-redis", 1),
+                    stateful_set("shop-cassandra", 1),
+                ],
+                gateway_service(),
+            )
+            .expect("an extra object is not drift");
+        assert_eq!(with_extra.stateful_sets.len(), 1);
+    }
+
+    #[test]
+    fn clearing_forgets_every_pipeline() {
+        let ledger = Ledger::default();
+        let start = Instant::now();
+        ledger.record("uid-1", Entry::new(7, &applied(), start));
+        ledger.record("uid-2", Entry::new(8, &applied(), start));
+        ledger.clear();
+        assert!(ledger.is_empty());
     }
 
     #[test]

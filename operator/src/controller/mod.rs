@@ -383,14 +383,21 @@ async fn apply_or_observe(
     let now = Instant::now();
     if let Some(entry) = context.ledger.fresh(&uid, fingerprint, now) {
         let client = &context.client;
-        let (deployments, stateful_sets, services) = futures::try_join!(
+        match futures::try_join!(
             list_children::<Deployment>(client, namespace, pipeline),
             list_children::<StatefulSet>(client, namespace, pipeline),
             list_children::<Service>(client, namespace, pipeline),
-        )?;
-        if let Some(applied) = entry.unchanged(deployments, stateful_sets, services) {
-            context.metrics.applies_skipped.inc();
-            return Ok(applied);
+        ) {
+            Ok((deployments, stateful_sets, services)) => {
+                if let Some(applied) = entry.unchanged(deployments, stateful_sets, services) {
+                    context.metrics.applies_skipped.inc();
+                    return Ok(applied);
+                }
+            }
+            // Listing is only a shortcut: the full apply below decides.
+            Err(error) => {
+                tracing::debug!(pipeline = %pipeline.name_any(), %error, "listing the children failed; applying them all");
+            }
         }
     }
     context.metrics.full_applies.inc();
@@ -551,6 +558,8 @@ pub async fn run(
     context: Arc<Context>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    // A replica that leads again may have missed another leader's changes: start from nothing.
+    context.ledger.clear();
     let client = context.client.clone();
     let children = watcher::Config::default().labels(&format!(
         "app.kubernetes.io/managed-by={}",
