@@ -16,15 +16,18 @@
 ARG VERSION
 # Cargo.toml [workspace.package] repository.
 ARG SOURCE=https://example.invalid/order-pipeline
+# Cargo.toml [workspace.package] license.
+ARG LICENSES=Apache-2.0
 
 # What every image shares. No shell, no package manager, no /etc/passwd: a numeric non-root user,
 # which the pods' `runAsNonRoot` can check without one (the restricted Pod Security Standard).
 FROM scratch AS base
 ARG VERSION
 ARG SOURCE
+ARG LICENSES
 LABEL org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.source="${SOURCE}" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="${LICENSES}"
 USER 65532:65532
 
 # The workloads accept amqps:// endpoints for an external RabbitMQ, and lapin verifies the broker

@@ -23,7 +23,10 @@ if [[ -n $kind_version && -f $home/bin/kind-$kind_version/.complete ]]; then
 elif ! kind=$(command -v kind); then
   fail "kind is not installed (neither $home/bin/kind-$kind_version/kind nor on PATH): e2e/kind-up.sh never made a cluster here"
 fi
-command -v docker >/dev/null || fail "docker is not installed: there is no kind cluster to delete"
+if ! command -v docker >/dev/null; then
+  echo "docker is not installed, so there is no kind cluster to delete"
+  exit 0
+fi
 docker info >/dev/null 2>&1 || fail "no Docker engine answers (docker info failed): kind cannot reach its cluster's nodes"
 
 echo "==> deleting kind cluster $cluster"

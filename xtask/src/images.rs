@@ -140,8 +140,12 @@ pub fn run(layout: &Layout, out: Option<PathBuf>, names: &[String]) -> Result<()
     let out = out.unwrap_or_else(|| layout.home.join("images"));
     let log = layout.home.join("logs/images.log");
     let root = workspace_root();
-    let source = workspace_package_field(&read(&root.join("Cargo.toml"))?, "repository")
+    let manifest = read(&root.join("Cargo.toml"))?;
+    let source = workspace_package_field(&manifest, "repository")
         .context("Cargo.toml has no [workspace.package] repository")?;
+    let license = workspace_package_field(&manifest, "license")
+        .context("Cargo.toml has no [workspace.package] license")?;
+    let labels = Labels { source, license };
 
     println!("==> images: preparing the toolchain");
     let builder = Builder::detect();
@@ -162,10 +166,10 @@ pub fn run(layout: &Layout, out: Option<PathBuf>, names: &[String]) -> Result<()
     for image in &images {
         let step = Instant::now();
         println!("==> images: {}", image.reference());
-        builder.build(*image, &root.join("Dockerfile"), &context, &source, &log)?;
+        builder.build(*image, &root.join("Dockerfile"), &context, &labels, &log)?;
         let archive = archive_path(&out, *image);
         builder.export(*image, &archive, &log)?;
-        let verified = verify(builder, *image, &archive, &source)
+        let verified = verify(builder, *image, &archive, &labels)
             .with_context(|| format!("failed to verify {}", image.reference()))?;
         println!(
             "==> images: {} done ({:.1}s)",
@@ -370,7 +374,7 @@ impl Builder {
         image: Image,
         dockerfile: &Path,
         context: &Path,
-        source: &str,
+        labels: &Labels,
         log: &Path,
     ) -> Result<()> {
         let reference = image.reference();
@@ -385,7 +389,8 @@ impl Builder {
             .arg(dockerfile)
             .args(["--target", image.name, "--tag", &reference])
             .args(["--build-arg", &format!("VERSION={VERSION}")])
-            .args(["--build-arg", &format!("SOURCE={source}")])
+            .args(["--build-arg", &format!("SOURCE={}", labels.source)])
+            .args(["--build-arg", &format!("LICENSES={}", labels.license)])
             .arg(context);
         run_logged(&format!("build {reference}"), &mut build, log)?;
         if let Some(previous) = previous
@@ -551,24 +556,34 @@ struct Verified {
 }
 
 /// Runs the image's binary and checks its size, archive, user, ports and labels.
-fn verify(builder: Builder, image: Image, archive: &Path, source: &str) -> Result<Verified> {
+/// Label values taken from the workspace manifest.
+#[derive(Debug)]
+struct Labels {
+    source: String,
+    license: String,
+}
+
+fn verify(builder: Builder, image: Image, archive: &Path, labels: &Labels) -> Result<Verified> {
     let reference = image.reference();
     println!("  verifying {reference}");
     let mut problems = Vec::new();
 
     let version_output = match builder.run_version(&reference) {
-        Ok(output) => output.trim().to_owned(),
+        Ok(output) => {
+            let output = output.trim().to_owned();
+            if output != image.version_line() {
+                problems.push(format!(
+                    "`--version` printed {output:?}, expected {:?}",
+                    image.version_line()
+                ));
+            }
+            output
+        }
         Err(error) => {
             problems.push(format!("`--version` did not run from the image: {error:#}"));
             String::new()
         }
     };
-    if !version_output.is_empty() && version_output != image.version_line() {
-        problems.push(format!(
-            "`--version` printed {version_output:?}, expected {:?}",
-            image.version_line()
-        ));
-    }
 
     let image_bytes = builder.image_size(&reference)?;
     let archive_bytes = fs::metadata(archive)
@@ -601,8 +616,8 @@ fn verify(builder: Builder, image: Image, archive: &Path, source: &str) -> Resul
         )?;
         let expected = match label {
             "org.opencontainers.image.version" => Some(VERSION),
-            "org.opencontainers.image.source" => Some(source),
-            "org.opencontainers.image.licenses" => Some("Apache-2.0"),
+            "org.opencontainers.image.source" => Some(labels.source.as_str()),
+            "org.opencontainers.image.licenses" => Some(labels.license.as_str()),
             _ => None,
         };
         if value.is_empty() || value == "<no value>" {
