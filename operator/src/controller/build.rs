@@ -42,6 +42,11 @@ pub const CASSANDRA_SUPERUSER: &str = "cassandra";
 /// The keyspace the gateway keeps accounts in: its default, as the operator sets no
 /// `CASSANDRA_KEYSPACE`.
 const GATEWAY_KEYSPACE: &str = "users_keyspace";
+/// Where the Cassandra image keeps its configuration and Cassandra reads it (`CASSANDRA_CONF`).
+const CASSANDRA_CONFIG_DIR: &str = "/etc/cassandra";
+/// Where the configuration init container mounts the volume that the Cassandra container then
+/// mounts at [`CASSANDRA_CONFIG_DIR`]: elsewhere, so the image's own files stay visible to copy.
+const CASSANDRA_CONFIG_INIT_MOUNT: &str = "/config";
 /// The component label of the Job that sets a managed Cassandra's credentials. Not `cassandra`:
 /// its pod must not match the Cassandra Services' and StatefulSet's selectors.
 const CASSANDRA_AUTH: &str = "cassandra-auth";
@@ -755,7 +760,6 @@ impl Context<'_> {
                         json!({"name": "CASSANDRA_SEEDS", "value": seeds}),
                         json!({"name": "CASSANDRA_CLUSTER_NAME", "value": name}),
                         json!({"name": "CASSANDRA_ENDPOINT_SNITCH", "value": "GossipingPropertyFileSnitch"}),
-                        json!({"name": "CASSANDRA_AUTHENTICATOR", "value": "PasswordAuthenticator"}),
                         json!({"name": "MAX_HEAP_SIZE", "value": "1G"}),
                         json!({"name": "HEAP_NEWSIZE", "value": "200M"}),
                     ],
@@ -786,17 +790,21 @@ impl Context<'_> {
             json!({"name": "tmp", "mountPath": "/tmp"}),
         ];
         let mut volumes = vec![json!({"name": "tmp", "emptyDir": {}})];
+        let mut init_containers = Vec::new();
         if config.is_some() {
             mounts.push(json!({"name": "config", "mountPath": "/etc/rabbitmq"}));
             volumes
                 .push(json!({"name": "config", "configMap": {"name": format!("{name}-config")}}));
         }
         if dependency == Dependency::Cassandra {
-            // The image's entrypoint rewrites its configuration in place.
-            mounts.push(json!({"name": "cassandra-config", "mountPath": "/etc/cassandra"}));
+            // The image's entrypoint rewrites its configuration in place, and the root filesystem
+            // is read-only: the configuration lives on a writable volume, which an empty one
+            // would hide the image's files behind, so the init container fills it first.
+            mounts.push(json!({"name": "cassandra-config", "mountPath": CASSANDRA_CONFIG_DIR}));
             mounts.push(json!({"name": "cassandra-logs", "mountPath": "/opt/cassandra/logs"}));
             volumes.push(json!({"name": "cassandra-config", "emptyDir": {}}));
             volumes.push(json!({"name": "cassandra-logs", "emptyDir": {}}));
+            init_containers.push(self.cassandra_config_container(&image));
         }
         let container_ports: Vec<Value> = ports
             .iter()
@@ -823,6 +831,18 @@ impl Context<'_> {
         if let Some(class) = &managed.storage.storage_class_name {
             claim["spec"]["storageClassName"] = json!(class);
         }
+        let mut pod = json!({
+            "automountServiceAccountToken": false,
+            "securityContext": self.pod_security(DEPENDENCY_USER),
+            "terminationGracePeriodSeconds": 60,
+            "containers": [container],
+            "volumes": volumes,
+        });
+        // Only where there is one: an empty list would still change the other dependencies' pod
+        // templates, and so restart them.
+        if !init_containers.is_empty() {
+            pod["initContainers"] = json!(init_containers);
+        }
         children.stateful_sets.push(from_json(json!({
             "metadata": self.metadata(&name, component),
             "spec": {
@@ -835,13 +855,7 @@ impl Context<'_> {
                 "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
                 "template": {
                     "metadata": {"labels": self.labels(component)},
-                    "spec": {
-                        "automountServiceAccountToken": false,
-                        "securityContext": self.pod_security(DEPENDENCY_USER),
-                        "terminationGracePeriodSeconds": 60,
-                        "containers": [container],
-                        "volumes": volumes,
-                    },
+                    "spec": pod,
                 },
                 "volumeClaimTemplates": [claim],
             },
@@ -857,6 +871,24 @@ impl Context<'_> {
                 .push(self.disruption_budget(component));
         }
         Ok(())
+    }
+
+    /// The init container that runs [`CASSANDRA_CONFIG_SCRIPT`] with the Cassandra container's
+    /// own image, whose configuration it copies: from the image's [`CASSANDRA_CONFIG_DIR`] to the
+    /// configuration volume, which the Cassandra container then mounts there.
+    fn cassandra_config_container(&self, image: &str) -> Value {
+        json!({
+            "name": "config",
+            "image": image,
+            "command": ["bash", "-c", CASSANDRA_CONFIG_SCRIPT],
+            "env": [
+                {"name": "IMAGE_CONFIG_DIR", "value": CASSANDRA_CONFIG_DIR},
+                {"name": "CONFIG_DIR", "value": CASSANDRA_CONFIG_INIT_MOUNT},
+            ],
+            "volumeMounts": [{"name": "cassandra-config", "mountPath": CASSANDRA_CONFIG_INIT_MOUNT}],
+            "resources": resources(None),
+            "securityContext": self.restricted_container_security(),
+        })
     }
 
     /// The Job that runs [`CASSANDRA_CREDENTIALS_SCRIPT`] with the StatefulSet's own image (and so
@@ -1026,6 +1058,95 @@ fn rabbitmq_config(service: &str, headless: &str, namespace: &str, replicas: i32
          # {replicas} node(s) behind {service}\n"
     )
 }
+
+/// Makes a managed Cassandra's configuration: the configuration init container runs it with the
+/// image's bash, and the tests run this same text on sample configurations.
+///
+/// It copies the image's configuration directory, every file, to the writable one Cassandra will
+/// read (the image's entrypoint edits `cassandra.yaml` there in place, and Cassandra finds its
+/// other files next to it), and turns on login and permissions in the copy's `cassandra.yaml`:
+/// `authenticator: PasswordAuthenticator`, `authorizer: CassandraAuthorizer` and
+/// `role_manager: CassandraRoleManager`. The image ships `AllowAllAuthenticator` and
+/// `AllowAllAuthorizer`, which check no password at all, and its entrypoint sets neither from the
+/// environment; without this the credentials Job's passwords would guard nothing.
+///
+/// Each of the three keys gets its value on its own line, whatever form it had: a value on the
+/// key's line (`authorizer: AllowAllAuthorizer`) or a block below it (Cassandra 5.0's
+/// `authenticator:` with an indented `class_name : ...` and possibly `parameters`), whose
+/// indented lines go. Comments stay. A key that occurs twice keeps only its first place, and a
+/// missing one is appended, so each occurs exactly once, which the script checks before it ends.
+/// Only the image's shell tools are used: bash, `cp`, mawk-compatible `awk`, `grep`.
+///
+/// Every run starts from the image's files again, so a rerun (a restarted pod) writes the same
+/// result and never builds on the entrypoint's edits of an earlier start.
+///
+/// Parameters, as environment variables: `IMAGE_CONFIG_DIR` (required: the image's configuration
+/// directory, left as it is) and `CONFIG_DIR` (required: where the configuration is written).
+pub const CASSANDRA_CONFIG_SCRIPT: &str = r#"set -euo pipefail
+
+image_config="${IMAGE_CONFIG_DIR:?IMAGE_CONFIG_DIR must name the configuration directory of the image}"
+config="${CONFIG_DIR:?CONFIG_DIR must name the directory Cassandra reads its configuration from}"
+yaml="$config/cassandra.yaml"
+settings="authenticator=PasswordAuthenticator authorizer=CassandraAuthorizer role_manager=CassandraRoleManager"
+
+if [ ! -f "$image_config/cassandra.yaml" ]; then
+  echo "$image_config/cassandra.yaml does not exist: is this a Cassandra image?" >&2
+  exit 1
+fi
+
+# Always from the image, so a restarted pod never builds on an earlier start's edits.
+cp -R "$image_config/." "$config/"
+echo "copied $image_config to $config"
+
+# A setting replaces its top-level key's whole value: a scalar on the key's line, or a block of
+# more-indented lines below it (`class_name`, `parameters`). Comments and blank lines stay. A key
+# that occurs twice keeps only its first place; a missing one is appended.
+awk -v settings="$settings" '
+BEGIN {
+  count = split(settings, pairs, " ")
+  for (i = 1; i <= count; i++) {
+    split(pairs[i], pair, "=")
+    keys[i] = pair[1]
+    values[pair[1]] = pair[2]
+  }
+}
+replacing && /^[ \t]*$/ { print; next }
+replacing && /^#/ { print; next }
+replacing && /^[ \t]/ { next }
+{
+  replacing = 0
+  for (i = 1; i <= count; i++) {
+    if ($0 ~ ("^" keys[i] "[ \t]*:([ \t]|$)")) {
+      if (!(keys[i] in written)) {
+        print keys[i] ": " values[keys[i]]
+        written[keys[i]] = 1
+      }
+      replacing = 1
+      next
+    }
+  }
+  print
+}
+END {
+  for (i = 1; i <= count; i++) {
+    if (!(keys[i] in written)) {
+      print keys[i] ": " values[keys[i]]
+    }
+  }
+}
+' "$yaml" > "$yaml.new"
+mv "$yaml.new" "$yaml"
+
+for setting in $settings; do
+  line="${setting%%=*}: ${setting#*=}"
+  occurrences="$(grep -c "^${setting%%=*}[[:space:]]*:" "$yaml" || true)"
+  if [ "$occurrences" != 1 ] || ! grep -qxF "$line" "$yaml"; then
+    echo "$yaml: expected exactly one '$line', found $occurrences line(s) for the key" >&2
+    exit 1
+  fi
+  echo "$yaml: $line"
+done
+"#;
 
 /// Sets up a managed Cassandra's credentials; the credentials Job runs it with bash and the
 /// image's `cqlsh`, and the tests run this same text against the environment's Cassandra.
@@ -1553,7 +1674,8 @@ mod tests {
             let pod = spec.security_context.unwrap();
             assert_eq!(pod.run_as_non_root, Some(true));
             assert_eq!(pod.seccomp_profile.unwrap().type_, "RuntimeDefault");
-            for container in spec.containers {
+            let init_containers = spec.init_containers.into_iter().flatten();
+            for container in spec.containers.into_iter().chain(init_containers) {
                 let security = container.security_context.unwrap();
                 assert_eq!(security.allow_privilege_escalation, Some(false));
                 assert_eq!(security.read_only_root_filesystem, Some(true));
@@ -1609,6 +1731,130 @@ mod tests {
             gateway[env::REDIS_ADDR]["value"],
             "shop-redis.store.svc:6379"
         );
+    }
+
+    fn pod_of<'a>(children: &'a Children, name: &str) -> &'a k8s_openapi::api::core::v1::PodSpec {
+        children
+            .stateful_sets
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .unwrap()
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_managed_cassandra_reads_the_configuration_its_init_container_copied_from_the_image() {
+        let children = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
+        let pod = pod_of(&children, "shop-cassandra");
+        let init = pod.init_containers.as_deref().unwrap();
+        assert_eq!(init.len(), 1);
+        let (config, cassandra) = (&init[0], &pod.containers[0]);
+        assert_eq!(
+            config.command.as_deref().unwrap(),
+            ["bash", "-c", CASSANDRA_CONFIG_SCRIPT]
+        );
+        let env: BTreeMap<&str, Option<&str>> = config
+            .env
+            .iter()
+            .flatten()
+            .map(|var| (var.name.as_str(), var.value.as_deref()))
+            .collect();
+        assert_eq!(
+            env,
+            BTreeMap::from([
+                ("CONFIG_DIR", Some("/config")),
+                ("IMAGE_CONFIG_DIR", Some("/etc/cassandra")),
+            ])
+        );
+        // The init container sees the image's /etc/cassandra and writes the volume elsewhere;
+        // Cassandra then finds the copy at /etc/cassandra.
+        let mounts = |container: &k8s_openapi::api::core::v1::Container| {
+            serde_json::to_value(container.volume_mounts.as_ref().unwrap()).unwrap()
+        };
+        assert_eq!(
+            mounts(config),
+            json!([{"name": "cassandra-config", "mountPath": "/config"}])
+        );
+        assert!(
+            mounts(cassandra)
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "cassandra-config", "mountPath": "/etc/cassandra"}))
+        );
+        let volumes = serde_json::to_value(pod.volumes.as_ref().unwrap()).unwrap();
+        assert!(
+            volumes
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "cassandra-config", "emptyDir": {}}))
+        );
+        // As restricted as the Cassandra container, and as the same user (the pod's).
+        let security = config.security_context.as_ref().unwrap();
+        assert_eq!(security, cassandra.security_context.as_ref().unwrap());
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            security.capabilities.as_ref().unwrap().drop,
+            Some(vec!["ALL".to_owned()])
+        );
+        assert_eq!(security.run_as_user, None);
+        let pod_security = pod.security_context.as_ref().unwrap();
+        assert_eq!(pod_security.run_as_user, Some(DEPENDENCY_USER));
+        assert_eq!(pod_security.run_as_non_root, Some(true));
+        assert!(config.resources.is_some());
+        // The image's entrypoint reads no authenticator from the environment; the script sets it.
+        assert!(
+            cassandra
+                .env
+                .iter()
+                .flatten()
+                .all(|var| var.name != "CASSANDRA_AUTHENTICATOR")
+        );
+        // Only Cassandra: the other dependencies' templates stay as they were (no empty list).
+        for name in ["shop-rabbitmq", "shop-redis"] {
+            let pod = pod_of(&children, name);
+            assert_eq!(pod.init_containers, None, "{name}");
+            assert!(
+                serde_json::to_value(pod)
+                    .unwrap()
+                    .get("initContainers")
+                    .is_none()
+            );
+        }
+    }
+
+    #[test]
+    fn the_configuration_init_container_runs_the_image_cassandra_runs() {
+        let running = RunningImages::from([(Dependency::Cassandra, "cassandra:5.0.1".to_owned())]);
+        for (spec, running, expected) in [
+            (json!({}), RunningImages::new(), CASSANDRA_IMAGE),
+            // A running Cassandra keeps its image through an operator upgrade, and so its files.
+            (json!({}), running.clone(), "cassandra:5.0.1"),
+            (
+                json!({"cassandra": {"managed": {"image": "cassandra:5.0.9"}}}),
+                running,
+                "cassandra:5.0.9",
+            ),
+        ] {
+            let children = build(
+                &pipeline(spec),
+                &secrets(),
+                &ReplicaOverrides::new(),
+                &running,
+                "0.1.0",
+            )
+            .unwrap();
+            let pod = pod_of(&children, "shop-cassandra");
+            let init = pod.init_containers.as_deref().unwrap();
+            assert_eq!(init[0].image.as_deref(), Some(expected));
+            assert_eq!(pod.containers[0].image.as_deref(), Some(expected));
+        }
     }
 
     fn credentials_job(children: &Children) -> &Job {
