@@ -245,6 +245,18 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
         "only the gateway's objects may change: {changed:?}"
     );
 
+    // Back to one replica: the budget would block draining the only pod, so it goes.
+    pipelines
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"gateway": {"replicas": 1}}})),
+        )
+        .await
+        .unwrap();
+    wait_ready(&pipelines, "shop", Duration::from_secs(60)).await;
+    assert!(budgets.get_opt("shop-gateway").await.unwrap().is_none());
+
     // A new processor image changes only the processor's Deployment.
     let before = versions(&client, &namespace).await;
     pipelines

@@ -21,7 +21,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
@@ -100,6 +100,13 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("failed to delete {kind} {name}, which the pipeline no longer wants: {source}")]
+    Prune {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("failed to update the status: {0}")]
     Status(#[source] kube::Error),
     #[error(
@@ -118,7 +125,7 @@ impl Error {
         match self {
             Error::Dereference { .. } | Error::MissingSecret(_) => ErrorKind::Dereference,
             Error::Build(_) | Error::ScaleDownRefused { .. } => ErrorKind::Build,
-            Error::Apply { .. } => ErrorKind::Apply,
+            Error::Apply { .. } | Error::Prune { .. } => ErrorKind::Apply,
             Error::Status(_) => ErrorKind::Status,
         }
     }
@@ -130,6 +137,7 @@ impl Error {
             Error::Build(_) => "InvalidSpec",
             Error::ScaleDownRefused { .. } => "ScaleDownRefused",
             Error::Apply { .. } => "ApplyFailed",
+            Error::Prune { .. } => "PruneFailed",
             Error::Status(_) => "StatusFailed",
         }
     }
@@ -401,7 +409,21 @@ async fn apply_or_observe(
         }
     }
     context.metrics.full_applies.inc();
-    match apply_all(&context.client, namespace, children).await {
+    let wanted_budgets: Vec<String> = children
+        .disruption_budgets
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    let applied = apply_all(&context.client, namespace, children).await;
+    let result = match applied {
+        Ok(applied) => {
+            prune_disruption_budgets(&context.client, namespace, pipeline, &wanted_budgets)
+                .await
+                .map(|()| applied)
+        }
+        Err(error) => Err(error),
+    };
+    match result {
         Ok(applied) => {
             context
                 .ledger
@@ -413,6 +435,43 @@ async fn apply_or_observe(
             Err(error)
         }
     }
+}
+
+/// Deletes the pipeline's PodDisruptionBudgets that the build no longer wants: a component scaled
+/// back to one replica must not keep a budget that blocks draining its only pod. (The other kinds
+/// of child are wanted for as long as the pipeline exists, whatever its spec.)
+async fn prune_disruption_budgets(
+    client: &Client,
+    namespace: &str,
+    pipeline: &OrderPipeline,
+    wanted: &[String],
+) -> Result<(), Error> {
+    let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
+    for budget in list_children::<PodDisruptionBudget>(client, namespace, pipeline).await? {
+        let name = budget.name_any();
+        // Only what this pipeline owns: a user's object with the same labels is not ours.
+        let owned = budget
+            .owner_references()
+            .iter()
+            .any(|owner| Some(&owner.uid) == pipeline.metadata.uid.as_ref());
+        if !owned || wanted.contains(&name) {
+            continue;
+        }
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {
+                tracing::info!(pipeline = %pipeline.name_any(), budget = %name, "deleted a disruption budget no longer wanted")
+            }
+            Err(kube::Error::Api(response)) if response.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Prune {
+                    kind: "PodDisruptionBudget",
+                    name,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The pipeline's children of one kind, as they are now.
