@@ -16,7 +16,7 @@ use support::{
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Namespace, PersistentVolume, PersistentVolumeClaim, Secret, Service,
+    Namespace, PersistentVolume, PersistentVolumeClaim, PodTemplateSpec, Secret, Service,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -66,6 +66,36 @@ async fn versions(client: &Client, namespace: &str) -> BTreeMap<String, String> 
     collect!(NetworkPolicy);
     collect!(PodDisruptionBudget);
     versions
+}
+
+/// The children whose recorded versions differ between two [`versions`] snapshots.
+fn changed_children(
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+) -> Vec<String> {
+    after
+        .keys()
+        .filter(|key| before.get(*key) != after.get(*key))
+        .cloned()
+        .collect()
+}
+
+/// Merge-patches the sample pipeline's spec, as a user editing it would, and waits until the
+/// operator has reconciled the change and the pipeline is Ready again.
+async fn respec(pipelines: &Api<OrderPipeline>, spec: serde_json::Value) -> OrderPipeline {
+    pipelines
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await
+        .unwrap();
+    wait_ready(pipelines, "shop", Duration::from_secs(60)).await
+}
+
+fn template(deployment: &Deployment) -> &PodTemplateSpec {
+    &deployment.spec.as_ref().unwrap().template
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,25 +223,13 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
     let before = versions(&client, &namespace).await;
 
     // Scaling the gateway changes its Deployment and adds a disruption budget; nothing rolls.
-    let hash_before = gateway
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
+    let hash_before = template(&gateway)
         .metadata
         .as_ref()
         .unwrap()
         .annotations
         .clone();
-    pipelines
-        .patch(
-            "shop",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"gateway": {"replicas": 3}}})),
-        )
-        .await
-        .unwrap();
-    let scaled = wait_ready(&pipelines, "shop", Duration::from_secs(60)).await;
+    let scaled = respec(&pipelines, json!({"gateway": {"replicas": 3}})).await;
     assert_eq!(
         scaled.status.unwrap().components["gateway"],
         pipeline_api::ComponentStatus {
@@ -222,70 +240,36 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
     let gateway = deployments.get("shop-gateway").await.unwrap();
     assert_eq!(gateway.spec.as_ref().unwrap().replicas, Some(3));
     assert_eq!(
-        gateway
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .annotations,
+        template(&gateway).metadata.as_ref().unwrap().annotations,
         hash_before
     );
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &namespace);
     assert!(budgets.get_opt("shop-gateway").await.unwrap().is_some());
     let after = versions(&client, &namespace).await;
-    let changed: Vec<&String> = after
-        .keys()
-        .filter(|key| before.get(*key) != after.get(*key))
-        .collect();
+    let changed = changed_children(&before, &after);
     assert!(
         changed.iter().all(|key| key.ends_with("/shop-gateway")),
         "only the gateway's objects may change: {changed:?}"
     );
 
     // Back to one replica: the budget would block draining the only pod, so it goes.
-    pipelines
-        .patch(
-            "shop",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"gateway": {"replicas": 1}}})),
-        )
-        .await
-        .unwrap();
-    wait_ready(&pipelines, "shop", Duration::from_secs(60)).await;
+    respec(&pipelines, json!({"gateway": {"replicas": 1}})).await;
     assert!(budgets.get_opt("shop-gateway").await.unwrap().is_none());
 
     // A new processor image changes only the processor's Deployment.
     let before = versions(&client, &namespace).await;
-    pipelines
-        .patch(
-            "shop",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"processor": {"image": "example.invalid/processor:2"}}})),
-        )
-        .await
-        .unwrap();
-    wait_ready(&pipelines, "shop", Duration::from_secs(60)).await;
+    respec(
+        &pipelines,
+        json!({"processor": {"image": "example.invalid/processor:2"}}),
+    )
+    .await;
     let processor = deployments.get("shop-processor").await.unwrap();
-    let image = processor
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
+    let image = template(&processor).spec.as_ref().unwrap().containers[0]
         .image
         .clone();
     assert_eq!(image.as_deref(), Some("example.invalid/processor:2"));
     let after = versions(&client, &namespace).await;
-    let changed: Vec<&String> = after
-        .keys()
-        .filter(|key| before.get(*key) != after.get(*key))
-        .collect();
+    let changed = changed_children(&before, &after);
     assert_eq!(
         changed,
         ["Deployment/shop-processor"],
@@ -295,11 +279,7 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
     // A token setting every workload reads rolls the workloads (new config hash), not the
     // dependencies.
     let hash = |deployment: &Deployment| {
-        deployment
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
+        template(deployment)
             .metadata
             .as_ref()
             .unwrap()
@@ -317,15 +297,7 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
         .map(hash)
         .collect();
     let before = versions(&client, &namespace).await;
-    pipelines
-        .patch(
-            "shop",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"auth": {"tokenLifetimeSeconds": 600}}})),
-        )
-        .await
-        .unwrap();
-    wait_ready(&pipelines, "shop", Duration::from_secs(60)).await;
+    respec(&pipelines, json!({"auth": {"tokenLifetimeSeconds": 600}})).await;
     let hashes_after: Vec<String> = deployments
         .list(&ListParams::default())
         .await
