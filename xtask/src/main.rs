@@ -1,5 +1,6 @@
 //! Project commands. Run `cargo xtask --help`.
 
+mod cluster;
 mod crdgen;
 mod env;
 mod images;
@@ -40,6 +41,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_test_args: Vec<String>,
     },
+    /// A single-node Kubernetes cluster on this machine without Docker: the environment's control
+    /// plane and a real kubelet node (run/cluster under ~/.cache/order-pipeline). Needs root and
+    /// the kwok environment's control plane stopped (`cargo xtask env down kube`).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Generate the OrderPipeline CRD from operator/api and write it to crds/ and to the Helm
     /// chart's crds/.
     Crdgen {
@@ -56,6 +64,19 @@ enum Command {
         out: Option<PathBuf>,
         names: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterAction {
+    /// Build what is missing and start a single-node cluster whose pods run in real containers
+    /// (containerd, kubelet, kube-proxy, CoreDNS, the environment's control plane); waits until
+    /// the node is Ready. Clears what a killed earlier run left first.
+    Up,
+    /// Stop the cluster and remove everything it made on this machine; fails if anything is
+    /// left.
+    Down,
+    /// Show what runs; exits non-zero when the cluster is not fully up.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +135,11 @@ fn run(cli: Cli) -> Result<bool> {
                 }
                 env::status(&layout, &or_all(components))
             }
+        },
+        Command::Cluster { action } => match action {
+            ClusterAction::Up => cluster::up(&layout).map(|_| true),
+            ClusterAction::Down => cluster::down(&layout).map(|()| true),
+            ClusterAction::Status => Ok(cluster::status(&layout)),
         },
         Command::Run => pipeline::run(&layout).map(|()| true),
         Command::Stop => pipeline::stop(&layout).map(|()| true),

@@ -17,13 +17,14 @@
 //! pid files live under `run/kube/`, so `up` after `down` restarts on the same data and
 //! credentials.
 
-mod build;
+pub mod build;
 mod config;
-mod pki;
+pub mod pki;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,19 +44,35 @@ pub const ETCD_VERSION: &str = "v3.6.16";
 /// kwok 0.8 lists Kubernetes 1.34 among its supported releases.
 pub const KWOK_VERSION: &str = "v0.8.0";
 pub const HELM_VERSION: &str = "v3.22.0";
+/// CoreDNS 1.15 supports the Kubernetes 1.34 API (EndpointSlices) and has no `replace`
+/// directives, so it builds from the module proxy as it is.
+pub const COREDNS_VERSION: &str = "v1.15.0";
 
-const ETCD_CLIENT_PORT: u16 = 2379;
-const ETCD_PEER_PORT: u16 = 2380;
-const APISERVER_PORT: u16 = 6443;
-const CONTROLLER_MANAGER_PORT: u16 = 10257;
-const SCHEDULER_PORT: u16 = 10259;
+/// The loopback ports of one control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    pub etcd_client: u16,
+    pub etcd_peer: u16,
+    pub apiserver: u16,
+    pub controller_manager: u16,
+    pub scheduler: u16,
+}
+
+/// The kwok environment's: the components' usual ports.
+pub const KWOK_PORTS: Ports = Ports {
+    etcd_client: 2379,
+    etcd_peer: 2380,
+    apiserver: 6443,
+    controller_manager: 10257,
+    scheduler: 10259,
+};
 /// kwok's own HTTP server; only its `/healthz` is used, as the readiness probe.
 const KWOK_PORT: u16 = 10247;
 
 /// Service ClusterIPs; the API server takes the first address for the `kubernetes` Service.
-const SERVICE_CIDR: &str = "10.96.0.0/16";
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// Cluster DNS domain, as in every default installation.
-const CLUSTER_DOMAIN: &str = "cluster.local";
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// The fake nodes kwok manages. Tests read them from `OP_KUBE_NODES`.
 pub const NODES: [&str; 3] = ["kwok-node-0", "kwok-node-1", "kwok-node-2"];
 /// The annotation kwok selects its nodes by, so it never touches a Node it did not get made for.
@@ -70,36 +87,61 @@ const PROCESSES: [&str; 5] = [
     "kube-scheduler",
     "kwok",
 ];
+/// The processes every control plane runs, whatever its nodes.
+const CONTROL_PLANE: [&str; 4] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
 
-fn apiserver_url() -> String {
-    format!("https://127.0.0.1:{APISERVER_PORT}")
+/// What runs the pods the control plane schedules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nodes {
+    /// kwok's fake nodes: everything on loopback, no container ever runs.
+    Kwok,
+    /// One real kubelet on this machine (`cargo xtask cluster`), whose pods reach the API server
+    /// through the `kubernetes` Service at `node_ip`, the address of the node's bridge.
+    Real {
+        node_ip: Ipv4Addr,
+        node_name: &'static str,
+    },
 }
 
-fn daemon(layout: &Layout, name: &str) -> Daemon {
-    Daemon::new(name, &layout.run_dir(Component::Kube), name)
-}
-
-/// The files of the running control plane, all under `run/kube/`.
+/// The files of a control plane: under `run/kube/` for the kwok environment, `run/cluster/`
+/// for the real node's.
 #[derive(Debug)]
-struct State {
-    dir: PathBuf,
-    pki: Pki,
+pub struct State {
+    pub dir: PathBuf,
+    pub pki: Pki,
+    pub ports: Ports,
 }
 
 impl State {
     fn new(layout: &Layout) -> Self {
-        let dir = layout.run_dir(Component::Kube);
+        Self::at(layout.run_dir(Component::Kube), KWOK_PORTS)
+    }
+
+    pub fn at(dir: PathBuf, ports: Ports) -> Self {
         let pki = Pki::new(dir.join("pki"));
-        Self { dir, pki }
+        Self { dir, pki, ports }
+    }
+
+    pub fn apiserver_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.ports.apiserver)
+    }
+
+    pub fn daemon(&self, name: &str) -> Daemon {
+        Daemon::new(name, &self.dir, name)
     }
 
     /// The admin kubeconfig handed to tests and people.
-    fn admin_kubeconfig(&self) -> PathBuf {
+    pub fn admin_kubeconfig(&self) -> PathBuf {
         self.dir.join("kubeconfig")
     }
 
     /// The kubeconfig a component authenticates with, as its own identity.
-    fn component_kubeconfig(&self, component: &str) -> PathBuf {
+    pub fn component_kubeconfig(&self, component: &str) -> PathBuf {
         self.dir.join(format!("{component}.kubeconfig"))
     }
 
@@ -107,7 +149,7 @@ impl State {
         self.dir.join("etcd-data")
     }
 
-    fn kubectl(&self, binaries: &Binaries) -> Command {
+    pub fn kubectl(&self, binaries: &Binaries) -> Command {
         let mut command = Command::new(&binaries.kubectl);
         command.arg("--kubeconfig").arg(self.admin_kubeconfig());
         command
@@ -115,28 +157,14 @@ impl State {
 }
 
 pub fn up(layout: &Layout) -> Result<BTreeMap<&'static str, String>> {
-    ensure_apt_packages(layout, &["openssl", "curl"])?;
-    let binaries = build::ensure(layout)?;
     let state = State::new(layout);
-    fs::create_dir_all(&state.dir)
-        .with_context(|| format!("failed to create {}", state.dir.display()))?;
-
-    let service_ip = config::first_host_address(SERVICE_CIDR)?;
-    state
-        .pki
-        .ensure(&pki::identities(&service_ip, CLUSTER_DOMAIN))?;
-    write_kubeconfigs(&state)?;
-
-    start_etcd(layout, &binaries, &state)?;
-    start_apiserver(layout, &binaries, &state)?;
-    start_controller_manager(layout, &binaries, &state)?;
-    start_scheduler(layout, &binaries, &state)?;
-    start_kwok(layout, &binaries, &state)?;
-    ensure_nodes(layout, &binaries, &state)?;
+    let binaries = start_control_plane(layout, &state, Nodes::Kwok)?;
+    start_kwok(&binaries, &state)?;
+    ensure_nodes(&binaries, &state)?;
 
     Ok(BTreeMap::from([
         ("KUBECONFIG", state.admin_kubeconfig().display().to_string()),
-        ("OP_KUBE_APISERVER", apiserver_url()),
+        ("OP_KUBE_APISERVER", state.apiserver_url()),
         ("OP_KUBECTL", binaries.kubectl.display().to_string()),
         ("OP_HELM", binaries.helm.display().to_string()),
         ("OP_KUBE_VERSION", KUBERNETES_VERSION.to_string()),
@@ -144,14 +172,38 @@ pub fn up(layout: &Layout) -> Result<BTreeMap<&'static str, String>> {
     ]))
 }
 
-pub fn down(layout: &Layout) -> Result<()> {
+/// Builds what is missing, writes the PKI and kubeconfigs into `state`'s directory and starts
+/// etcd, the API server, the controller manager and the scheduler, each waited for.
+pub fn start_control_plane(layout: &Layout, state: &State, nodes: Nodes) -> Result<Binaries> {
+    ensure_apt_packages(layout, &["openssl", "curl"])?;
+    let binaries = build::ensure(layout)?;
+    fs::create_dir_all(&state.dir)
+        .with_context(|| format!("failed to create {}", state.dir.display()))?;
+
+    let service_ip = config::first_host_address(SERVICE_CIDR)?;
+    let mut identities = pki::identities(&service_ip, CLUSTER_DOMAIN);
+    if let Nodes::Real { node_ip, node_name } = nodes {
+        identities = pki::with_real_node(identities, &node_ip, node_name);
+    }
+    state.pki.ensure(&identities)?;
+    write_kubeconfigs(state, nodes)?;
+
+    start_etcd(&binaries, state)?;
+    start_apiserver(&binaries, state, nodes)?;
+    start_controller_manager(&binaries, state)?;
+    start_scheduler(&binaries, state)?;
+    Ok(binaries)
+}
+
+/// Stops the control plane's processes of `state`, clients first.
+pub fn stop_control_plane(state: &State) -> Result<()> {
     let mut failures = Vec::new();
-    for name in PROCESSES.iter().rev() {
+    for name in CONTROL_PLANE.iter().rev() {
         // Each exits within a second or two of SIGTERM, except an API server some client (a
         // forgotten `kubectl get -w`, a test's operator) still holds a watch open on: it waits
         // for that connection up to its request timeout. Past 30 seconds SIGKILL loses nothing
         // etcd has not already stored.
-        match daemon(layout, name).stop(Duration::from_secs(30)) {
+        match state.daemon(name).stop(Duration::from_secs(30)) {
             Ok(true) => println!("  {name} stopped"),
             Ok(false) => {}
             Err(error) => failures.push(format!("{name}: {error:#}")),
@@ -163,11 +215,22 @@ pub fn down(layout: &Layout) -> Result<()> {
     Ok(())
 }
 
+pub fn down(layout: &Layout) -> Result<()> {
+    let state = State::new(layout);
+    let kwok = state.daemon("kwok").stop(Duration::from_secs(30));
+    if let Ok(true) = kwok {
+        println!("  kwok stopped");
+    }
+    let control_plane = stop_control_plane(&state);
+    kwok.context("kwok").and(control_plane)
+}
+
 pub fn status(layout: &Layout) -> Status {
+    let state = State::new(layout);
     let mut running = true;
     let processes: Vec<String> = PROCESSES
         .iter()
-        .map(|name| match daemon(layout, name).running_pid() {
+        .map(|name| match state.daemon(name).running_pid() {
             Some(pid) => format!("{name} pid {pid}"),
             None => {
                 running = false;
@@ -179,8 +242,8 @@ pub fn status(layout: &Layout) -> Status {
         running,
         detail: format!(
             "{}, KUBECONFIG={} ({})",
-            apiserver_url(),
-            State::new(layout).admin_kubeconfig().display(),
+            state.apiserver_url(),
+            state.admin_kubeconfig().display(),
             processes.join(", ")
         ),
     }
@@ -188,11 +251,11 @@ pub fn status(layout: &Layout) -> Status {
 
 /// Writes the admin kubeconfig and one per component. Rewritten on every `up` so they always
 /// carry the current certificates.
-fn write_kubeconfigs(state: &State) -> Result<()> {
+fn write_kubeconfigs(state: &State, nodes: Nodes) -> Result<()> {
     let ca = state.pki.read_ca_cert()?;
     let write = |path: &Path, identity: &str| -> Result<()> {
         let text = config::kubeconfig(
-            &apiserver_url(),
+            &state.apiserver_url(),
             &ca,
             identity,
             &state.pki.read_cert(identity)?,
@@ -201,7 +264,17 @@ fn write_kubeconfigs(state: &State) -> Result<()> {
         write_private(path, &text)
     };
     write(&state.admin_kubeconfig(), pki::ADMIN)?;
-    for component in [pki::CONTROLLER_MANAGER, pki::SCHEDULER, pki::KWOK] {
+    let components: &[&str] = match nodes {
+        Nodes::Kwok => &[pki::CONTROLLER_MANAGER, pki::SCHEDULER, pki::KWOK],
+        Nodes::Real { .. } => &[
+            pki::CONTROLLER_MANAGER,
+            pki::SCHEDULER,
+            pki::KUBELET,
+            pki::KUBE_PROXY,
+            pki::COREDNS,
+        ],
+    };
+    for component in components {
         write(&state.component_kubeconfig(component), component)?;
     }
     Ok(())
@@ -227,7 +300,7 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
 
 /// Starts the daemon unless it already runs (after checking that no stranger holds its ports),
 /// then waits for `probe`.
-fn start(
+pub fn start(
     daemon: &Daemon,
     ports: &[u16],
     timeout: Duration,
@@ -244,12 +317,17 @@ fn start(
     daemon.wait_ready(timeout, probe)
 }
 
-fn start_etcd(layout: &Layout, binaries: &Binaries, state: &State) -> Result<()> {
-    let client_url = format!("http://127.0.0.1:{ETCD_CLIENT_PORT}");
-    let peer_url = format!("http://127.0.0.1:{ETCD_PEER_PORT}");
+fn start_etcd(binaries: &Binaries, state: &State) -> Result<()> {
+    let Ports {
+        etcd_client,
+        etcd_peer,
+        ..
+    } = state.ports;
+    let client_url = format!("http://127.0.0.1:{etcd_client}");
+    let peer_url = format!("http://127.0.0.1:{etcd_peer}");
     start(
-        &daemon(layout, "etcd"),
-        &[ETCD_CLIENT_PORT, ETCD_PEER_PORT],
+        &state.daemon("etcd"),
+        &[etcd_client, etcd_peer],
         Duration::from_secs(60),
         || {
             let mut command = Command::new(&binaries.etcd);
@@ -279,21 +357,53 @@ fn start_etcd(layout: &Layout, binaries: &Binaries, state: &State) -> Result<()>
     )
 }
 
-fn start_apiserver(layout: &Layout, binaries: &Binaries, state: &State) -> Result<()> {
+fn start_apiserver(binaries: &Binaries, state: &State, nodes: Nodes) -> Result<()> {
     let pki = &state.pki;
     start(
-        &daemon(layout, "kube-apiserver"),
-        &[APISERVER_PORT],
+        &state.daemon("kube-apiserver"),
+        &[state.ports.apiserver],
         Duration::from_secs(120),
         || {
             let mut command = Command::new(&binaries.kube_apiserver);
+            command.arg(format!(
+                "--etcd-servers=http://127.0.0.1:{}",
+                state.ports.etcd_client
+            ));
+            match nodes {
+                Nodes::Kwok => {
+                    command
+                        .arg("--bind-address=127.0.0.1")
+                        .arg("--advertise-address=127.0.0.1")
+                        // The `kubernetes` Service's endpoints would be 127.0.0.1, which
+                        // Endpoints and EndpointSlice validation rejects (loopback), so the
+                        // reconciler would fail every few seconds. Nothing runs inside the
+                        // cluster to need them: clients come from the host, through the
+                        // kubeconfig.
+                        .arg("--endpoint-reconciler-type=none");
+                }
+                Nodes::Real { node_ip, .. } => {
+                    command
+                        // Loopback for the host's clients, the bridge for the pods (through the
+                        // `kubernetes` Service, whose endpoint is the advertised address). The
+                        // cluster's firewall rules drop this port on the outside interface.
+                        .arg("--bind-address=0.0.0.0")
+                        .arg(format!("--advertise-address={node_ip}"))
+                        // logs, exec and port-forward go through the kubelet's API, which
+                        // authenticates the API server by this certificate (and authorizes it
+                        // through the `system:kubelet-api-admin` binding `cluster up` makes).
+                        .arg(format!(
+                            "--kubelet-client-certificate={}",
+                            pki.cert(pki::APISERVER_KUBELET_CLIENT).display()
+                        ))
+                        .arg(format!(
+                            "--kubelet-client-key={}",
+                            pki.key(pki::APISERVER_KUBELET_CLIENT).display()
+                        ))
+                        .arg("--kubelet-preferred-address-types=InternalIP");
+                }
+            }
             command
-                .arg(format!(
-                    "--etcd-servers=http://127.0.0.1:{ETCD_CLIENT_PORT}"
-                ))
-                .arg("--bind-address=127.0.0.1")
-                .arg("--advertise-address=127.0.0.1")
-                .arg(format!("--secure-port={APISERVER_PORT}"))
+                .arg(format!("--secure-port={}", state.ports.apiserver))
                 .arg(format!(
                     "--tls-cert-file={}",
                     pki.cert(pki::APISERVER).display()
@@ -339,11 +449,6 @@ fn start_apiserver(layout: &Layout, binaries: &Binaries, state: &State) -> Resul
                 ))
                 .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
                 .arg("--allow-privileged=true")
-                // The `kubernetes` Service's endpoints would be 127.0.0.1, which Endpoints and
-                // EndpointSlice validation rejects (loopback), so the reconciler would fail every
-                // few seconds. Nothing runs inside the cluster to need them: clients come from
-                // the host, through the kubeconfig.
-                .arg("--endpoint-reconciler-type=none")
                 .arg("--profiling=false");
             command
         },
@@ -355,7 +460,7 @@ fn start_apiserver(layout: &Layout, binaries: &Binaries, state: &State) -> Resul
                 &pki.cert(pki::ADMIN).display().to_string(),
                 "--key",
                 &pki.key(pki::ADMIN).display().to_string(),
-                &format!("{}/readyz", apiserver_url()),
+                &format!("{}/readyz", state.apiserver_url()),
             ])?;
             if answer.trim() != "ok" {
                 bail!("/readyz answered {:?}", answer.trim());
@@ -365,12 +470,12 @@ fn start_apiserver(layout: &Layout, binaries: &Binaries, state: &State) -> Resul
     )
 }
 
-fn start_controller_manager(layout: &Layout, binaries: &Binaries, state: &State) -> Result<()> {
+fn start_controller_manager(binaries: &Binaries, state: &State) -> Result<()> {
     let pki = &state.pki;
     let kubeconfig = state.component_kubeconfig(pki::CONTROLLER_MANAGER);
     start(
-        &daemon(layout, "kube-controller-manager"),
-        &[CONTROLLER_MANAGER_PORT],
+        &state.daemon("kube-controller-manager"),
+        &[state.ports.controller_manager],
         Duration::from_secs(120),
         || {
             let mut command = Command::new(&binaries.kube_controller_manager);
@@ -385,7 +490,7 @@ fn start_controller_manager(layout: &Layout, binaries: &Binaries, state: &State)
                     kubeconfig.display()
                 ))
                 .arg("--bind-address=127.0.0.1")
-                .arg(format!("--secure-port={CONTROLLER_MANAGER_PORT}"))
+                .arg(format!("--secure-port={}", state.ports.controller_manager))
                 // One process, nothing to elect against; electing only delays the start.
                 .arg("--leader-elect=false")
                 // Each controller acts as its own service account, so RBAC denials surface here
@@ -421,7 +526,7 @@ fn start_controller_manager(layout: &Layout, binaries: &Binaries, state: &State)
             command
         },
         || {
-            component_healthz(CONTROLLER_MANAGER_PORT)?;
+            component_healthz(state.ports.controller_manager)?;
             // An effect, not just a live endpoint: the service-account controller has reconciled
             // `default`, so Pods in the default namespace can be admitted.
             run_capture(state.kubectl(binaries).args([
@@ -436,11 +541,11 @@ fn start_controller_manager(layout: &Layout, binaries: &Binaries, state: &State)
     )
 }
 
-fn start_scheduler(layout: &Layout, binaries: &Binaries, state: &State) -> Result<()> {
+fn start_scheduler(binaries: &Binaries, state: &State) -> Result<()> {
     let kubeconfig = state.component_kubeconfig(pki::SCHEDULER);
     start(
-        &daemon(layout, "kube-scheduler"),
-        &[SCHEDULER_PORT],
+        &state.daemon("kube-scheduler"),
+        &[state.ports.scheduler],
         Duration::from_secs(120),
         || {
             let mut command = Command::new(&binaries.kube_scheduler);
@@ -455,7 +560,7 @@ fn start_scheduler(layout: &Layout, binaries: &Binaries, state: &State) -> Resul
                     kubeconfig.display()
                 ))
                 .arg("--bind-address=127.0.0.1")
-                .arg(format!("--secure-port={SCHEDULER_PORT}"))
+                .arg(format!("--secure-port={}", state.ports.scheduler))
                 .arg("--leader-elect=false")
                 // A binding and an Event per pod; the default 50/s would pace 735 pods (see the
                 // controller manager's limits above).
@@ -464,18 +569,18 @@ fn start_scheduler(layout: &Layout, binaries: &Binaries, state: &State) -> Resul
                 .arg("--profiling=false");
             command
         },
-        || component_healthz(SCHEDULER_PORT),
+        || component_healthz(state.ports.scheduler),
     )
 }
 
-fn start_kwok(layout: &Layout, binaries: &Binaries, state: &State) -> Result<()> {
+fn start_kwok(binaries: &Binaries, state: &State) -> Result<()> {
     let kubeconfig = state.component_kubeconfig(pki::KWOK);
     let work_dir = state.dir.join("kwok");
     fs::create_dir_all(&work_dir)
         .with_context(|| format!("failed to create {}", work_dir.display()))?;
     let (annotation, value) = KWOK_NODE_ANNOTATION;
     start(
-        &daemon(layout, "kwok"),
+        &state.daemon("kwok"),
         &[KWOK_PORT],
         Duration::from_secs(60),
         || {
@@ -509,7 +614,7 @@ fn start_kwok(layout: &Layout, binaries: &Binaries, state: &State) -> Result<()>
 /// Creates the fake nodes that do not exist yet and waits until kwok has made all of them Ready
 /// and the node lifecycle controller has lifted their not-ready taints, so a Pod created right
 /// after `up` is scheduled at once.
-fn ensure_nodes(layout: &Layout, binaries: &Binaries, state: &State) -> Result<()> {
+fn ensure_nodes(binaries: &Binaries, state: &State) -> Result<()> {
     let existing = run_capture(
         state
             .kubectl(binaries)
@@ -554,7 +659,7 @@ fn ensure_nodes(layout: &Layout, binaries: &Binaries, state: &State) -> Result<(
                 .join(", ")
         );
     }
-    let kwok_log = daemon(layout, "kwok").log_file;
+    let kwok_log = state.daemon("kwok").log_file;
     process::wait_until("kwok nodes", Duration::from_secs(90), &kwok_log, || {
         let listing = match run_capture(state.kubectl(binaries).args(["get", "nodes"]).arg(
             format!("--output=jsonpath={}", config::NODE_READINESS_JSONPATH),
@@ -581,7 +686,7 @@ fn component_healthz(port: u16) -> Result<()> {
 }
 
 /// One short HTTP request; fails on a connection error or a non-2xx status.
-fn curl(args: &[&str]) -> Result<String> {
+pub fn curl(args: &[&str]) -> Result<String> {
     run_capture(
         Command::new("curl")
             // Loopback must never go through an HTTP proxy set in the environment.

@@ -30,6 +30,18 @@ pub const SCHEDULER: &str = "kube-scheduler";
 pub const KWOK: &str = "kwok";
 /// The API server's identity towards aggregated API servers.
 pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
+/// The real node's kubelet, as the Node authorizer and NodeRestriction expect it:
+/// `system:node:<node name>` in group `system:nodes`.
+pub const KUBELET: &str = "kubelet";
+/// The bootstrap policy binds `system:node-proxier` to this user.
+pub const KUBE_PROXY: &str = "kube-proxy";
+/// CoreDNS, running on the node's host; `cluster up` grants it what it reads.
+pub const COREDNS: &str = "coredns";
+/// The API server's identity towards kubelets (logs, exec, port-forward).
+pub const APISERVER_KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
+/// The user names of the two identities above.
+pub const COREDNS_USER: &str = "system:coredns";
+pub const APISERVER_KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 const CA: &str = "ca";
 const FRONT_PROXY_CA: &str = "front-proxy-ca";
@@ -107,6 +119,46 @@ pub fn identities(service_ip: &Ipv4Addr, cluster_domain: &str) -> Vec<Identity> 
             usage: Usage::Client,
         },
     ]
+}
+
+/// The identities of a control plane with a real node named `node_name` at `node_ip`: the API
+/// server also answers at the node's address (pods reach it there through the `kubernetes`
+/// Service), and the kubelet, kube-proxy, CoreDNS and the API server's kubelet client get
+/// certificates of their own.
+pub fn with_real_node(
+    mut identities: Vec<Identity>,
+    node_ip: &Ipv4Addr,
+    node_name: &str,
+) -> Vec<Identity> {
+    for identity in &mut identities {
+        if identity.name == APISERVER
+            && let Usage::Server { ips, .. } = &mut identity.usage
+        {
+            ips.push(node_ip.to_string());
+        }
+    }
+    let client = |name, common_name: String, organization| Identity {
+        name,
+        issuer: CA,
+        common_name,
+        organization,
+        usage: Usage::Client,
+    };
+    identities.extend([
+        client(
+            KUBELET,
+            format!("system:node:{node_name}"),
+            Some("system:nodes"),
+        ),
+        client(KUBE_PROXY, "system:kube-proxy".to_string(), None),
+        client(COREDNS, COREDNS_USER.to_string(), None),
+        client(
+            APISERVER_KUBELET_CLIENT,
+            APISERVER_KUBELET_CLIENT_USER.to_string(),
+            None,
+        ),
+    ]);
+    identities
 }
 
 /// The PKI directory and the files in it.
