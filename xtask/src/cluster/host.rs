@@ -263,10 +263,47 @@ fn is_own_chain(name: &str) -> bool {
         .any(|prefix| name.starts_with(prefix))
 }
 
+/// Splits one line of `iptables -S` into arguments as a shell would: `--comment "a b"` is one
+/// argument, without the quotes (iptables quotes comments with spaces and escapes `"` and `\\`).
+pub fn iptables_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    let mut characters = line.chars();
+    while let Some(character) = characters.next() {
+        match character {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            '\\' if quoted => {
+                if let Some(next) = characters.next() {
+                    current.push(next);
+                }
+            }
+            ' ' | '\t' if !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut current));
+                    in_word = false;
+                }
+            }
+            other => {
+                current.push(other);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(current);
+    }
+    words
+}
+
 pub fn chain_removal(listing: &str) -> ChainRemoval {
     let mut plan = ChainRemoval::default();
     for line in listing.lines() {
-        let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        let words = iptables_words(line);
         match words.first().map(String::as_str) {
             Some("-N") if words.len() == 2 && is_own_chain(&words[1]) => {
                 plan.chains.push(words[1].clone());
@@ -637,7 +674,7 @@ mod tests {
                        -A INPUT -j OP-GUARD-INPUT\n\
                        -A INPUT -j KUBE-FIREWALL\n\
                        -A INPUT -j DOCKER\n\
-                       -A OUTPUT -m comment --comment \"kube\" -j KUBE-FIREWALL\n\
+                       -A OUTPUT -m comment --comment \"kube rules\" -j KUBE-FIREWALL\n\
                        -A KUBE-FIREWALL -j DROP\n\
                        -A DOCKER -j KUBE-FIREWALL\n";
         let plan = chain_removal(listing);
@@ -652,7 +689,7 @@ mod tests {
                     "-m",
                     "comment",
                     "--comment",
-                    "\"kube\"",
+                    "kube rules",
                     "-j",
                     "KUBE-FIREWALL"
                 ],
