@@ -12,3 +12,4 @@ pub mod autoscale;
 pub mod controller;
 pub mod leader;
 pub mod metrics;
+pub mod quantity;
