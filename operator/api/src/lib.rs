@@ -62,13 +62,43 @@ pub struct OrderPipelineSpec {
     pub auth: AuthSpec,
     /// RabbitMQ: run by the operator (a cluster with quorum queues) or external.
     #[serde(default)]
+    #[x_kube(validation = memory_limit_rule("RabbitMQ", RABBITMQ_MINIMUM_MEMORY_LIMIT, "sets its memory high watermark from its memory limit"))]
     pub rabbitmq: DependencySpec,
     /// Redis: run by the operator or external.
     #[serde(default)]
     pub redis: DependencySpec,
     /// Cassandra (accounts): run by the operator or external.
     #[serde(default)]
+    #[x_kube(validation = memory_limit_rule("Cassandra", CASSANDRA_MINIMUM_MEMORY_LIMIT, "sizes its Java heap from its memory limit (half of it)"))]
     pub cassandra: DependencySpec,
+}
+
+/// The smallest memory limit a managed Cassandra is run with. Its heap is half the limit, and
+/// Cassandra needs about 512 MiB of heap to start and serve a small keyspace; below that the
+/// JVM is OOM-killed or never becomes ready. The API server refuses less (a CEL rule on
+/// `spec.cassandra`), and so does the operator.
+pub const CASSANDRA_MINIMUM_MEMORY_LIMIT: &str = "1Gi";
+
+/// The smallest memory limit a managed RabbitMQ is run with. Its memory high watermark is a share
+/// of the limit, and an idle node with the management plugin already takes well over 100 MiB:
+/// with less, the memory alarm would block every publisher. Enforced like Cassandra's.
+pub const RABBITMQ_MINIMUM_MEMORY_LIMIT: &str = "512Mi";
+
+/// The API server's check that a managed dependency whose spec sets `resources` gives it a
+/// memory limit of at least `minimum`. Without `resources` the operator's defaults apply, which
+/// meet it. Uses the Kubernetes CEL quantity library (`isQuantity`, `quantity`), which CRD
+/// validation has offered since Kubernetes 1.29.
+fn memory_limit_rule(dependency: &str, minimum: &str, why: &str) -> kube::core::Rule {
+    let limits = "self.managed.resources.limits";
+    kube::core::Rule::new(format!(
+        "!has(self.managed) || !has(self.managed.resources) || \
+         (has({limits}) && 'memory' in {limits} && isQuantity({limits}['memory']) && \
+         quantity({limits}['memory']).compareTo(quantity('{minimum}')) >= 0)"
+    ))
+    .message(kube::core::Message::Message(format!(
+        "a managed {dependency} {why}: managed.resources.limits.memory must be a memory quantity \
+         of at least {minimum}; set it, or leave out managed.resources for the operator's defaults"
+    )))
 }
 
 /// A workload with a fixed replica count.
@@ -279,6 +309,10 @@ pub struct ManagedDependency {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
+    /// CPU and memory requests and limits, replacing the operator's defaults for this dependency
+    /// (sized to start and stay up on a small node: Redis 64Mi-256Mi, RabbitMQ 256Mi-1Gi,
+    /// Cassandra 1Gi-2Gi). RabbitMQ's memory watermark and Cassandra's heap are derived from
+    /// `limits.memory`, so those two need one: at least 512Mi for RabbitMQ, 1Gi for Cassandra.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
     /// Scaling a stateful dependency down can lose data. The operator refuses (with a condition
@@ -538,6 +572,24 @@ mod tests {
             rules(&schema)
                 .iter()
                 .any(|rule| rule.contains("metadata.name.size()"))
+        );
+        // The memory limits RabbitMQ and Cassandra derive settings from; Redis needs none.
+        for (dependency, minimum) in [
+            ("rabbitmq", RABBITMQ_MINIMUM_MEMORY_LIMIT),
+            ("cassandra", CASSANDRA_MINIMUM_MEMORY_LIMIT),
+        ] {
+            let expected = format!("compareTo(quantity('{minimum}')) >= 0");
+            assert!(
+                rules(&spec[dependency])
+                    .iter()
+                    .any(|rule| rule.contains(&expected)),
+                "{dependency}"
+            );
+        }
+        assert!(
+            rules(&spec["redis"])
+                .iter()
+                .all(|rule| !rule.contains("quantity"))
         );
     }
 

@@ -175,6 +175,42 @@ fn invalid_cases() -> Vec<InvalidCase> {
             ],
         },
         InvalidCase {
+            name: "cassandra-memory-limit-under-1gi",
+            spec: json!({"cassandra": {"managed": {"resources": {"limits": {"memory": "512Mi"}}}}}),
+            expected: &[
+                "spec.cassandra",
+                "a managed Cassandra sizes its Java heap from its memory limit",
+                "managed.resources.limits.memory must be a memory quantity of at least 1Gi",
+            ],
+        },
+        InvalidCase {
+            name: "cassandra-without-a-memory-limit",
+            spec: json!({"cassandra": {"managed": {"resources": {"requests": {"memory": "2Gi"}}}}}),
+            expected: &["spec.cassandra", "of at least 1Gi"],
+        },
+        InvalidCase {
+            name: "cassandra-empty-limits",
+            spec: json!({"cassandra": {"managed": {"resources": {"limits": {}}}}}),
+            expected: &["spec.cassandra", "of at least 1Gi"],
+        },
+        InvalidCase {
+            name: "cassandra-memory-limit-not-a-quantity",
+            spec: json!({"cassandra": {"managed": {"resources": {"limits": {"memory": "2GB"}}}}}),
+            expected: &[
+                "spec.cassandra",
+                "must be a memory quantity of at least 1Gi",
+            ],
+        },
+        InvalidCase {
+            name: "rabbitmq-memory-limit-under-512mi",
+            spec: json!({"rabbitmq": {"managed": {"resources": {"limits": {"memory": "256Mi"}}}}}),
+            expected: &[
+                "spec.rabbitmq",
+                "a managed RabbitMQ sets its memory high watermark from its memory limit",
+                "of at least 512Mi",
+            ],
+        },
+        InvalidCase {
             // 41 characters: child names are derived from it.
             name: "pipeline-with-a-name-longer-than-40-chars",
             spec: json!({}),
@@ -240,6 +276,42 @@ async fn an_empty_spec_is_accepted_and_the_server_fills_every_default() {
             serde_json::from_value(serde_json::to_value(&created).unwrap()).unwrap();
         let rust_defaults: OrderPipelineSpec = serde_json::from_value(json!({})).unwrap();
         assert_eq!(typed.spec, rust_defaults);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn memory_limits_a_managed_dependency_can_run_with_are_accepted() {
+    in_fresh_namespace("validation-memory", |pipelines| async move {
+        for (name, spec) in [
+            // The minimums themselves, in any unit.
+            (
+                "cassandra-1gi",
+                json!({"cassandra": {"managed": {"resources": {"limits": {"memory": "1Gi"}}}}}),
+            ),
+            (
+                "cassandra-2g",
+                json!({"cassandra": {"managed": {"resources": {"requests": {"cpu": "1"}, "limits": {"memory": "2G"}}}}}),
+            ),
+            (
+                "rabbitmq-512mi",
+                json!({"rabbitmq": {"managed": {"resources": {"limits": {"memory": "536870912"}}}}}),
+            ),
+            // Redis derives nothing from its limit; external dependencies are not run here.
+            (
+                "redis-without-limit",
+                json!({"redis": {"managed": {"resources": {"requests": {"memory": "32Mi"}}}}}),
+            ),
+            (
+                "external-cassandra",
+                json!({"cassandra": {"external": {"endpoints": ["db.example.com:9042"]}}}),
+            ),
+        ] {
+            pipelines
+                .create(&PostParams::default(), &pipeline(name, spec))
+                .await
+                .unwrap_or_else(|error| panic!("{name}: {error}"));
+        }
     })
     .await;
 }
