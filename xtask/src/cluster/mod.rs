@@ -203,7 +203,7 @@ pub fn down(layout: &Layout) -> Result<()> {
     teardown(&cluster)?;
     let left = host::leftovers(&cluster.node, &cluster.daemons());
     if !left.is_empty() {
-        bail!("cluster down left behind: {left:?}");
+        bail!("cluster down left behind:\n{}", describe_leftovers(&left));
     }
     println!(
         "  nothing of the cluster is left: no process, mount, network namespace, link, iptables chain or cgroup"
@@ -230,10 +230,28 @@ pub fn status(layout: &Layout) -> bool {
     } else {
         let left = host::leftovers(&cluster.node, &[]);
         if !left.is_empty() {
-            println!("left on the machine (cargo xtask cluster down removes it): {left:?}");
+            println!("left on the machine (`cargo xtask cluster down` removes it):");
+            println!("{}", describe_leftovers(&left));
         }
     }
     running
+}
+
+/// One line per kind of leftover: how many, and the first few.
+fn describe_leftovers(left: &std::collections::BTreeMap<&'static str, Vec<String>>) -> String {
+    left.iter()
+        .map(|(kind, items)| {
+            let shown: Vec<&str> = items.iter().take(3).map(String::as_str).collect();
+            let more = items.len().saturating_sub(shown.len());
+            let tail = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            format!("  {kind}: {}: {}{tail}", items.len(), shown.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Stops the node and the control plane and removes what they made, in the order that lets each
