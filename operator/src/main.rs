@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use order_pipeline_operator::controller::Context;
+use order_pipeline_operator::controller::build::DependencyImages;
 use order_pipeline_operator::leader::{self, LeaseSettings};
 use order_pipeline_operator::metrics::{Metrics, serve_admin};
 use prometheus_client::registry::Registry;
@@ -86,12 +87,13 @@ async fn main() -> Result<()> {
             instance: Some(identity.clone()),
         },
     );
-    let context = Arc::new(Context::new(
-        client,
-        recorder,
-        metrics,
-        env!("CARGO_PKG_VERSION"),
-    ));
+    // Once, at startup: the images new managed dependencies run (the chart's dependencyImages).
+    let dependency_images = DependencyImages::from_env();
+    tracing::info!(?dependency_images, "default images of managed dependencies");
+    let context = Arc::new(
+        Context::new(client, recorder, metrics, env!("CARGO_PKG_VERSION"))
+            .with_dependency_images(dependency_images),
+    );
     let lease = LeaseSettings {
         name: NAME.into(),
         namespace: std::env::var("OPERATOR_NAMESPACE").unwrap_or_else(|_| "default".into()),

@@ -2,9 +2,11 @@
 //! the pod runs it, with bash and this machine's `cp`, `awk` and `grep` (Debian's, as in the
 //! image, whose `awk` is mawk), on directories laid out like the image's `/etc/cassandra`.
 //!
-//! It must copy every file, leave `authenticator`, `authorizer` and `role_manager` set to password
-//! login and permissions exactly once each, whatever form they had, change nothing else, and write
-//! the same result when it runs again (a restarted pod).
+//! It must copy every file; leave the pod's address, the seeds, the cluster name, the snitch,
+//! password login and permissions set exactly once each, whatever form they had (the official
+//! image's file, a stand-in's minimal one, keys missing, repeated or in blocks); change nothing
+//! else; and write this run's result when it runs again (a restarted pod, maybe with a new
+//! address).
 //!
 //! The samples are hand-written in the shapes Cassandra's own `cassandra.yaml` files have: Maven
 //! Central serves no Cassandra tarball (`org.apache.cassandra:apache-cassandra`, classifier `bin`,
@@ -19,16 +21,81 @@ use std::process::{Command, Output};
 use order_pipeline_operator::controller::build::CASSANDRA_CONFIG_SCRIPT;
 use serde_yaml::{Mapping, Value};
 
-/// What the script sets.
-const SETTINGS: [(&str, &str); 3] = [
-    ("authenticator", "PasswordAuthenticator"),
-    ("authorizer", "CassandraAuthorizer"),
-    ("role_manager", "CassandraRoleManager"),
-];
+/// The pod's parameters, as the StatefulSet passes them.
+const POD_IP: &str = "10.244.0.17";
+const SEEDS: &str = "shop-cassandra-0.shop-cassandra-headless.store.svc";
+const CLUSTER_NAME: &str = "shop-cassandra";
+
+/// What the script sets on one line each: key, value as YAML reads it, the line.
+fn line_settings(pod_ip: &str) -> Vec<(&'static str, String, String)> {
+    let setting = |key: &'static str, value: &str, line: String| (key, value.to_owned(), line);
+    vec![
+        setting(
+            "cluster_name",
+            CLUSTER_NAME,
+            format!("cluster_name: '{CLUSTER_NAME}'"),
+        ),
+        setting(
+            "endpoint_snitch",
+            "GossipingPropertyFileSnitch",
+            "endpoint_snitch: GossipingPropertyFileSnitch".to_owned(),
+        ),
+        setting(
+            "listen_address",
+            pod_ip,
+            format!("listen_address: {pod_ip}"),
+        ),
+        setting(
+            "broadcast_address",
+            pod_ip,
+            format!("broadcast_address: {pod_ip}"),
+        ),
+        setting("rpc_address", "0.0.0.0", "rpc_address: 0.0.0.0".to_owned()),
+        setting(
+            "broadcast_rpc_address",
+            pod_ip,
+            format!("broadcast_rpc_address: {pod_ip}"),
+        ),
+        setting(
+            "authenticator",
+            "PasswordAuthenticator",
+            "authenticator: PasswordAuthenticator".to_owned(),
+        ),
+        setting(
+            "authorizer",
+            "CassandraAuthorizer",
+            "authorizer: CassandraAuthorizer".to_owned(),
+        ),
+        setting(
+            "role_manager",
+            "CassandraRoleManager",
+            "role_manager: CassandraRoleManager".to_owned(),
+        ),
+    ]
+}
+
+/// The seed provider the script writes, as YAML reads it.
+fn seed_provider() -> Value {
+    serde_yaml::from_str(&format!(
+        "- class_name: org.apache.cassandra.locator.SimpleSeedProvider\n  parameters:\n    - seeds: \"{SEEDS}\"\n"
+    ))
+    .unwrap()
+}
+
+/// Keys the script removes: Cassandra refuses an interface next to an address.
+const REMOVED: [&str; 2] = ["listen_interface", "rpc_interface"];
+
+/// Every key the script sets.
+fn set_keys() -> Vec<&'static str> {
+    let mut keys: Vec<&str> = line_settings(POD_IP).iter().map(|s| s.0).collect();
+    keys.push("seed_provider");
+    keys
+}
 
 /// Cassandra 5.0's form: the authenticator as a `class_name` block (with a space before the
 /// colon, and a commented-out alternative below it), the authorizer and role manager on one line,
-/// and a neighbouring block whose children are all comments.
+/// a neighbouring block whose children are all comments, the seed provider with its comments,
+/// the addresses on loopback and the others commented out.
 const CASSANDRA_5_0_SHAPE: &str = r#"
 # Hand-written sample in the shape of Cassandra 5.0's cassandra.yaml.
 cluster_name: 'Test Cluster'
@@ -67,12 +134,39 @@ credentials_validity: 2000ms
 partitioner: org.apache.cassandra.dht.Murmur3Partitioner
 # data_file_directories:
 #     - /var/lib/cassandra/data
+
+# any class that implements the SeedProvider interface and has a
+# constructor that takes a Map<String, String> of parameters will do.
 seed_provider:
+  # Addresses of hosts that are deemed contact points.
+  # Cassandra nodes use this list of hosts to find each other and learn
+  # the topology of the ring.  You must change this if you are running
+  # multiple nodes!
   - class_name: org.apache.cassandra.locator.SimpleSeedProvider
     parameters:
+      # seeds is actually a comma-delimited list of addresses.
+      # Ex: "<ip1>,<ip2>,<ip3>"
       - seeds: "127.0.0.1:7000"
+
+# Address or interface to bind to and tell other Cassandra nodes to connect to.
 listen_address: localhost
+
+# Set listen_address OR listen_interface, not both. Interfaces must correspond
+# to a single address, IP aliasing is not supported.
+# listen_interface: eth0
+# listen_interface_prefer_ipv6: false
+
+# Address to broadcast to other Cassandra nodes
+# Leaving this blank will set it to the same value as listen_address
+# broadcast_address: 1.2.3.4
+
+start_native_transport: true
+native_transport_port: 9042
 rpc_address: localhost
+# rpc_interface: eth1
+# rpc_interface_prefer_ipv6: false
+
+# broadcast_rpc_address: 1.2.3.4
 endpoint_snitch: SimpleSnitch
 client_encryption_options:
   enabled: false
@@ -80,6 +174,27 @@ client_encryption_options:
   keystore_password: cassandra
   require_client_auth: false
 storage_compatibility_mode: CASSANDRA_4
+"#;
+
+/// A stand-in's minimal file (the shape of `xtask/src/env/cassandra/cassandra.yaml`): no
+/// comments inside blocks, the seed provider's list at the margin, interfaces instead of
+/// addresses, login already on, a data directory list below it.
+const MINIMAL_SHAPE: &str = r#"cluster_name: order-pipeline
+num_tokens: 1
+seed_provider:
+- class_name: org.apache.cassandra.locator.SimpleSeedProvider
+  parameters:
+  - seeds: "127.0.0.1:7000"
+listen_interface: lo
+rpc_interface: lo
+native_transport_port: 9042
+endpoint_snitch: SimpleSnitch
+authenticator: PasswordAuthenticator
+authorizer: CassandraAuthorizer
+role_manager: CassandraRoleManager
+data_file_directories:
+  - /var/lib/cassandra/data
+commitlog_directory: /var/lib/cassandra/commitlog
 "#;
 
 /// The form of Cassandra's newer files: all three as blocks, one with `parameters` whose only
@@ -141,20 +256,27 @@ impl Drop for Scratch {
     }
 }
 
-/// Runs the script as the init container does, with only what the pod's environment has.
-fn run_script(image_config: &Path, config: &Path) -> Output {
-    Command::new("bash")
+/// The script as the init container runs it, with only what the pod's environment has.
+fn script(image_config: &Path, config: &Path) -> Command {
+    let mut command = Command::new("bash");
+    command
         .args(["-c", CASSANDRA_CONFIG_SCRIPT])
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("IMAGE_CONFIG_DIR", image_config)
         .env("CONFIG_DIR", config)
-        .output()
-        .expect("bash runs")
+        .env("POD_IP", POD_IP)
+        .env("SEEDS", SEEDS)
+        .env("CLUSTER_NAME", CLUSTER_NAME);
+    command
 }
 
-fn configure(image_config: &Path, config: &Path) {
-    let output = run_script(image_config, config);
+fn run(mut command: Command) -> Output {
+    command.output().expect("bash runs")
+}
+
+fn succeed(command: Command) {
+    let output = run(command);
     print!("{}", String::from_utf8_lossy(&output.stdout));
     assert!(
         output.status.success(),
@@ -162,6 +284,10 @@ fn configure(image_config: &Path, config: &Path) {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+fn configure(image_config: &Path, config: &Path) {
+    succeed(script(image_config, config));
 }
 
 /// Every file below `dir`, by relative path.
@@ -192,29 +318,42 @@ fn top_level_comments(text: &str) -> Vec<&str> {
     text.lines().filter(|line| line.starts_with('#')).collect()
 }
 
-/// The three settings, once each, as the only change.
-fn assert_configured(original: &str, configured: &str) {
+/// The lines that set `key` at the top level.
+fn key_lines<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|line| line.starts_with(key) && line[key.len()..].trim_start().starts_with(':'))
+        .collect()
+}
+
+/// Every setting once, with this pod's address, the removed keys gone, as the only change.
+fn assert_configured(original: &str, configured: &str, pod_ip: &str) {
     let before = parse(original);
     let after = parse(configured);
-    for (key, value) in SETTINGS {
+    for (key, value, line) in line_settings(pod_ip) {
         assert_eq!(after.get(key), Some(&Value::from(value)), "{key}");
-        let lines = configured
-            .lines()
-            .filter(|line| line.starts_with(key) && line[key.len()..].trim_start().starts_with(':'))
-            .collect::<Vec<_>>();
-        assert_eq!(lines, [format!("{key}: {value}")], "{key}");
+        assert_eq!(key_lines(configured, key), [line], "{key}");
     }
-    let is_setting = |key: &Value| SETTINGS.iter().any(|(name, _)| key.as_str() == Some(name));
+    assert_eq!(after.get("seed_provider"), Some(&seed_provider()));
+    assert_eq!(key_lines(configured, "seed_provider"), ["seed_provider:"]);
+    assert!(
+        configured
+            .lines()
+            .any(|line| line == format!("      - seeds: \"{SEEDS}\"")),
+        "the seeds in the form Cassandra's own file has them:\n{configured}"
+    );
+    for key in REMOVED {
+        assert!(after.get(key).is_none(), "{key} is still set");
+    }
+    let set_keys = set_keys();
+    let is_set = |key: &Value| set_keys.iter().any(|name| key.as_str() == Some(name));
+    let is_removed = |key: &Value| REMOVED.iter().any(|name| key.as_str() == Some(name));
     for (key, value) in &before {
-        if !is_setting(key) {
+        if !is_set(key) && !is_removed(key) {
             assert_eq!(after.get(key), Some(value), "{key:?} changed");
         }
     }
     for key in after.keys() {
-        assert!(
-            is_setting(key) || before.contains_key(key),
-            "{key:?} appeared"
-        );
+        assert!(is_set(key) || before.contains_key(key), "{key:?} appeared");
     }
     assert_eq!(
         top_level_comments(configured),
@@ -251,7 +390,7 @@ fn the_parser_these_checks_rely_on_refuses_a_repeated_key() {
 }
 
 #[test]
-fn the_image_configuration_is_copied_whole_with_password_login_turned_on() {
+fn the_image_configuration_is_copied_whole_with_this_pods_settings() {
     let scratch = Scratch::new();
     let image = image_config_dir(&scratch, CASSANDRA_5_0_SHAPE);
     let shipped = files(&image);
@@ -261,29 +400,39 @@ fn the_image_configuration_is_copied_whole_with_password_login_turned_on() {
     assert_eq!(files(&image), shipped, "the image's files were changed");
     let mut written = files(&config);
     let yaml = String::from_utf8(written.remove(Path::new("cassandra.yaml")).unwrap()).unwrap();
-    assert_configured(CASSANDRA_5_0_SHAPE, &yaml);
+    assert_configured(CASSANDRA_5_0_SHAPE, &yaml, POD_IP);
     let mut others = shipped.clone();
     others.remove(Path::new("cassandra.yaml"));
     assert_eq!(written, others, "every other file, as the image has it");
-    // The entrypoint rewrites the file in place, as the pod's user.
+    // Cassandra's own tools may rewrite the file, as the pod's user.
     let permissions = fs::metadata(config.join("cassandra.yaml"))
         .unwrap()
         .permissions();
     assert!(!permissions.readonly());
+    // The commented-out alternatives stay commented out.
+    for comment in [
+        "# listen_interface: eth0",
+        "# broadcast_address: 1.2.3.4",
+        "# rpc_interface: eth1",
+    ] {
+        assert!(yaml.lines().any(|line| line == comment), "{comment}");
+    }
 
-    // A restart: the entrypoint has edited the copy since; the script starts from the image again
-    // and writes the same.
+    // A restart on another node: a new address, and a copy that holds the last start's
+    // settings. The script starts from the image again and writes the new address only.
     let first = files(&config);
-    fs::write(
-        config.join("cassandra.yaml"),
-        yaml.replace(
-            "cluster_name: 'Test Cluster'",
-            "cluster_name: shop-cassandra",
-        ),
-    )
-    .unwrap();
+    let mut restart = script(&image, &config);
+    restart.env("POD_IP", "10.244.1.5");
+    succeed(restart);
+    let restarted = fs::read_to_string(config.join("cassandra.yaml")).unwrap();
+    assert_configured(CASSANDRA_5_0_SHAPE, &restarted, "10.244.1.5");
+    assert_eq!(restarted, yaml.replace(POD_IP, "10.244.1.5"));
     configure(&image, &config);
-    assert_eq!(files(&config), first, "a second run wrote something else");
+    assert_eq!(
+        files(&config),
+        first,
+        "a run with the first address wrote something else"
+    );
 
     // The result is a fixed point: configuring an already configured file changes nothing.
     let configured = scratch.dir("configured-image");
@@ -297,9 +446,10 @@ fn the_image_configuration_is_copied_whole_with_password_login_turned_on() {
 }
 
 #[test]
-fn every_form_of_the_three_keys_ends_as_one_line_each() {
+fn every_form_of_every_key_ends_as_one_setting_each() {
     for (name, yaml) in [
         ("5.0", CASSANDRA_5_0_SHAPE),
+        ("minimal", MINIMAL_SHAPE),
         ("blocks", BLOCK_SHAPE),
         ("one line", ONE_LINE_SHAPE),
     ] {
@@ -310,8 +460,43 @@ fn every_form_of_the_three_keys_ends_as_one_line_each() {
         let config = scratch.dir("config");
         configure(&image, &config);
         let configured = fs::read_to_string(config.join("cassandra.yaml")).unwrap();
-        assert_configured(yaml, &configured);
+        assert_configured(yaml, &configured, POD_IP);
     }
+}
+
+#[test]
+fn the_minimal_file_keeps_its_own_order_and_the_lists_after_the_seeds() {
+    let scratch = Scratch::new();
+    let image = scratch.dir("image");
+    fs::write(image.join("cassandra.yaml"), MINIMAL_SHAPE).unwrap();
+    let config = scratch.dir("config");
+    configure(&image, &config);
+    let configured = fs::read_to_string(config.join("cassandra.yaml")).unwrap();
+    let after = parse(&configured);
+    let keys: Vec<_> = after.keys().filter_map(Value::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "cluster_name",
+            "num_tokens",
+            "seed_provider",
+            "native_transport_port",
+            "endpoint_snitch",
+            "authenticator",
+            "authorizer",
+            "role_manager",
+            "data_file_directories",
+            "commitlog_directory",
+            "listen_address",
+            "broadcast_address",
+            "rpc_address",
+            "broadcast_rpc_address",
+        ]
+    );
+    assert_eq!(
+        after.get("data_file_directories"),
+        Some(&serde_yaml::from_str::<Value>("[/var/lib/cassandra/data]").unwrap())
+    );
 }
 
 #[test]
@@ -332,10 +517,11 @@ fn a_repeated_a_missing_and_a_flow_style_key_still_end_as_one_line_each() {
     configure(&image, &config);
     let configured = fs::read_to_string(config.join("cassandra.yaml")).unwrap();
     let after = parse(&configured);
-    for (key, value) in SETTINGS {
+    for (key, value, _) in line_settings(POD_IP) {
         assert_eq!(after.get(key), Some(&Value::from(value)), "{key}");
     }
     let keys: Vec<_> = after.keys().filter_map(Value::as_str).collect();
+    // In place where the file had them; the missing ones appended in the script's order.
     assert_eq!(
         keys,
         [
@@ -344,15 +530,28 @@ fn a_repeated_a_missing_and_a_flow_style_key_still_end_as_one_line_each() {
             "authorizer",
             "num_tokens",
             "endpoint_snitch",
+            "seed_provider",
+            "listen_address",
+            "broadcast_address",
+            "rpc_address",
+            "broadcast_rpc_address",
             "role_manager"
         ]
     );
     assert_eq!(after.get("num_tokens"), Some(&Value::from(4)));
-    assert_eq!(
-        after.get("endpoint_snitch"),
-        Some(&Value::from("SimpleSnitch"))
-    );
     assert!(configured.contains("\n# the end\n"));
+}
+
+#[test]
+fn an_ipv6_pod_address_is_written_as_cassandra_reads_it() {
+    let scratch = Scratch::new();
+    let image = image_config_dir(&scratch, CASSANDRA_5_0_SHAPE);
+    let config = scratch.dir("config");
+    let mut command = script(&image, &config);
+    command.env("POD_IP", "fd00:10:244::17");
+    succeed(command);
+    let configured = fs::read_to_string(config.join("cassandra.yaml")).unwrap();
+    assert_configured(CASSANDRA_5_0_SHAPE, &configured, "fd00:10:244::17");
 }
 
 #[test]
@@ -361,7 +560,7 @@ fn a_directory_without_cassandra_yaml_is_refused() {
     let image = scratch.dir("image");
     fs::write(image.join("logback.xml"), "<configuration/>\n").unwrap();
     let config = scratch.dir("config");
-    let output = run_script(&image, &config);
+    let output = run(script(&image, &config));
     assert!(!output.status.success());
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -369,15 +568,51 @@ fn a_directory_without_cassandra_yaml_is_refused() {
         "{message}"
     );
     assert!(files(&config).is_empty(), "nothing is written");
+}
 
-    // Without its parameters it names the one missing.
-    let output = Command::new("bash")
-        .args(["-c", CASSANDRA_CONFIG_SCRIPT])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("IMAGE_CONFIG_DIR", &image)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("CONFIG_DIR must name"));
+#[test]
+fn a_missing_parameter_is_named_and_nothing_is_written() {
+    let scratch = Scratch::new();
+    let image = image_config_dir(&scratch, CASSANDRA_5_0_SHAPE);
+    let config = scratch.dir("config");
+    for (parameter, complaint) in [
+        ("IMAGE_CONFIG_DIR", "IMAGE_CONFIG_DIR must name"),
+        ("CONFIG_DIR", "CONFIG_DIR must name"),
+        ("POD_IP", "POD_IP must be the address"),
+        ("SEEDS", "SEEDS must list"),
+        ("CLUSTER_NAME", "CLUSTER_NAME must name"),
+    ] {
+        let mut command = script(&image, &config);
+        command.env_remove(parameter);
+        let output = run(command);
+        assert!(!output.status.success(), "{parameter}");
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(message.contains(complaint), "{parameter}: {message}");
+    }
+    assert!(files(&config).is_empty(), "nothing is written");
+}
+
+#[test]
+fn values_that_would_need_quoting_in_yaml_are_refused() {
+    let scratch = Scratch::new();
+    let image = image_config_dir(&scratch, CASSANDRA_5_0_SHAPE);
+    let config = scratch.dir("config");
+    for (parameter, value, complaint) in [
+        (
+            "POD_IP",
+            "10.0.0.1\nauthenticator: AllowAllAuthenticator",
+            "is not an IP address",
+        ),
+        ("POD_IP", "localhost", "is not an IP address"),
+        ("SEEDS", "a\", b", "is not a comma-separated list"),
+        ("CLUSTER_NAME", "it's mine", "may only have"),
+    ] {
+        let mut command = script(&image, &config);
+        command.env(parameter, value);
+        let output = run(command);
+        assert!(!output.status.success(), "{parameter}={value:?}");
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(message.contains(complaint), "{parameter}: {message}");
+    }
+    assert!(files(&config).is_empty(), "nothing is written");
 }

@@ -26,7 +26,8 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use order_pipeline_operator::controller::build::{
-    self, CASSANDRA_CREDENTIALS_SCRIPT, CASSANDRA_ROLE, MANAGER, ReplicaOverrides, RunningImages,
+    self, CASSANDRA_CREDENTIALS_SCRIPT, CASSANDRA_ROLE, DependencyImages, MANAGER,
+    ReplicaOverrides, RunningImages,
 };
 use order_pipeline_operator::controller::dereference;
 use pipeline_api::OrderPipeline;
@@ -520,6 +521,7 @@ async fn passwords_are_generated_once_and_the_job_applies_as_the_api_server_allo
             secrets,
             &ReplicaOverrides::new(),
             running,
+            &DependencyImages::default(),
             "0.1.0",
         )
         .unwrap()

@@ -13,12 +13,15 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use pipeline_api::{
-    DependencySpec, ExternalDependency, ManagedDependency, OrderPipeline, Resources, ServiceSpec,
-    ServiceType, WorkloadSpec,
+    CASSANDRA_MINIMUM_MEMORY_LIMIT, DependencySpec, ExternalDependency, ManagedDependency,
+    OrderPipeline, RABBITMQ_MINIMUM_MEMORY_LIMIT, Resources, ServiceSpec, ServiceType,
+    WorkloadSpec,
 };
 use pipeline_contract::{env, ports, probes};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+
+use crate::quantity;
 
 /// The one field manager of every write.
 pub const MANAGER: &str = "order-pipeline-operator";
@@ -27,7 +30,8 @@ pub const MANAGED_BY: &str = "order-pipeline-operator";
 /// The pod-template annotation whose change rolls the pods.
 pub const CONFIG_HASH: &str = "orderpipeline.dev/config-hash";
 
-/// Default images: the workloads at the operator's own version; dependencies pinned.
+/// Default images: the workloads at the operator's own version; dependencies pinned, unless the
+/// operator's environment names others (see [`DependencyImages`]).
 pub const WORKLOAD_IMAGE_REPOSITORY: &str = "order-pipeline";
 pub const RABBITMQ_IMAGE: &str = "rabbitmq:3.13.7-management-alpine";
 pub const REDIS_IMAGE: &str = "redis:7.4.1-alpine";
@@ -57,8 +61,28 @@ const JOB_HASH_LENGTH: usize = 7;
 
 /// A UID no image needs to exist, for the restricted Pod Security Standard.
 const RUN_AS_USER: i64 = 65532;
-/// The official RabbitMQ, Redis and Cassandra images run as this user.
+/// Every managed dependency's pod runs as this user and group (the official Redis and Cassandra
+/// images' own user; the RabbitMQ image's is another, which does not matter). No image needs a
+/// passwd entry for it: the operator sets `HOME` where a program wants one, and every writable
+/// path is a volume, made writable for the group by `fsGroup`.
 const DEPENDENCY_USER: i64 = 999;
+
+/// Where each dependency keeps its data: the claim's mount.
+const RABBITMQ_DATA_DIR: &str = "/var/lib/rabbitmq";
+const REDIS_DATA_DIR: &str = "/data";
+const CASSANDRA_DATA_DIR: &str = "/var/lib/cassandra";
+/// Where the RabbitMQ configuration ConfigMap is mounted, read-only.
+const RABBITMQ_CONFIG_DIR: &str = "/etc/rabbitmq";
+
+/// A managed Cassandra's heap is half its memory limit, and no more than this: the rest of the
+/// limit is for what the JVM keeps outside the heap (off-heap memtables and caches, metaspace,
+/// thread stacks, direct buffers), and beyond 8 GiB a bigger heap mostly means longer pauses.
+const CASSANDRA_MAXIMUM_HEAP: u64 = 8 << 30;
+/// The young generation (`HEAP_NEWSIZE`) is a quarter of the heap, and no more than this.
+const CASSANDRA_MAXIMUM_NEW_SIZE: u64 = 2 << 30;
+/// RabbitMQ's memory high watermark, as a share of its memory limit in percent: publishers are
+/// blocked above it, well before the kernel's OOM killer would stop the node at the limit.
+const RABBITMQ_WATERMARK_PERCENT: u64 = 60;
 
 /// The four workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -161,6 +185,34 @@ impl Dependency {
             Dependency::Cassandra => 9042,
         }
     }
+
+    /// The name people know it by, for messages.
+    fn title(self) -> &'static str {
+        match self {
+            Dependency::Rabbitmq => "RabbitMQ",
+            Dependency::Redis => "Redis",
+            Dependency::Cassandra => "Cassandra",
+        }
+    }
+
+    /// Container resources when the spec sets none: enough for each to start and stay up on a
+    /// small single node (the JVM of a 1 GiB Cassandra heap alone needs about 2 GiB). CPU is
+    /// requested but not limited: a CPU limit only throttles start-up, when the JVM and the
+    /// Erlang VM need it most.
+    pub fn default_resources(self) -> Resources {
+        let (cpu, memory, memory_limit) = match self {
+            Dependency::Redis => ("50m", "64Mi", "256Mi"),
+            Dependency::Rabbitmq => ("100m", "256Mi", "1Gi"),
+            Dependency::Cassandra => ("100m", "1Gi", "2Gi"),
+        };
+        Resources {
+            requests: BTreeMap::from([
+                ("cpu".to_owned(), cpu.to_owned()),
+                ("memory".to_owned(), memory.to_owned()),
+            ]),
+            limits: BTreeMap::from([("memory".to_owned(), memory_limit.to_owned())]),
+        }
+    }
 }
 
 /// Secret values the operator generated earlier (read back so they are never rotated by
@@ -207,6 +259,10 @@ pub enum BuildError {
     NoDependencyMode(&'static str),
     #[error("secret value for {0} is missing; the dereference step must provide it")]
     MissingSecret(&'static str),
+    /// A managed dependency whose resources it cannot run with. The API server refuses these
+    /// (a CEL rule on the CRD); this catches pipelines created before the rule existed.
+    #[error("{0}")]
+    DependencyResources(String),
 }
 
 /// Replica counts decided by the autoscaler, replacing the spec's for those workloads.
@@ -217,12 +273,76 @@ pub type ReplicaOverrides = BTreeMap<Workload, i32>;
 /// RabbitMQ, Redis or Cassandra by surprise. New pipelines get the new defaults.
 pub type RunningImages = BTreeMap<Dependency, String>;
 
+/// The images new managed dependencies run when the spec names none: the official images
+/// compiled in, unless the operator's environment names others ([`DependencyImages::ENV`], set
+/// by the Helm chart's `dependencyImages`), for example stand-ins built to the README's
+/// dependency image contract. Read once at startup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DependencyImages {
+    pub rabbitmq: String,
+    pub redis: String,
+    pub cassandra: String,
+}
+
+impl Default for DependencyImages {
+    fn default() -> Self {
+        Self {
+            rabbitmq: RABBITMQ_IMAGE.to_owned(),
+            redis: REDIS_IMAGE.to_owned(),
+            cassandra: CASSANDRA_IMAGE.to_owned(),
+        }
+    }
+}
+
+impl DependencyImages {
+    /// The operator's environment variables that name the default images.
+    pub const ENV: [(Dependency, &'static str); 3] = [
+        (Dependency::Rabbitmq, "RABBITMQ_IMAGE"),
+        (Dependency::Redis, "REDIS_IMAGE"),
+        (Dependency::Cassandra, "CASSANDRA_IMAGE"),
+    ];
+
+    /// The defaults with the images that `lookup` (an environment) names; an unset or blank
+    /// variable keeps the compiled-in image.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let mut images = Self::default();
+        for (dependency, variable) in Self::ENV {
+            if let Some(image) = lookup(variable).filter(|image| !image.trim().is_empty()) {
+                *images.get_mut(dependency) = image.trim().to_owned();
+            }
+        }
+        images
+    }
+
+    /// The defaults as the process environment names them.
+    pub fn from_env() -> Self {
+        Self::from_lookup(|variable| std::env::var(variable).ok())
+    }
+
+    pub fn get(&self, dependency: Dependency) -> &str {
+        match dependency {
+            Dependency::Rabbitmq => &self.rabbitmq,
+            Dependency::Redis => &self.redis,
+            Dependency::Cassandra => &self.cassandra,
+        }
+    }
+
+    fn get_mut(&mut self, dependency: Dependency) -> &mut String {
+        match dependency {
+            Dependency::Rabbitmq => &mut self.rabbitmq,
+            Dependency::Redis => &mut self.redis,
+            Dependency::Cassandra => &mut self.cassandra,
+        }
+    }
+}
+
 /// Builds every child of `pipeline`.
 pub fn build(
     pipeline: &OrderPipeline,
     secrets: &Secrets,
     overrides: &ReplicaOverrides,
     running: &RunningImages,
+    images: &DependencyImages,
     operator_version: &str,
 ) -> Result<Children, BuildError> {
     let name = pipeline.metadata.name.clone().ok_or(BuildError::Unnamed)?;
@@ -256,7 +376,9 @@ pub fn build(
             (Some(managed), None) => context.managed_dependency(
                 dependency,
                 managed,
-                running.get(&dependency).map(String::as_str),
+                running
+                    .get(&dependency)
+                    .map_or_else(|| images.get(dependency), String::as_str),
                 secrets,
                 &mut children,
             )?,
@@ -359,11 +481,12 @@ pub fn config_hash(pipeline: &OrderPipeline, secrets: &Secrets) -> String {
 
 /// What differs between the three dependencies' pods.
 struct DependencyPod {
-    image: String,
     ports: Vec<(&'static str, u16)>,
     env: Vec<Value>,
-    command: Option<Vec<&'static str>>,
-    /// Files of the configuration ConfigMap, mounted at /etc/rabbitmq.
+    /// Always set: no dependency relies on its image's entrypoint (see the README's dependency
+    /// image contract), so official images and stand-ins built to the contract run the same.
+    command: Vec<&'static str>,
+    /// Files of the configuration ConfigMap, mounted at [`RABBITMQ_CONFIG_DIR`].
     config: Option<BTreeMap<String, String>>,
 }
 
@@ -643,23 +766,24 @@ impl Context<'_> {
         &self,
         dependency: Dependency,
         managed: &ManagedDependency,
-        running_image: Option<&str>,
+        current_image: &str,
         secrets: &Secrets,
         children: &mut Children,
     ) -> Result<(), BuildError> {
-        let image = |default: &str| {
-            managed
-                .image
-                .clone()
-                .or_else(|| running_image.map(str::to_owned))
-                .unwrap_or_else(|| default.to_owned())
-        };
+        // The spec's image, else the running one, else the operator's default (`current_image`).
+        let image = managed
+            .image
+            .clone()
+            .unwrap_or_else(|| current_image.to_owned());
         let component = dependency.name();
         let name = format!("{}-{component}", self.name);
         let headless = format!("{name}-headless");
         let port = dependency.port();
+        let resources = managed
+            .resources
+            .clone()
+            .unwrap_or_else(|| dependency.default_resources());
         let DependencyPod {
-            image,
             ports,
             env,
             command,
@@ -676,31 +800,48 @@ impl Context<'_> {
                     component,
                     &[("username", "pipeline"), ("password", password)],
                 ));
+                let memory_limit = memory_limit(
+                    dependency,
+                    &resources,
+                    RABBITMQ_MINIMUM_MEMORY_LIMIT,
+                    "its memory high watermark is 60% of it",
+                )?;
                 DependencyPod {
-                    image: image(RABBITMQ_IMAGE),
                     ports: vec![
                         ("amqp", port),
                         ("management", 15672),
                         ("epmd", 4369),
                         ("dist", 25672),
                     ],
+                    // What the image's entrypoint and Dockerfile provided, explicit: RabbitMQ's
+                    // own start script reads every one of these (`rabbit_env`), on 3.10 to 4.x.
                     env: vec![
                         json!({"name": "RABBITMQ_DEFAULT_USER", "valueFrom": {"secretKeyRef": {"name": credentials, "key": "username"}}}),
                         json!({"name": "RABBITMQ_DEFAULT_PASS", "valueFrom": {"secretKeyRef": {"name": credentials, "key": "password"}}}),
                         json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+                        // The Erlang cookie is written to $HOME: the data volume.
+                        json!({"name": "HOME", "value": RABBITMQ_DATA_DIR}),
+                        json!({"name": "RABBITMQ_MNESIA_BASE", "value": format!("{RABBITMQ_DATA_DIR}/mnesia")}),
                         json!({"name": "RABBITMQ_USE_LONGNAME", "value": "true"}),
                         json!({"name": "RABBITMQ_NODENAME", "value": format!("rabbit@$(POD_NAME).{headless}.{}.svc", self.namespace)}),
-                        json!({"name": "RABBITMQ_CONFIG_FILE", "value": "/etc/rabbitmq/rabbitmq.conf"}),
+                        json!({"name": "RABBITMQ_CONFIG_FILE", "value": format!("{RABBITMQ_CONFIG_DIR}/rabbitmq.conf")}),
+                        json!({"name": "RABBITMQ_ENABLED_PLUGINS_FILE", "value": format!("{RABBITMQ_CONFIG_DIR}/enabled_plugins")}),
                     ],
-                    command: None,
+                    command: vec!["rabbitmq-server"],
                     config: Some(BTreeMap::from([
                         (
                             "rabbitmq.conf".to_owned(),
-                            rabbitmq_config(&name, &headless, self.namespace, managed.replicas),
+                            rabbitmq_config(
+                                &name,
+                                &headless,
+                                self.namespace,
+                                managed.replicas,
+                                rabbitmq_watermark(memory_limit),
+                            ),
                         ),
                         (
                             "enabled_plugins".to_owned(),
-                            "[rabbitmq_management,rabbitmq_peer_discovery_k8s].\n".to_owned(),
+                            RABBITMQ_ENABLED_PLUGINS.to_owned(),
                         ),
                     ])),
                 }
@@ -717,16 +858,11 @@ impl Context<'_> {
                     &[("password", password)],
                 ));
                 DependencyPod {
-                    image: image(REDIS_IMAGE),
                     ports: vec![("redis", port)],
                     env: vec![
                         json!({"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": credentials, "key": "password"}}}),
                     ],
-                    command: Some(vec![
-                        "sh",
-                        "-c",
-                        "exec redis-server --appendonly yes --appendfsync everysec --save '' --dir /data --requirepass \"$REDIS_PASSWORD\"",
-                    ]),
+                    command: vec!["sh", "-c", REDIS_COMMAND],
                     config: None,
                 }
             }
@@ -752,18 +888,25 @@ impl Context<'_> {
                         ("superuser-password", superuser_password),
                     ],
                 ));
-                let seeds = format!("{name}-0.{headless}.{}.svc", self.namespace);
+                let memory_limit = memory_limit(
+                    dependency,
+                    &resources,
+                    CASSANDRA_MINIMUM_MEMORY_LIMIT,
+                    "its Java heap is half of it",
+                )?;
+                let (heap, new_size) = cassandra_heap(memory_limit);
+                // Seeds, cluster name, snitch and addresses are in cassandra.yaml, which the
+                // configuration init container writes; this is Cassandra's own launcher's
+                // contract (`bin/cassandra`, `cassandra-env.sh`).
                 DependencyPod {
-                    image: image(CASSANDRA_IMAGE),
                     ports: vec![("cql", port), ("intra", 7000)],
                     env: vec![
-                        json!({"name": "CASSANDRA_SEEDS", "value": seeds}),
-                        json!({"name": "CASSANDRA_CLUSTER_NAME", "value": name}),
-                        json!({"name": "CASSANDRA_ENDPOINT_SNITCH", "value": "GossipingPropertyFileSnitch"}),
-                        json!({"name": "MAX_HEAP_SIZE", "value": "1G"}),
-                        json!({"name": "HEAP_NEWSIZE", "value": "200M"}),
+                        json!({"name": "CASSANDRA_CONF", "value": CASSANDRA_CONFIG_DIR}),
+                        pod_ip_env(),
+                        json!({"name": "MAX_HEAP_SIZE", "value": heap}),
+                        json!({"name": "HEAP_NEWSIZE", "value": new_size}),
                     ],
-                    command: None,
+                    command: vec!["cassandra", "-f"],
                     config: None,
                 }
             }
@@ -781,9 +924,9 @@ impl Context<'_> {
             .services
             .push(self.service(&headless, component, &ports, true));
         let data_path = match dependency {
-            Dependency::Rabbitmq => "/var/lib/rabbitmq",
-            Dependency::Redis => "/data",
-            Dependency::Cassandra => "/var/lib/cassandra",
+            Dependency::Rabbitmq => RABBITMQ_DATA_DIR,
+            Dependency::Redis => REDIS_DATA_DIR,
+            Dependency::Cassandra => CASSANDRA_DATA_DIR,
         };
         let mut mounts = vec![
             json!({"name": "data", "mountPath": data_path}),
@@ -792,38 +935,37 @@ impl Context<'_> {
         let mut volumes = vec![json!({"name": "tmp", "emptyDir": {}})];
         let mut init_containers = Vec::new();
         if config.is_some() {
-            mounts.push(json!({"name": "config", "mountPath": "/etc/rabbitmq"}));
+            mounts.push(json!({"name": "config", "mountPath": RABBITMQ_CONFIG_DIR}));
             volumes
                 .push(json!({"name": "config", "configMap": {"name": format!("{name}-config")}}));
         }
         if dependency == Dependency::Cassandra {
-            // The image's entrypoint rewrites its configuration in place, and the root filesystem
-            // is read-only: the configuration lives on a writable volume, which an empty one
-            // would hide the image's files behind, so the init container fills it first.
+            // The configuration is the image's, edited for this pod (its address, seeds,
+            // cluster name, login), and the root filesystem is read-only: it lives on a volume,
+            // which an empty one would hide the image's files behind, so the init container
+            // copies them there and edits the copy.
             mounts.push(json!({"name": "cassandra-config", "mountPath": CASSANDRA_CONFIG_DIR}));
             mounts.push(json!({"name": "cassandra-logs", "mountPath": "/opt/cassandra/logs"}));
             volumes.push(json!({"name": "cassandra-config", "emptyDir": {}}));
             volumes.push(json!({"name": "cassandra-logs", "emptyDir": {}}));
-            init_containers.push(self.cassandra_config_container(&image));
+            init_containers.push(self.cassandra_config_container(&image, &name, &headless));
         }
         let container_ports: Vec<Value> = ports
             .iter()
             .map(|(port_name, port)| json!({"name": port_name, "containerPort": port, "protocol": "TCP"}))
             .collect();
-        let mut container = json!({
+        let container = json!({
             "name": component,
             "image": image,
+            "command": command,
             "env": env,
             "ports": container_ports,
             "volumeMounts": mounts,
-            "resources": resources(managed.resources.as_ref()),
+            "resources": {"requests": resources.requests, "limits": resources.limits},
             "securityContext": self.restricted_container_security(),
             "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 10},
             "livenessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 20, "initialDelaySeconds": 60},
         });
-        if let Some(command) = command {
-            container["command"] = json!(command);
-        }
         let mut claim = json!({
             "metadata": {"name": "data", "labels": self.labels(component)},
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": managed.storage.size}}},
@@ -875,8 +1017,11 @@ impl Context<'_> {
 
     /// The init container that runs [`CASSANDRA_CONFIG_SCRIPT`] with the Cassandra container's
     /// own image, whose configuration it copies: from the image's [`CASSANDRA_CONFIG_DIR`] to the
-    /// configuration volume, which the Cassandra container then mounts there.
-    fn cassandra_config_container(&self, image: &str) -> Value {
+    /// configuration volume, which the Cassandra container then mounts there. It writes this
+    /// pod's address (known to init containers already), the first node as the seed (its name
+    /// resolves before it is ready: the headless Service publishes not-ready addresses) and the
+    /// cluster name, which must never change once there is data.
+    fn cassandra_config_container(&self, image: &str, name: &str, headless: &str) -> Value {
         json!({
             "name": "config",
             "image": image,
@@ -884,6 +1029,9 @@ impl Context<'_> {
             "env": [
                 {"name": "IMAGE_CONFIG_DIR", "value": CASSANDRA_CONFIG_DIR},
                 {"name": "CONFIG_DIR", "value": CASSANDRA_CONFIG_INIT_MOUNT},
+                pod_ip_env(),
+                {"name": "SEEDS", "value": format!("{name}-0.{headless}.{}.svc", self.namespace)},
+                {"name": "CLUSTER_NAME", "value": name},
             ],
             "volumeMounts": [{"name": "cassandra-config", "mountPath": CASSANDRA_CONFIG_INIT_MOUNT}],
             "resources": resources(None),
@@ -1038,56 +1186,188 @@ fn resources(resources: Option<&Resources>) -> Value {
     }
 }
 
-/// RabbitMQ's configuration: Kubernetes peer discovery through the headless service, so a
-/// managed RabbitMQ of several replicas forms one cluster, and quorum queues by default.
-fn rabbitmq_config(service: &str, headless: &str, namespace: &str, replicas: i32) -> String {
+/// The memory limit in bytes of a dependency that derives a setting from it (`why`), which must
+/// be at least `minimum`; else a refusal that says what is wrong and what to set.
+fn memory_limit(
+    dependency: Dependency,
+    resources: &Resources,
+    minimum: &str,
+    why: &str,
+) -> Result<u64, BuildError> {
+    let name = dependency.name();
+    let field = format!("spec.{name}.managed.resources.limits.memory");
+    let default_limit = dependency
+        .default_resources()
+        .limits
+        .remove("memory")
+        .unwrap_or_default();
+    let refuse = |problem: String| {
+        BuildError::DependencyResources(format!(
+            "{problem}, and a managed {} needs at least {minimum}: {why}. Set {field} to \
+             {minimum} or more, or leave out spec.{name}.managed.resources for the defaults \
+             (a {default_limit} limit)",
+            dependency.title()
+        ))
+    };
+    let Some(limit) = resources.limits.get("memory") else {
+        return Err(refuse(format!(
+            "spec.{name}.managed.resources sets no memory limit"
+        )));
+    };
+    let bytes =
+        quantity::memory_bytes(limit).map_err(|error| refuse(format!("{field}: {error}")))?;
+    let minimum_bytes = quantity::memory_bytes(minimum)
+        .map_err(|error| refuse(format!("the minimum itself: {error}")))?;
+    if bytes < minimum_bytes {
+        return Err(refuse(format!("{field} is {limit}")));
+    }
+    Ok(bytes)
+}
+
+/// `MAX_HEAP_SIZE` and `HEAP_NEWSIZE` for a Cassandra container with this memory limit: half
+/// the limit, at most [`CASSANDRA_MAXIMUM_HEAP`], and a quarter of that, at most
+/// [`CASSANDRA_MAXIMUM_NEW_SIZE`], in mebibytes (`1024M`) as `cassandra-env.sh` passes them to
+/// `-Xms`/`-Xmx` and `-Xmn`. Set explicitly, so Cassandra never sizes itself from the node's
+/// memory instead of the container's.
+fn cassandra_heap(memory_limit: u64) -> (String, String) {
+    let heap = (memory_limit / 2).min(CASSANDRA_MAXIMUM_HEAP);
+    let new_size = (heap / 4).min(CASSANDRA_MAXIMUM_NEW_SIZE);
+    (
+        quantity::as_mebibytes(heap),
+        quantity::as_mebibytes(new_size),
+    )
+}
+
+/// RabbitMQ's memory high watermark in bytes for a container with this memory limit: an
+/// absolute value, because RabbitMQ does not always detect a cgroup limit and would otherwise
+/// take a share of the node's memory and be OOM-killed before it blocks publishers.
+fn rabbitmq_watermark(memory_limit: u64) -> u64 {
+    memory_limit / 100 * RABBITMQ_WATERMARK_PERCENT
+}
+
+/// The pod's IP, from the downward API (known before the init containers run).
+fn pod_ip_env() -> Value {
+    json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+}
+
+/// Redis, explicitly: the append-only file on the data volume, no RDB snapshots, the password
+/// from the Secret, and files readable by the owner only (what the image's entrypoint's umask
+/// gave).
+const REDIS_COMMAND: &str = "umask 077; exec redis-server --appendonly yes --appendfsync everysec --save '' --dir /data --requirepass \"$REDIS_PASSWORD\"";
+
+/// The management API (the autoscaler reads queue depths from it) and Prometheus metrics.
+const RABBITMQ_ENABLED_PLUGINS: &str = "[rabbitmq_management,rabbitmq_prometheus].\n";
+
+/// RabbitMQ's configuration, valid for RabbitMQ 3.10, 3.13 and 4.x alike.
+///
+/// Peers are listed (`classic_config`): every node's name is known from the StatefulSet, and the
+/// list needs no access to the Kubernetes API (the pods get no token). Logs go to the console
+/// only, as the root filesystem is read-only. The memory watermark is absolute (see
+/// [`rabbitmq_watermark`]). No `default_queue_type` (3.10 does not know the key; the workloads
+/// declare their queues `x-queue-type: quorum` themselves) and no `queue_master_locator`
+/// (deprecated).
+fn rabbitmq_config(
+    service: &str,
+    headless: &str,
+    namespace: &str,
+    replicas: i32,
+    watermark: u64,
+) -> String {
+    let nodes: String = (0..replicas)
+        .map(|index| {
+            format!(
+                "cluster_formation.classic_config.nodes.{} = rabbit@{service}-{index}.{headless}.{namespace}.svc\n",
+                index + 1
+            )
+        })
+        .collect();
     format!(
         "# Generated by the order-pipeline operator.\n\
-         cluster_formation.peer_discovery_backend = rabbit_peer_discovery_k8s\n\
-         cluster_formation.k8s.host = kubernetes.default.svc\n\
-         cluster_formation.k8s.address_type = hostname\n\
-         cluster_formation.k8s.service_name = {headless}\n\
-         cluster_formation.k8s.hostname_suffix = .{headless}.{namespace}.svc\n\
-         cluster_formation.node_cleanup.only_log_warning = true\n\
+         cluster_formation.peer_discovery_backend = classic_config\n\
+         {nodes}\
          cluster_partition_handling = pause_minority\n\
-         queue_master_locator = balanced\n\
-         default_queue_type = quorum\n\
+         vm_memory_high_watermark.absolute = {watermark}\n\
          loopback_users.guest = false\n\
          listeners.tcp.default = 5672\n\
          management.tcp.port = 15672\n\
-         # {replicas} node(s) behind {service}\n"
+         log.console = true\n\
+         log.console.level = info\n\
+         log.file = false\n"
     )
 }
 
 /// Makes a managed Cassandra's configuration: the configuration init container runs it with the
-/// image's bash, and the tests run this same text on sample configurations.
+/// image's bash, and the tests run this same text on sample configurations. It does what the
+/// official image's entrypoint did, and more, so no image needs an entrypoint.
 ///
 /// It copies the image's configuration directory, every file, to the writable one Cassandra will
-/// read (the image's entrypoint edits `cassandra.yaml` there in place, and Cassandra finds its
-/// other files next to it), and turns on login and permissions in the copy's `cassandra.yaml`:
-/// `authenticator: PasswordAuthenticator`, `authorizer: CassandraAuthorizer` and
-/// `role_manager: CassandraRoleManager`. The image ships `AllowAllAuthenticator` and
-/// `AllowAllAuthorizer`, which check no password at all, and its entrypoint sets neither from the
-/// environment; without this the credentials Job's passwords would guard nothing.
+/// read (Cassandra finds its other files next to `cassandra.yaml`), and sets in the copy's
+/// `cassandra.yaml`:
+/// - `cluster_name` (`CLUSTER_NAME`), and the seeds (`SEEDS`) as a `SimpleSeedProvider`'s
+///   `- seeds: "..."`, the whole `seed_provider` block;
+/// - `endpoint_snitch: GossipingPropertyFileSnitch` (the datacenter and rack come from the
+///   image's `cassandra-rackdc.properties`);
+/// - this pod's address (`POD_IP`) as `listen_address`, `broadcast_address` and
+///   `broadcast_rpc_address`, and `rpc_address: 0.0.0.0` (CQL on every interface); a
+///   `listen_interface` or `rpc_interface`, which Cassandra refuses next to an address, goes;
+/// - login and permissions: `authenticator: PasswordAuthenticator`, `authorizer:
+///   CassandraAuthorizer` and `role_manager: CassandraRoleManager`. The image ships
+///   `AllowAllAuthenticator` and `AllowAllAuthorizer`, which check no password at all; without
+///   this the credentials Job's passwords would guard nothing.
 ///
-/// Each of the three keys gets its value on its own line, whatever form it had: a value on the
-/// key's line (`authorizer: AllowAllAuthorizer`) or a block below it (Cassandra 5.0's
-/// `authenticator:` with an indented `class_name : ...` and possibly `parameters`), whose
-/// indented lines go. Comments stay. A key that occurs twice keeps only its first place, and a
-/// missing one is appended, so each occurs exactly once, which the script checks before it ends.
-/// Only the image's shell tools are used: bash, `cp`, mawk-compatible `awk`, `grep`.
+/// Each setting replaces its top-level key's whole value, whatever form it had: a value on the
+/// key's line (`authorizer: AllowAllAuthorizer`), a flow value over several lines, or a block
+/// below it (Cassandra 5.0's `authenticator:` with an indented `class_name : ...`, the
+/// `seed_provider` list, indented or not), whose lines go. Comments stay. A key that occurs twice
+/// keeps only its first place, and a missing one is appended (a minimal `cassandra.yaml` works),
+/// so each occurs exactly once, which the script checks before it ends. Only the image's shell
+/// tools are used: bash, `cp`, `mv`, mawk-compatible `awk`, `grep`; no temporary files outside
+/// `CONFIG_DIR` (the root filesystem is read-only).
 ///
-/// Every run starts from the image's files again, so a rerun (a restarted pod) writes the same
-/// result and never builds on the entrypoint's edits of an earlier start.
+/// Every run starts from the image's files again, so a rerun (a restarted pod, maybe with a new
+/// address) writes this run's result and never builds on an earlier one.
 ///
-/// Parameters, as environment variables: `IMAGE_CONFIG_DIR` (required: the image's configuration
-/// directory, left as it is) and `CONFIG_DIR` (required: where the configuration is written).
+/// Parameters, as environment variables, all required: `IMAGE_CONFIG_DIR` (the image's
+/// configuration directory, left as it is), `CONFIG_DIR` (where the configuration is written),
+/// `POD_IP`, `SEEDS` (comma-separated host names or addresses) and `CLUSTER_NAME`.
 pub const CASSANDRA_CONFIG_SCRIPT: &str = r#"set -euo pipefail
 
 image_config="${IMAGE_CONFIG_DIR:?IMAGE_CONFIG_DIR must name the configuration directory of the image}"
 config="${CONFIG_DIR:?CONFIG_DIR must name the directory Cassandra reads its configuration from}"
+pod_ip="${POD_IP:?POD_IP must be the address of this pod}"
+seeds="${SEEDS:?SEEDS must list the seed nodes, comma-separated}"
+cluster_name="${CLUSTER_NAME:?CLUSTER_NAME must name the Cassandra cluster}"
 yaml="$config/cassandra.yaml"
-settings="authenticator=PasswordAuthenticator authorizer=CassandraAuthorizer role_manager=CassandraRoleManager"
+
+# The values go into YAML as they are: refuse anything that would need quoting.
+case "$pod_ip" in
+  *[!0-9A-Fa-f.:]*) echo "POD_IP '$pod_ip' is not an IP address" >&2; exit 1 ;;
+esac
+case "$seeds" in
+  *[!A-Za-z0-9.,:_-]*) echo "SEEDS '$seeds' is not a comma-separated list of hosts" >&2; exit 1 ;;
+esac
+case "$cluster_name" in
+  *[!A-Za-z0-9._-]*) echo "CLUSTER_NAME '$cluster_name' may only have letters, digits, '.', '_' and '-'" >&2; exit 1 ;;
+esac
+
+# Each top-level key with its whole value, as it is to stand in cassandra.yaml.
+settings=(
+  "cluster_name: '$cluster_name'"
+  "seed_provider:"
+  "  - class_name: org.apache.cassandra.locator.SimpleSeedProvider"
+  "    parameters:"
+  "      - seeds: \"$seeds\""
+  "endpoint_snitch: GossipingPropertyFileSnitch"
+  "listen_address: $pod_ip"
+  "broadcast_address: $pod_ip"
+  "rpc_address: 0.0.0.0"
+  "broadcast_rpc_address: $pod_ip"
+  "authenticator: PasswordAuthenticator"
+  "authorizer: CassandraAuthorizer"
+  "role_manager: CassandraRoleManager"
+)
+# Keys that contradict the settings: Cassandra refuses an interface next to an address.
+removed="listen_interface rpc_interface"
 
 if [ ! -f "$image_config/cassandra.yaml" ]; then
   echo "$image_config/cassandra.yaml does not exist: is this a Cassandra image?" >&2
@@ -1098,29 +1378,48 @@ fi
 cp -R "$image_config/." "$config/"
 echo "copied $image_config to $config"
 
-# A setting replaces its top-level key's whole value: a scalar on the key's line, or a block of
-# more-indented lines below it (`class_name`, `parameters`). Comments and blank lines stay. A key
-# that occurs twice keeps only its first place; a missing one is appended.
-awk -v settings="$settings" '
+# A setting replaces its top-level key's whole value: the rest of the key's line and every
+# following line that is indented or a list item at the margin (`- class_name: ...`). Comments
+# at the margin and blank lines stay. A key that occurs twice keeps only its first place; a
+# missing one is appended. A removed key goes with its value.
+SETTINGS="$(printf '%s\n' "${settings[@]}")" REMOVED="$removed" awk '
+function key_of(line) {
+  sub(/[ \t]*:.*/, "", line)
+  return line
+}
 BEGIN {
-  count = split(settings, pairs, " ")
+  count = split(ENVIRON["SETTINGS"], lines, "\n")
+  keys = 0
   for (i = 1; i <= count; i++) {
-    split(pairs[i], pair, "=")
-    keys[i] = pair[1]
-    values[pair[1]] = pair[2]
+    if (lines[i] ~ /^[^ \t]/) {
+      key = key_of(lines[i])
+      order[++keys] = key
+      text[key] = lines[i]
+    } else {
+      text[key] = text[key] "\n" lines[i]
+    }
+  }
+  count = split(ENVIRON["REMOVED"], names, " ")
+  for (i = 1; i <= count; i++) {
+    removed[names[i]] = 1
   }
 }
 replacing && /^[ \t]*$/ { print; next }
 replacing && /^#/ { print; next }
-replacing && /^[ \t]/ { next }
+replacing && /^([ \t]|-([ \t]|$))/ { next }
 {
   replacing = 0
-  for (i = 1; i <= count; i++) {
-    if ($0 ~ ("^" keys[i] "[ \t]*:([ \t]|$)")) {
-      if (!(keys[i] in written)) {
-        print keys[i] ": " values[keys[i]]
-        written[keys[i]] = 1
+  if ($0 ~ /^[A-Za-z0-9_]+[ \t]*:([ \t]|$)/) {
+    key = key_of($0)
+    if (key in text) {
+      if (!(key in written)) {
+        print text[key]
+        written[key] = 1
       }
+      replacing = 1
+      next
+    }
+    if (key in removed) {
       replacing = 1
       next
     }
@@ -1128,23 +1427,37 @@ replacing && /^[ \t]/ { next }
   print
 }
 END {
-  for (i = 1; i <= count; i++) {
-    if (!(keys[i] in written)) {
-      print keys[i] ": " values[keys[i]]
+  for (i = 1; i <= keys; i++) {
+    if (!(order[i] in written)) {
+      print text[order[i]]
     }
   }
 }
 ' "$yaml" > "$yaml.new"
 mv "$yaml.new" "$yaml"
 
-for setting in $settings; do
-  line="${setting%%=*}: ${setting#*=}"
-  occurrences="$(grep -c "^${setting%%=*}[[:space:]]*:" "$yaml" || true)"
-  if [ "$occurrences" != 1 ] || ! grep -qxF "$line" "$yaml"; then
-    echo "$yaml: expected exactly one '$line', found $occurrences line(s) for the key" >&2
+for line in "${settings[@]}"; do
+  case "$line" in
+    [!\ ]*)
+      key="${line%%:*}"
+      occurrences="$(grep -c "^${key}[[:space:]]*:" "$yaml" || true)"
+      if [ "$occurrences" != 1 ]; then
+        echo "$yaml: expected exactly one '$key', found $occurrences line(s) for the key" >&2
+        exit 1
+      fi
+      ;;
+  esac
+  if ! grep -qxF -- "$line" "$yaml"; then
+    echo "$yaml: expected the line '$line'" >&2
     exit 1
   fi
   echo "$yaml: $line"
+done
+for key in $removed; do
+  if grep -q "^${key}[[:space:]]*:" "$yaml"; then
+    echo "$yaml: '$key' is still set" >&2
+    exit 1
+  fi
 done
 "#;
 
@@ -1334,6 +1647,7 @@ mod tests {
             secrets,
             &ReplicaOverrides::new(),
             &RunningImages::new(),
+            &DependencyImages::default(),
             version,
         )
     }
@@ -1397,6 +1711,7 @@ mod tests {
             &secrets(),
             &overrides,
             &RunningImages::new(),
+            &DependencyImages::default(),
             "0.1.0",
         )
         .unwrap();
@@ -1435,6 +1750,7 @@ mod tests {
             &secrets(),
             &ReplicaOverrides::new(),
             &running,
+            &DependencyImages::default(),
             "9.9.9",
         )
         .unwrap();
@@ -1452,6 +1768,7 @@ mod tests {
             &secrets(),
             &ReplicaOverrides::new(),
             &running,
+            &DependencyImages::default(),
             "9.9.9",
         )
         .unwrap();
@@ -1473,15 +1790,22 @@ mod tests {
     }
 
     fn env_of(deployment: &Deployment) -> BTreeMap<String, Value> {
-        let container = &deployment
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0];
+        env_of_container(
+            &deployment
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers[0],
+        )
+    }
+
+    fn env_of_container(
+        container: &k8s_openapi::api::core::v1::Container,
+    ) -> BTreeMap<String, Value> {
         container
             .env
             .iter()
@@ -1748,6 +2072,462 @@ mod tests {
             .unwrap()
     }
 
+    /// Every container of a managed dependency's pods and Jobs, by `<pod>/<container>`.
+    fn dependency_containers(
+        children: &Children,
+    ) -> Vec<(String, k8s_openapi::api::core::v1::Container)> {
+        let stateful = children.stateful_sets.iter().map(|set| {
+            (
+                set.metadata.name.clone().unwrap(),
+                set.spec.as_ref().unwrap().template.spec.clone().unwrap(),
+            )
+        });
+        let jobs = children.jobs.iter().map(|job| {
+            (
+                job.metadata.name.clone().unwrap(),
+                job.spec.as_ref().unwrap().template.spec.clone().unwrap(),
+            )
+        });
+        stateful
+            .chain(jobs)
+            .flat_map(|(pod, spec)| {
+                let init = spec.init_containers.clone().unwrap_or_default();
+                spec.containers
+                    .into_iter()
+                    .chain(init)
+                    .map(move |container| (format!("{pod}/{}", container.name), container))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_managed_dependency_container_has_an_explicit_command() {
+        let spec = json!({
+            "rabbitmq": {"managed": {"replicas": 3}},
+            "cassandra": {"managed": {"replicas": 3}},
+        });
+        let children = build_default(&pipeline(spec), &secrets(), "0.1.0").unwrap();
+        let containers = dependency_containers(&children);
+        // Three StatefulSets (one with an init container) and the credentials Job.
+        assert_eq!(
+            containers.len(),
+            5,
+            "{:?}",
+            containers.iter().map(|c| &c.0).collect::<Vec<_>>()
+        );
+        let commands: BTreeMap<String, Vec<String>> = containers
+            .into_iter()
+            .map(|(name, container)| {
+                let command = container.command.unwrap_or_default();
+                assert!(
+                    !command.is_empty(),
+                    "{name} relies on its image's entrypoint"
+                );
+                // `args` would be the image's CMD's business: none is used.
+                assert_eq!(container.args, None, "{name}");
+                (name.split_once('/').unwrap().1.to_owned(), command)
+            })
+            .collect();
+        let strings = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+        assert_eq!(commands["rabbitmq"], strings(&["rabbitmq-server"]));
+        assert_eq!(commands["cassandra"], strings(&["cassandra", "-f"]));
+        assert_eq!(
+            commands["config"],
+            strings(&["bash", "-c", CASSANDRA_CONFIG_SCRIPT])
+        );
+        assert_eq!(
+            commands["cqlsh"],
+            strings(&["bash", "-c", CASSANDRA_CREDENTIALS_SCRIPT])
+        );
+        assert_eq!(
+            commands["redis"],
+            strings(&[
+                "sh",
+                "-c",
+                "umask 077; exec redis-server --appendonly yes --appendfsync everysec --save '' --dir /data --requirepass \"$REDIS_PASSWORD\"",
+            ])
+        );
+    }
+
+    #[test]
+    fn the_operator_environment_names_the_default_dependency_images() {
+        let environment = BTreeMap::from([
+            (
+                "RABBITMQ_IMAGE",
+                "localhost/order-pipeline-deps/rabbitmq:3.10.8-abc",
+            ),
+            (
+                "REDIS_IMAGE",
+                " localhost/order-pipeline-deps/redis:7.0.15-abc ",
+            ),
+            ("CASSANDRA_IMAGE", ""),
+        ]);
+        let images = DependencyImages::from_lookup(|name| {
+            environment.get(name).map(|value| (*value).to_owned())
+        });
+        assert_eq!(
+            images,
+            DependencyImages {
+                rabbitmq: "localhost/order-pipeline-deps/rabbitmq:3.10.8-abc".to_owned(),
+                redis: "localhost/order-pipeline-deps/redis:7.0.15-abc".to_owned(),
+                // Blank is unset: the official image.
+                cassandra: CASSANDRA_IMAGE.to_owned(),
+            }
+        );
+        assert_eq!(
+            DependencyImages::from_lookup(|_| None),
+            DependencyImages::default()
+        );
+
+        let stand_ins = DependencyImages {
+            cassandra: "localhost/order-pipeline-deps/cassandra:5.0.9-abc".to_owned(),
+            ..images
+        };
+        let build_with = |spec: Value, running: &RunningImages| {
+            build(
+                &pipeline(spec),
+                &secrets(),
+                &ReplicaOverrides::new(),
+                running,
+                &stand_ins,
+                "0.1.0",
+            )
+            .unwrap()
+        };
+        let images_of = |children: &Children| -> BTreeMap<String, String> {
+            dependency_containers(children)
+                .into_iter()
+                .map(|(name, container)| {
+                    let name = name.split_once('/').unwrap().1.to_owned();
+                    (name, container.image.unwrap())
+                })
+                .collect()
+        };
+        let fresh = images_of(&build_with(json!({}), &RunningImages::new()));
+        for (container, dependency) in [
+            ("rabbitmq", Dependency::Rabbitmq),
+            ("redis", Dependency::Redis),
+            ("cassandra", Dependency::Cassandra),
+            ("config", Dependency::Cassandra),
+            ("cqlsh", Dependency::Cassandra),
+        ] {
+            assert_eq!(fresh[container], stand_ins.get(dependency), "{container}");
+        }
+        // A running dependency keeps its image, and the spec's image wins over both.
+        let running = RunningImages::from([(Dependency::Redis, "redis:7.4.1-alpine".to_owned())]);
+        let upgraded = images_of(&build_with(
+            json!({"cassandra": {"managed": {"image": "cassandra:5.0.9"}}}),
+            &running,
+        ));
+        assert_eq!(upgraded["redis"], "redis:7.4.1-alpine");
+        assert_eq!(upgraded["cassandra"], "cassandra:5.0.9");
+        assert_eq!(upgraded["config"], "cassandra:5.0.9");
+        assert_eq!(upgraded["rabbitmq"], stand_ins.rabbitmq);
+    }
+
+    fn config_map<'a>(children: &'a Children, name: &str) -> &'a BTreeMap<String, String> {
+        children
+            .config_maps
+            .iter()
+            .find(|map| map.metadata.name.as_deref() == Some(name))
+            .and_then(|map| map.data.as_ref())
+            .unwrap()
+    }
+
+    #[test]
+    fn rabbitmq_is_configured_for_3_10_to_4_x_without_its_image_entrypoint() {
+        let children = build_default(
+            &pipeline(json!({"rabbitmq": {"managed": {"replicas": 3}}})),
+            &secrets(),
+            "0.1.0",
+        )
+        .unwrap();
+        let pod = pod_of(&children, "shop-rabbitmq");
+        let rabbitmq = &pod.containers[0];
+        let env = env_of_container(rabbitmq);
+        for (name, value) in [
+            ("HOME", "/var/lib/rabbitmq"),
+            ("RABBITMQ_MNESIA_BASE", "/var/lib/rabbitmq/mnesia"),
+            ("RABBITMQ_CONFIG_FILE", "/etc/rabbitmq/rabbitmq.conf"),
+            (
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                "/etc/rabbitmq/enabled_plugins",
+            ),
+            ("RABBITMQ_USE_LONGNAME", "true"),
+            (
+                "RABBITMQ_NODENAME",
+                "rabbit@$(POD_NAME).shop-rabbitmq-headless.store.svc",
+            ),
+        ] {
+            assert_eq!(env[name]["value"], value, "{name}");
+        }
+        for (name, key) in [
+            ("RABBITMQ_DEFAULT_USER", "username"),
+            ("RABBITMQ_DEFAULT_PASS", "password"),
+        ] {
+            assert_eq!(
+                env[name]["valueFrom"]["secretKeyRef"],
+                json!({"name": "shop-rabbitmq-credentials", "key": key}),
+                "{name}"
+            );
+        }
+        // POD_NAME is defined before the node name that expands it.
+        let position = |name: &str| {
+            rabbitmq
+                .env
+                .iter()
+                .flatten()
+                .position(|var| var.name == name)
+        };
+        assert!(position("POD_NAME") < position("RABBITMQ_NODENAME"));
+        // Writable: the data volume (HOME, the database, the Erlang cookie) and /tmp only.
+        let mounts = serde_json::to_value(rabbitmq.volume_mounts.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            mounts,
+            json!([
+                {"name": "data", "mountPath": "/var/lib/rabbitmq"},
+                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "config", "mountPath": "/etc/rabbitmq"},
+            ])
+        );
+
+        let files = config_map(&children, "shop-rabbitmq-config");
+        assert_eq!(
+            files.keys().collect::<Vec<_>>(),
+            ["enabled_plugins", "rabbitmq.conf"]
+        );
+        assert_eq!(
+            files["enabled_plugins"],
+            "[rabbitmq_management,rabbitmq_prometheus].\n"
+        );
+        let config: BTreeMap<&str, &str> = files["rabbitmq.conf"]
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| line.split_once(" = ").unwrap())
+            .collect();
+        assert_eq!(
+            config,
+            BTreeMap::from([
+                ("cluster_formation.peer_discovery_backend", "classic_config"),
+                (
+                    "cluster_formation.classic_config.nodes.1",
+                    "rabbit@shop-rabbitmq-0.shop-rabbitmq-headless.store.svc"
+                ),
+                (
+                    "cluster_formation.classic_config.nodes.2",
+                    "rabbit@shop-rabbitmq-1.shop-rabbitmq-headless.store.svc"
+                ),
+                (
+                    "cluster_formation.classic_config.nodes.3",
+                    "rabbit@shop-rabbitmq-2.shop-rabbitmq-headless.store.svc"
+                ),
+                ("cluster_partition_handling", "pause_minority"),
+                // 60 % of the default 1Gi limit.
+                ("vm_memory_high_watermark.absolute", "644245080"),
+                ("loopback_users.guest", "false"),
+                ("listeners.tcp.default", "5672"),
+                ("management.tcp.port", "15672"),
+                ("log.console", "true"),
+                ("log.console.level", "info"),
+                ("log.file", "false"),
+            ])
+        );
+        // One line per key: RabbitMQ's cuttlefish takes the last, which would hide a mistake.
+        assert_eq!(
+            config.len(),
+            files["rabbitmq.conf"]
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .count()
+        );
+        // The node names are the ones the workloads connect to.
+        let gateway = env_of(deployment(&children, "shop-gateway"));
+        let urls = gateway[env::RABBITMQ_URLS]["value"].as_str().unwrap();
+        for index in 0..3 {
+            assert!(urls.contains(&format!(
+                "@shop-rabbitmq-{index}.shop-rabbitmq-headless.store.svc:5672/"
+            )));
+        }
+
+        let small = build_default(
+            &pipeline(
+                json!({"rabbitmq": {"managed": {"resources": {"limits": {"memory": "512Mi"}}}}}),
+            ),
+            &secrets(),
+            "0.1.0",
+        )
+        .unwrap();
+        let conf = &config_map(&small, "shop-rabbitmq-config")["rabbitmq.conf"];
+        assert!(
+            conf.contains("\nvm_memory_high_watermark.absolute = 322122540\n"),
+            "{conf}"
+        );
+        assert!(conf.contains("\ncluster_formation.classic_config.nodes.1 = "));
+        assert!(!conf.contains("nodes.2"));
+    }
+
+    #[test]
+    fn dependency_peers_resolve_each_other_before_they_are_ready() {
+        let children = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
+        for dependency in Dependency::ALL {
+            let name = format!("shop-{}-headless", dependency.name());
+            let service = children
+                .services
+                .iter()
+                .find(|service| service.metadata.name.as_deref() == Some(name.as_str()))
+                .unwrap();
+            let spec = service.spec.as_ref().unwrap();
+            assert_eq!(spec.cluster_ip.as_deref(), Some("None"), "{name}");
+            // RabbitMQ resolves its own long node name at boot, and Cassandra its seed.
+            assert_eq!(spec.publish_not_ready_addresses, Some(true), "{name}");
+            let set = children
+                .stateful_sets
+                .iter()
+                .find(|set| {
+                    set.metadata.name.as_deref()
+                        == Some(format!("shop-{}", dependency.name()).as_str())
+                })
+                .unwrap();
+            assert_eq!(
+                set.spec.as_ref().unwrap().service_name.as_deref(),
+                Some(name.as_str())
+            );
+        }
+    }
+
+    fn resources_of(container: &k8s_openapi::api::core::v1::Container) -> Value {
+        serde_json::to_value(container.resources.as_ref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn each_dependency_gets_resources_it_starts_with_and_cassandra_a_heap_from_its_limit() {
+        let children = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
+        for (name, expected) in [
+            (
+                "shop-redis",
+                json!({"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}),
+            ),
+            (
+                "shop-rabbitmq",
+                json!({"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}),
+            ),
+            (
+                "shop-cassandra",
+                json!({"requests": {"cpu": "100m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}),
+            ),
+        ] {
+            let pod = pod_of(&children, name);
+            assert_eq!(resources_of(&pod.containers[0]), expected, "{name}");
+        }
+        // The short-lived helpers keep small ones.
+        let helpers =
+            json!({"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}});
+        let init = &pod_of(&children, "shop-cassandra")
+            .init_containers
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(resources_of(init), helpers);
+        assert_eq!(
+            resources_of(job_container(credentials_job(&children))),
+            helpers
+        );
+
+        let heap_of = |spec: Value| {
+            let children = build_default(&pipeline(spec), &secrets(), "0.1.0").unwrap();
+            let env = env_of_container(&pod_of(&children, "shop-cassandra").containers[0]);
+            (
+                env["MAX_HEAP_SIZE"]["value"].as_str().unwrap().to_owned(),
+                env["HEAP_NEWSIZE"]["value"].as_str().unwrap().to_owned(),
+            )
+        };
+        let with_limit = |limit: &str| json!({"cassandra": {"managed": {"resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": limit}}}}});
+        // Half the limit, and a quarter of that for the young generation.
+        assert_eq!(heap_of(json!({})), ("1024M".to_owned(), "256M".to_owned()));
+        assert_eq!(
+            heap_of(with_limit("1Gi")),
+            ("512M".to_owned(), "128M".to_owned())
+        );
+        assert_eq!(
+            heap_of(with_limit("3G")),
+            ("1430M".to_owned(), "357M".to_owned())
+        );
+        assert_eq!(
+            heap_of(with_limit("6Gi")),
+            ("3072M".to_owned(), "768M".to_owned())
+        );
+        // At most 8G of heap and 2G of young generation, however large the limit.
+        assert_eq!(
+            heap_of(with_limit("64Gi")),
+            ("8192M".to_owned(), "2048M".to_owned())
+        );
+        // The spec's resources replace the defaults whole, as for the workloads.
+        let children = build_default(&pipeline(with_limit("4Gi")), &secrets(), "0.1.0").unwrap();
+        assert_eq!(
+            resources_of(&pod_of(&children, "shop-cassandra").containers[0]),
+            json!({"requests": {"memory": "1Gi"}, "limits": {"memory": "4Gi"}})
+        );
+    }
+
+    #[test]
+    fn a_dependency_without_a_memory_limit_it_can_run_with_is_refused_saying_what_to_set() {
+        let refusal = |spec: Value| match build_default(&pipeline(spec), &secrets(), "0.1.0") {
+            Err(BuildError::DependencyResources(message)) => message,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        let cassandra =
+            |resources: Value| json!({"cassandra": {"managed": {"resources": resources}}});
+        let rabbitmq =
+            |resources: Value| json!({"rabbitmq": {"managed": {"resources": resources}}});
+
+        let message = refusal(cassandra(json!({"requests": {"memory": "2Gi"}})));
+        assert_eq!(
+            message,
+            "spec.cassandra.managed.resources sets no memory limit, and a managed Cassandra needs \
+             at least 1Gi: its Java heap is half of it. Set \
+             spec.cassandra.managed.resources.limits.memory to 1Gi or more, or leave out \
+             spec.cassandra.managed.resources for the defaults (a 2Gi limit)"
+        );
+        let message = refusal(cassandra(json!({"limits": {"memory": "512Mi"}})));
+        assert!(
+            message.starts_with("spec.cassandra.managed.resources.limits.memory is 512Mi, and a managed Cassandra needs at least 1Gi"),
+            "{message}"
+        );
+        let message = refusal(cassandra(json!({"limits": {"memory": "2GB"}})));
+        assert!(
+            message.starts_with("spec.cassandra.managed.resources.limits.memory: \"2GB\" is not a Kubernetes quantity"),
+            "{message}"
+        );
+        assert!(
+            message.contains("Set spec.cassandra.managed.resources.limits.memory to 1Gi or more")
+        );
+        let message = refusal(rabbitmq(json!({})));
+        assert!(
+            message.starts_with("spec.rabbitmq.managed.resources sets no memory limit, and a managed RabbitMQ needs at least 512Mi: its memory high watermark is 60% of it."),
+            "{message}"
+        );
+        assert!(message.ends_with("(a 1Gi limit)"), "{message}");
+        let message = refusal(rabbitmq(json!({"limits": {"memory": "500M"}})));
+        assert!(message.contains("limits.memory is 500M"), "{message}");
+        // The refusal is an invalid spec, reported as such.
+        let error = crate::controller::Error::Build(BuildError::DependencyResources(message));
+        assert_eq!(error.kind(), crate::metrics::ErrorKind::Build);
+
+        // The minimum itself is enough; Redis derives nothing from its limit and needs none.
+        for spec in [
+            cassandra(json!({"limits": {"memory": "1Gi"}})),
+            cassandra(json!({"limits": {"memory": "1073741824"}})),
+            rabbitmq(json!({"limits": {"memory": "512Mi"}})),
+            json!({"redis": {"managed": {"resources": {"requests": {"cpu": "10m"}}}}}),
+            // An external dependency's resources are none of the operator's business.
+            json!({"cassandra": {"external": {"endpoints": ["db.example.com:9042"]}}}),
+        ] {
+            assert!(
+                build_default(&pipeline(spec.clone()), &secrets(), "0.1.0").is_ok(),
+                "{spec}"
+            );
+        }
+    }
+
     #[test]
     fn a_managed_cassandra_reads_the_configuration_its_init_container_copied_from_the_image() {
         let children = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
@@ -1765,13 +2545,38 @@ mod tests {
             .flatten()
             .map(|var| (var.name.as_str(), var.value.as_deref()))
             .collect();
+        // What the image's entrypoint took from its environment is the script's now: the
+        // first node as the seed, the cluster name (as the entrypoint had it), the pod's address.
         assert_eq!(
             env,
             BTreeMap::from([
                 ("CONFIG_DIR", Some("/config")),
                 ("IMAGE_CONFIG_DIR", Some("/etc/cassandra")),
+                ("POD_IP", None),
+                (
+                    "SEEDS",
+                    Some("shop-cassandra-0.shop-cassandra-headless.store.svc")
+                ),
+                ("CLUSTER_NAME", Some("shop-cassandra")),
             ])
         );
+        let pod_ip = |container: &k8s_openapi::api::core::v1::Container| {
+            let var = container
+                .env
+                .iter()
+                .flatten()
+                .find(|var| var.name == "POD_IP")
+                .cloned();
+            serde_json::to_value(var).unwrap()
+        };
+        for container in [config, cassandra] {
+            assert_eq!(
+                pod_ip(container)["valueFrom"],
+                json!({"fieldRef": {"fieldPath": "status.podIP"}}),
+                "{}",
+                container.name
+            );
+        }
         // The init container sees the image's /etc/cassandra and writes the volume elsewhere;
         // Cassandra then finds the copy at /etc/cassandra.
         let mounts = |container: &k8s_openapi::api::core::v1::Container| {
@@ -1808,14 +2613,21 @@ mod tests {
         assert_eq!(pod_security.run_as_user, Some(DEPENDENCY_USER));
         assert_eq!(pod_security.run_as_non_root, Some(true));
         assert!(config.resources.is_some());
-        // The image's entrypoint reads no authenticator from the environment; the script sets it.
-        assert!(
-            cassandra
-                .env
-                .iter()
-                .flatten()
-                .all(|var| var.name != "CASSANDRA_AUTHENTICATOR")
+        // Cassandra runs its own launcher, without the image's entrypoint, and finds everything
+        // the entrypoint would have set from the environment in the configuration already.
+        assert_eq!(cassandra.command.as_deref().unwrap(), ["cassandra", "-f"]);
+        let names: Vec<&str> = cassandra
+            .env
+            .iter()
+            .flatten()
+            .map(|var| var.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["CASSANDRA_CONF", "POD_IP", "MAX_HEAP_SIZE", "HEAP_NEWSIZE"]
         );
+        let env = env_of_container(cassandra);
+        assert_eq!(env["CASSANDRA_CONF"]["value"], "/etc/cassandra");
         // Only Cassandra: the other dependencies' templates stay as they were (no empty list).
         for name in ["shop-rabbitmq", "shop-redis"] {
             let pod = pod_of(&children, name);
@@ -1847,6 +2659,7 @@ mod tests {
                 &secrets(),
                 &ReplicaOverrides::new(),
                 &running,
+                &DependencyImages::default(),
                 "0.1.0",
             )
             .unwrap();
@@ -2084,6 +2897,7 @@ mod tests {
                 &secrets(),
                 &ReplicaOverrides::new(),
                 running,
+                &DependencyImages::default(),
                 "0.1.0",
             )
             .unwrap()
@@ -2121,6 +2935,7 @@ mod tests {
             &secrets(),
             &ReplicaOverrides::new(),
             &RunningImages::new(),
+            &DependencyImages::default(),
             "0.1.0",
         )
         .unwrap();

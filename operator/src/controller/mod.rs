@@ -46,6 +46,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The workload images' default tag.
     pub version: String,
+    /// The images new managed dependencies run when their spec names none.
+    pub dependency_images: build::DependencyImages,
     /// For RabbitMQ's management API (queue depths).
     pub http: reqwest::Client,
     pub windows: Arc<autoscale::Windows>,
@@ -65,10 +67,18 @@ impl Context {
             recorder,
             metrics,
             version: version.into(),
+            dependency_images: build::DependencyImages::default(),
             http: reqwest::Client::new(),
             windows: Arc::default(),
             ledger: Arc::default(),
         }
+    }
+
+    /// The same context with other default images for the managed dependencies (by default the
+    /// official ones compiled in).
+    pub fn with_dependency_images(mut self, images: build::DependencyImages) -> Self {
+        self.dependency_images = images;
+        self
     }
 }
 
@@ -76,6 +86,7 @@ impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
             .field("version", &self.version)
+            .field("dependency_images", &self.dependency_images)
             .finish_non_exhaustive()
     }
 }
@@ -187,7 +198,14 @@ async fn reconcile_steps(pipeline: &OrderPipeline, context: &Context) -> Result<
         )
         .await;
     }
-    let children = build::build(pipeline, &secrets, &overrides, &running, &context.version)?;
+    let children = build::build(
+        pipeline,
+        &secrets,
+        &overrides,
+        &running,
+        &context.dependency_images,
+        &context.version,
+    )?;
     let applied = apply_or_observe(pipeline, &namespace, children, context).await?;
     let (mut new_status, mut transitions) =
         status::compute(pipeline, pipeline.status.as_ref(), &applied, &decisions);
