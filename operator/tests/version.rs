@@ -59,6 +59,33 @@ fn chart_runs_the_operator_image_of_its_app_version() {
 }
 
 #[test]
+fn chart_passes_the_operators_own_default_dependency_images() {
+    // Installed with its defaults, the chart changes nothing: its dependencyImages are the
+    // images compiled into the operator, under the variables the operator reads.
+    let values = yaml("charts/order-pipeline-operator/values.yaml");
+    let defaults = DependencyImages::default();
+    let deployment = std::fs::read_to_string(
+        repository_root().join("charts/order-pipeline-operator/templates/deployment.yaml"),
+    )
+    .unwrap();
+    for (dependency, variable) in DependencyImages::ENV {
+        let key = dependency.name();
+        assert_eq!(
+            values["dependencyImages"][key].as_str(),
+            Some(defaults.get(dependency)),
+            "dependencyImages.{key}"
+        );
+        let wiring = format!(
+            "- name: {variable}\n              value: {{{{ .Values.dependencyImages.{key} | quote }}}}"
+        );
+        assert!(
+            deployment.contains(&wiring),
+            "the chart passes dependencyImages.{key} as {variable}"
+        );
+    }
+}
+
+#[test]
 fn default_workload_images_are_the_ones_xtask_builds() {
     // Every dependency external and the JWT key the user's: the build then needs no generated
     // secret, so this test does not follow every change to what the operator generates.

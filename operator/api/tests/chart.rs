@@ -372,6 +372,12 @@ fn schema_rejects_bad_values() {
         ("leaderElection.enabled=maybe", "/leaderElection/enabled"),
         ("serviceAccount.create=false", "/serviceAccount/name"),
         ("imagePullPolicy=Always", "imagePullPolicy"),
+        ("dependencyImages.redis=", "/dependencyImages/redis"),
+        (
+            "dependencyImages.cassandra=a b",
+            "/dependencyImages/cassandra",
+        ),
+        ("dependencyImages.mongodb=mongo", "dependencyImages"),
     ] {
         let outcome = tools
             .helm(&["template", "bad", &chart, "--set", setting])
@@ -382,6 +388,50 @@ fn schema_rejects_bad_values() {
             outcome.stderr
         );
     }
+}
+
+/// The value of the environment variable `name` in a rendered manifest (the line after its
+/// `- name:`).
+fn env_value<'a>(manifest: &'a str, name: &str) -> Option<&'a str> {
+    let mut lines = manifest.lines().map(str::trim);
+    lines.find(|line| *line == format!("- name: {name}"))?;
+    lines.next()?.strip_prefix("value: ")
+}
+
+#[test]
+fn passes_the_dependency_images_to_the_operator() {
+    let tools = Tools::load();
+    let defaults = render(&tools, "test", "op-system", &[]);
+    for (name, image) in [
+        ("RABBITMQ_IMAGE", "\"rabbitmq:3.13.7-management-alpine\""),
+        ("REDIS_IMAGE", "\"redis:7.4.1-alpine\""),
+        ("CASSANDRA_IMAGE", "\"cassandra:5.0.2\""),
+    ] {
+        assert_eq!(env_value(&defaults, name), Some(image), "{defaults}");
+    }
+    let stand_ins = render(
+        &tools,
+        "test",
+        "op-system",
+        &[
+            "--set",
+            "dependencyImages.rabbitmq=localhost/order-pipeline-deps/rabbitmq:3.10.8-1",
+            "--set",
+            "dependencyImages.cassandra=localhost/order-pipeline-deps/cassandra:5.0.9-1",
+        ],
+    );
+    assert_eq!(
+        env_value(&stand_ins, "RABBITMQ_IMAGE"),
+        Some("\"localhost/order-pipeline-deps/rabbitmq:3.10.8-1\"")
+    );
+    assert_eq!(
+        env_value(&stand_ins, "REDIS_IMAGE"),
+        Some("\"redis:7.4.1-alpine\"")
+    );
+    assert_eq!(
+        env_value(&stand_ins, "CASSANDRA_IMAGE"),
+        Some("\"localhost/order-pipeline-deps/cassandra:5.0.9-1\"")
+    );
 }
 
 #[test]
