@@ -228,6 +228,65 @@ impl Cluster {
         })
     }
 
+    /// Deletes every pod of a component's Deployment at once, with no grace period (the
+    /// kubelet kills the containers as a crash would), and waits until the Deployment has as
+    /// many Ready pods as before, none of them a deleted one. Returns the deleted pods' names.
+    pub async fn kill_pods(&self, component: &str, timeout: Duration) -> Result<Vec<String>> {
+        let name = self.child(component);
+        let deployments = self.api::<Deployment>();
+        let deployment = deployments
+            .get(&name)
+            .await
+            .with_context(|| format!("failed to read deployment/{name}"))?;
+        let selector = deployment
+            .spec
+            .and_then(|spec| spec.selector.match_labels)
+            .filter(|labels| !labels.is_empty())
+            .with_context(|| format!("deployment/{name} has no matchLabels"))?;
+        let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let list = ListParams::default().labels(&labels.join(","));
+        let pods = self.api::<Pod>();
+        let victims: Vec<String> = pods
+            .list(&list)
+            .await
+            .with_context(|| format!("failed to list the pods of deployment/{name}"))?
+            .items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect();
+        ensure!(!victims.is_empty(), "deployment/{name} has no pods to kill");
+        let now = kube::api::DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        for victim in &victims {
+            pods.delete(victim, &now)
+                .await
+                .with_context(|| format!("failed to delete pod/{victim}"))?;
+        }
+        let started = Instant::now();
+        loop {
+            let ready: Vec<String> = pods
+                .list(&list)
+                .await?
+                .items
+                .iter()
+                .filter(|pod| pod_ready(pod) && pod.metadata.deletion_timestamp.is_none())
+                .map(ResourceExt::name_any)
+                .collect();
+            if ready.len() >= victims.len() && ready.iter().all(|pod| !victims.contains(pod)) {
+                return Ok(victims);
+            }
+            if started.elapsed() >= timeout {
+                bail!(
+                    "waited {timeout:?} for deployment/{name} to replace {victims:?}; Ready now: \
+                     {ready:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Sets `spec.processor.replicas` with a merge patch and waits until the status reports the
     /// processor's desired and ready replicas at `replicas`, the Deployment has that many ready,
     /// and the pipeline is Ready for the new generation.
