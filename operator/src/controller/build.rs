@@ -1292,6 +1292,7 @@ fn rabbitmq_config(
          management.tcp.port = 15672\n\
          log.console = true\n\
          log.console.level = info\n\
+         log.console.use_colors = false\n\
          log.file = false\n"
     )
 }
@@ -2329,6 +2330,7 @@ mod tests {
                 ("management.tcp.port", "15672"),
                 ("log.console", "true"),
                 ("log.console.level", "info"),
+                ("log.console.use_colors", "false"),
                 ("log.file", "false"),
             ])
         );
