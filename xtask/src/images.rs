@@ -26,6 +26,8 @@ use anyhow::{Context, Result, bail};
 use crate::env::process::{run_capture, run_logged};
 use crate::env::{self, Layout};
 
+pub(crate) mod dependencies;
+
 /// The image tag: the workspace version, which is also every binary's version, the chart's
 /// appVersion and the tag the operator gives its workloads (xtask shares the workspace version).
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -168,7 +170,7 @@ pub fn run(layout: &Layout, out: Option<PathBuf>, names: &[String]) -> Result<()
         println!("==> images: {}", image.reference());
         builder.build(*image, &root.join("Dockerfile"), &context, &labels, &log)?;
         let archive = archive_path(&out, *image);
-        builder.export(*image, &archive, &log)?;
+        builder.export(&image.reference(), &archive, &log)?;
         let verified = verify(builder, *image, &archive, &labels)
             .with_context(|| format!("failed to verify {}", image.reference()))?;
         println!(
@@ -402,9 +404,8 @@ impl Builder {
         Ok(())
     }
 
-    /// Writes the image to `archive` as an OCI archive.
-    fn export(self, image: Image, archive: &Path, log: &Path) -> Result<()> {
-        let reference = image.reference();
+    /// Writes the image `reference` names to `archive` as an OCI archive.
+    fn export(self, reference: &str, archive: &Path, log: &Path) -> Result<()> {
         let partial = archive.with_extension("tar.partial");
         let _ = fs::remove_file(&partial);
         match self {
@@ -413,7 +414,7 @@ impl Builder {
                 self.command()
                     .args(["save", "--output"])
                     .arg(&partial)
-                    .arg(&reference),
+                    .arg(reference),
                 log,
             )?,
             Builder::Buildah => {
@@ -428,13 +429,13 @@ impl Builder {
                 run_logged(
                     &format!("buildah push {reference}"),
                     self.command()
-                        .args(["push", "--quiet", &reference])
+                        .args(["push", "--quiet", reference])
                         .arg(format!("oci:{}:{reference}", layout.display())),
                     log,
                 )?;
                 let index_path = layout.join("index.json");
                 let index = read(&index_path)?;
-                let named = name_for_containerd(&index, &reference)
+                let named = name_for_containerd(&index, reference)
                     .with_context(|| format!("unexpected OCI index in {}", index_path.display()))?;
                 fs::write(&index_path, named)
                     .with_context(|| format!("failed to write {}", index_path.display()))?;
@@ -696,8 +697,9 @@ fn parse_go_list(text: &str) -> Vec<String> {
 }
 
 /// Adds containerd's image-name annotation (`io.containerd.image.name`, the fully qualified
-/// name Kubernetes resolves `order-pipeline/<name>:<version>` to) to an OCI index holding one
-/// manifest, as buildah writes it.
+/// name Kubernetes resolves `order-pipeline/<name>:<version>` to, and a name with a registry
+/// host such as `localhost/...` stays as it is) to an OCI index holding one manifest, as buildah
+/// writes it.
 fn name_for_containerd(index_json: &str, reference: &str) -> Result<String> {
     const ANNOTATIONS: &str = "\"annotations\":{";
     if index_json.matches(ANNOTATIONS).count() != 1 {
@@ -706,7 +708,7 @@ fn name_for_containerd(index_json: &str, reference: &str) -> Result<String> {
     if index_json.contains("io.containerd.image.name") {
         return Ok(index_json.to_owned());
     }
-    let qualified = format!("docker.io/{reference}");
+    let qualified = crate::cluster::qualified_reference(reference);
     Ok(index_json.replacen(
         ANNOTATIONS,
         &format!("{ANNOTATIONS}\"io.containerd.image.name\":\"{qualified}\","),
@@ -780,6 +782,13 @@ mod tests {
         // Idempotent, and refuses what it does not understand.
         assert_eq!(name_for_containerd(&named, "x").unwrap(), named);
         assert!(name_for_containerd(r#"{"manifests":[]}"#, "x").is_err());
+        // A name with a registry host is already what the CRI looks up.
+        let deps = name_for_containerd(
+            index,
+            "localhost/order-pipeline-deps/redis:7.0.15-0123456789ab",
+        )
+        .unwrap();
+        assert!(deps.contains(r#""io.containerd.image.name":"localhost/order-pipeline-deps/redis:7.0.15-0123456789ab""#), "{deps}");
     }
 
     #[test]

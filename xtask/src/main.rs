@@ -57,11 +57,26 @@ enum Command {
     },
     /// Build the container images (gateway, processor, notifier, dashboard, operator; all when
     /// none is named) from static musl release binaries, tag them order-pipeline/<name>:<version>,
-    /// write OCI archives and run each image's binary to verify it.
+    /// write OCI archives and run each image's binary to verify it. With --dependencies, the
+    /// stand-ins for the official RabbitMQ, Redis and Cassandra images instead.
     Images {
         /// Where to write <name>-<version>.oci.tar (default ~/.cache/order-pipeline/images).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Build the dependency stand-ins (rabbitmq, redis, cassandra; all when none is named)
+        /// from Debian bookworm packages, Maven Central and PyPI, tagged
+        /// localhost/order-pipeline-deps/<name>:<server version>-<hash>, cached by that hash,
+        /// each started as the operator's pods run it before its archive is written; also
+        /// writes dependency-images.env. Needs root.
+        #[arg(long)]
+        dependencies: bool,
+        /// With --dependencies: also start Cassandra from its new image and query it with cqlsh
+        /// (a minute or two; without it only Cassandra's tools are run).
+        #[arg(long, requires = "dependencies")]
+        start_cassandra: bool,
+        /// With --dependencies: run the checks on images already built, too.
+        #[arg(long, requires = "dependencies")]
+        recheck: bool,
         names: Vec<String>,
     },
 }
@@ -148,7 +163,21 @@ fn run(cli: Cli) -> Result<bool> {
             run_workspace_tests(&cargo_test_args)
         }
         Command::Crdgen { check } => crdgen::run(check).map(|()| true),
-        Command::Images { out, names } => images::run(&layout, out, &names).map(|()| true),
+        Command::Images {
+            out,
+            dependencies: true,
+            start_cassandra,
+            recheck,
+            names,
+        } => {
+            let options = images::dependencies::Options {
+                names,
+                start_cassandra,
+                recheck,
+            };
+            images::dependencies::run(&layout, out, &options).map(|()| true)
+        }
+        Command::Images { out, names, .. } => images::run(&layout, out, &names).map(|()| true),
     }
 }
 

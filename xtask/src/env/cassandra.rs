@@ -47,7 +47,7 @@ const HEAP_MAX: &str = "-Xmx1g";
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// A graceful stop flushes memtables and announces the shutdown; a few seconds normally.
 const STOP_GRACE: Duration = Duration::from_secs(30);
-const MAIN_CLASS: &str = "org.apache.cassandra.service.CassandraDaemon";
+pub(crate) const MAIN_CLASS: &str = "org.apache.cassandra.service.CassandraDaemon";
 
 const POM_TEMPLATE: &str = include_str!("cassandra/pom.xml");
 const YAML_TEMPLATE: &str = include_str!("cassandra/cassandra.yaml");
@@ -56,10 +56,29 @@ const LOGBACK_TEMPLATE: &str = include_str!("cassandra/logback.xml");
 /// Written last into the distribution directory: its presence means every jar is there.
 const COMPLETE_MARKER: &str = ".complete";
 
+/// The JVM flags of every Cassandra this project runs (this environment's node and the stand-in
+/// image's launcher), apart from heap sizes, paths and the module openings below.
+pub(crate) const SERVER_JVM_FLAGS: &[&str] = &[
+    // Upstream's choices: small stacks for Cassandra's many threads, and G1.
+    "-Xss256k",
+    "-XX:+UseG1GC",
+    // A node that ran out of heap is in an undefined state; exiting makes `status` and the next
+    // `up` (or a pod's restart) notice instead of clients failing strangely.
+    "-XX:+ExitOnOutOfMemoryError",
+    // Upstream runs with assertions on, except in Chronicle, which by design runs out of memory
+    // with them.
+    "-ea",
+    "-da:net.openhft...",
+    "-Djava.net.preferIPv4Stack=true",
+    // As upstream: lets Netty allocate direct buffers through Unsafe; otherwise it falls back to
+    // ByteBuffer.allocateDirect, which is slower and capped by -XX:MaxDirectMemorySize.
+    "-Dio.netty.tryReflectionSetAccessible=true",
+];
+
 /// The module-system openings Cassandra 5.0 needs on Java 17, as listed in the `### JPMS` section
 /// of the tarball's `conf/jvm17-server.options`: without them it fails at startup on reflective
 /// access to JDK internals (direct-buffer cleaners first).
-const JAVA17_MODULE_FLAGS: &[&str] = &[
+pub(crate) const JAVA17_MODULE_FLAGS: &[&str] = &[
     "-Djdk.attach.allowAttachSelf=true",
     "--add-exports=java.base/jdk.internal.misc=ALL-UNNAMED",
     "--add-exports=java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED",
@@ -265,7 +284,7 @@ fn find_java17() -> Option<PathBuf> {
 
 /// The server's jars for [`VERSION`], downloaded with Maven once and reused. Returns the lib
 /// directory.
-fn ensure_distribution(layout: &Layout) -> Result<PathBuf> {
+pub(crate) fn ensure_distribution(layout: &Layout) -> Result<PathBuf> {
     let dir = layout.dist().join(format!("cassandra-{VERSION}"));
     let lib = dir.join("lib");
     if dir.join(COMPLETE_MARKER).is_file() {
@@ -411,19 +430,7 @@ impl NodeFiles {
         let mut command = Command::new(java);
         command
             .args([HEAP_INITIAL, HEAP_MAX])
-            // Upstream's choices: small stacks for Cassandra's many threads, and G1.
-            .args(["-Xss256k", "-XX:+UseG1GC"])
-            // A node that ran out of heap is in an undefined state; exiting makes `status` and
-            // the next `up` notice instead of tests failing strangely.
-            .arg("-XX:+ExitOnOutOfMemoryError")
-            // Upstream runs with assertions on, except in Chronicle, which by design runs out of
-            // memory with them.
-            .args(["-ea", "-da:net.openhft..."])
-            .arg("-Djava.net.preferIPv4Stack=true")
-            // As upstream: lets Netty allocate direct buffers through Unsafe; otherwise it falls
-            // back to ByteBuffer.allocateDirect, which is slower and capped by
-            // -XX:MaxDirectMemorySize.
-            .arg("-Dio.netty.tryReflectionSetAccessible=true")
+            .args(SERVER_JVM_FLAGS)
             .args(JAVA17_MODULE_FLAGS)
             // Keeps stdout and stderr open (the daemon's log); otherwise Cassandra closes them.
             .arg("-Dcassandra-foreground=yes")
