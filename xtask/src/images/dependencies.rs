@@ -138,13 +138,13 @@ pub struct Options {
     reason = "the API of `cargo xtask e2e`, which imports the images into the node"
 )]
 pub fn ensure_dependency_images(layout: &Layout, out: &Path) -> Result<Vec<DependencyImage>> {
-    ensure(layout, out, &Options::default())
+    ensure_dependency_images_with(layout, out, &Options::default())
 }
 
 /// `cargo xtask images --dependencies`.
 pub(crate) fn run(layout: &Layout, out: Option<PathBuf>, options: &Options) -> Result<()> {
     let out = out.unwrap_or_else(|| layout.home.join("images"));
-    ensure(layout, &out, options).map(drop)
+    ensure_dependency_images_with(layout, &out, options).map(drop)
 }
 
 /// One stand-in image: what goes into it and how it runs.
@@ -411,7 +411,13 @@ enum Content {
     Copy(PathBuf),
 }
 
-fn ensure(layout: &Layout, out: &Path, options: &Options) -> Result<Vec<DependencyImage>> {
+/// [`ensure_dependency_images`] with a choice of images and checks; returns the images asked for
+/// (and writes `dependency-images.env` only when that is all three).
+pub fn ensure_dependency_images_with(
+    layout: &Layout,
+    out: &Path,
+    options: &Options,
+) -> Result<Vec<DependencyImage>> {
     let started = Instant::now();
     let specs = select(&options.names)?;
     let cache = Cache::new(layout);
@@ -1053,7 +1059,8 @@ impl PrivateApt {
                  Dir::State::status \"{}\";\nDir::Cache \"{}\";\nAPT::Architecture \"{ARCHITECTURE}\";\n\
                  APT::Architectures \"{ARCHITECTURE}\";\nDebug::NoLocking \"true\";\n\
                  pkgCacheGen::ForceEssential \",\";\nAPT::Install-Recommends \"false\";\n\
-                 Acquire::Languages \"none\";\nAPT::Sandbox::User \"root\";\n",
+                 Acquire::Languages \"none\";\nAPT::Sandbox::User \"root\";\n\
+                 Dir::Cache::srcpkgcache \"\";\n",
                 path("etc"),
                 path("etc/apt.conf.d"),
                 path("state"),
