@@ -1269,23 +1269,27 @@ fn build(
     Ok(())
 }
 
-/// Runs the image's check again: from the builder's store, or from the archive when the store
-/// lost it.
+/// Runs the image's check again, on the image the archive holds (loaded into the builder's store
+/// under its reference, replacing whatever had that name there).
 fn recheck(cache: &Cache, plan: &Plan, archive: &Path, options: &Options) -> Result<()> {
     let builder = Builder::Buildah;
     let reference = plan.reference();
-    if builder.image_id(&reference).is_none() {
-        run_logged(
-            &format!("buildah pull {}", archive.display()),
-            builder
-                .command()
-                .args(["pull", "--quiet"])
-                .arg(format!("oci-archive:{}", archive.display())),
-            &cache.log,
-        )?;
-        if builder.image_id(&reference).is_none() {
-            bail!("{} did not load as {reference}", archive.display());
-        }
+    let previous = builder.image_id(&reference);
+    run_logged(
+        &format!("buildah pull oci-archive:{}", archive.display()),
+        builder
+            .command()
+            .args(["pull", "--quiet"])
+            .arg(format!("oci-archive:{}", archive.display())),
+        &cache.log,
+    )?;
+    let loaded = builder
+        .image_id(&reference)
+        .with_context(|| format!("{} did not load as {reference}", archive.display()))?;
+    if let Some(previous) = previous
+        && previous != loaded
+    {
+        let _ = run_capture(builder.command().args(["rmi", &previous]));
     }
     let container = new_container(builder, &reference)?;
     let mount = mount_container(&container)?;
