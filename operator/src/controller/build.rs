@@ -826,6 +826,10 @@ impl Context<'_> {
                         json!({"name": "RABBITMQ_NODENAME", "value": format!("rabbit@$(POD_NAME).{headless}.{}.svc", self.namespace)}),
                         json!({"name": "RABBITMQ_CONFIG_FILE", "value": format!("{RABBITMQ_CONFIG_DIR}/rabbitmq.conf")}),
                         json!({"name": "RABBITMQ_ENABLED_PLUGINS_FILE", "value": format!("{RABBITMQ_CONFIG_DIR}/enabled_plugins")}),
+                        // RabbitMQ 3.x opens its upgrade log under /var/log/rabbitmq even with
+                        // `log.file = false`, and dies on the read-only root filesystem (seen on
+                        // the real node with 3.10); the data volume is writable.
+                        json!({"name": "RABBITMQ_UPGRADE_LOG", "value": format!("{RABBITMQ_DATA_DIR}/upgrade.log")}),
                     ],
                     command: vec!["rabbitmq-server"],
                     config: Some(BTreeMap::from([
@@ -1292,7 +1296,7 @@ fn rabbitmq_config(
          management.tcp.port = 15672\n\
          log.console = true\n\
          log.console.level = info\n\
-         log.console.use_colors = false\n\
+         log.console.use_colors = off\n\
          log.file = false\n"
     )
 }
@@ -2255,6 +2259,7 @@ mod tests {
                 "/etc/rabbitmq/enabled_plugins",
             ),
             ("RABBITMQ_USE_LONGNAME", "true"),
+            ("RABBITMQ_UPGRADE_LOG", "/var/lib/rabbitmq/upgrade.log"),
             (
                 "RABBITMQ_NODENAME",
                 "rabbit@$(POD_NAME).shop-rabbitmq-headless.store.svc",
@@ -2330,7 +2335,8 @@ mod tests {
                 ("management.tcp.port", "15672"),
                 ("log.console", "true"),
                 ("log.console.level", "info"),
-                ("log.console.use_colors", "false"),
+                // on/off, not a boolean: 3.10 refuses `false` and does not boot.
+                ("log.console.use_colors", "off"),
                 ("log.file", "false"),
             ])
         );
