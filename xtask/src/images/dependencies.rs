@@ -2080,7 +2080,10 @@ mod tests {
         {
             assert!(launcher.contains(&format!("\n  '{flag}'\n")), "{flag}");
         }
-        assert!(launcher.contains(&format!("-cp \"$home/lib/*\" {}\n", cassandra::MAIN_CLASS)));
+        assert!(launcher.contains(&format!(
+            "-cp \"$conf:$home/lib/*\" {}\n",
+            cassandra::MAIN_CLASS
+        )));
         assert!(launcher.contains("\nexec \"$java\""));
         assert!(!launcher.contains("{{"));
         parses_as("bash", &launcher);
@@ -2154,7 +2157,9 @@ mod tests {
             args[args.len() - 3..],
             [
                 "-cp".to_owned(),
-                lib.clone(),
+                // The configuration directory first: cassandra-rackdc.properties is read from
+                // the classpath.
+                format!("/config:{lib}"),
                 cassandra::MAIN_CLASS.to_owned()
             ]
         );

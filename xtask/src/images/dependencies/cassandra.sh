@@ -98,4 +98,6 @@ fi
 # glibc's default of up to eight malloc arenas per core inflates a many-threaded JVM's resident
 # memory; cassandra-env.sh sets the same.
 export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-4}"
-exec "$java" "${jvm[@]}" -cp "$home/lib/*" {{MAIN_CLASS}}
+# The configuration directory first on the classpath, as Cassandra's own bin/cassandra.in.sh
+# puts it: GossipingPropertyFileSnitch reads cassandra-rackdc.properties as a classpath resource.
+exec "$java" "${jvm[@]}" -cp "$conf:$home/lib/*" {{MAIN_CLASS}}
