@@ -42,11 +42,22 @@ enum Command {
         cargo_test_args: Vec<String>,
     },
     /// A single-node Kubernetes cluster on this machine without Docker: the environment's control
-    /// plane and a real kubelet node (run/cluster under ~/.cache/order-pipeline). Needs root and
-    /// the kwok environment's control plane stopped (`cargo xtask env down kube`).
+    /// plane (on ports of its own, so it can run beside `env up`) and a real kubelet node
+    /// (run/cluster under ~/.cache/order-pipeline). Needs root.
     Cluster {
         #[command(subcommand)]
         action: ClusterAction,
+    },
+    /// The whole product on the real node: `cluster up`, the images imported, the operator
+    /// installed with its Helm chart, e2e/kind-pipeline.yaml applied and Ready, the cluster e2e
+    /// suite and the node's fault test, then `cluster down` after killing kubelet and containerd.
+    E2e {
+        /// Leave the cluster up afterwards.
+        #[arg(long)]
+        keep: bool,
+        /// Seconds the pipeline may take to become Ready.
+        #[arg(long, default_value_t = 900)]
+        ready_timeout: u64,
     },
     /// Generate the OrderPipeline CRD from operator/api and write it to crds/ and to the Helm
     /// chart's crds/.
@@ -152,10 +163,21 @@ fn run(cli: Cli) -> Result<bool> {
             }
         },
         Command::Cluster { action } => match action {
-            ClusterAction::Up => cluster::up(&layout).map(|_| true),
-            ClusterAction::Down => cluster::down(&layout).map(|()| true),
+            ClusterAction::Up => cluster::up_command(&layout).map(|()| true),
+            ClusterAction::Down => cluster::down_command(&layout).map(|()| true),
             ClusterAction::Status => Ok(cluster::status(&layout)),
         },
+        Command::E2e {
+            keep,
+            ready_timeout,
+        } => cluster::e2e::run(
+            &layout,
+            cluster::e2e::Options {
+                keep,
+                ready_timeout: std::time::Duration::from_secs(ready_timeout),
+            },
+        )
+        .map(|()| true),
         Command::Run => pipeline::run(&layout).map(|()| true),
         Command::Stop => pipeline::stop(&layout).map(|()| true),
         Command::Test { cargo_test_args } => {

@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 
 use crate::env::kube::{CLUSTER_DOMAIN, Ports, SERVICE_CIDR};
 
-/// The cluster's control plane: the kwok environment's ports plus 10000 (etcd's plus 10000
-/// too), so both can run at once (tests against the environment while the cluster is up).
+/// The cluster's control plane: the kwok environment's ports plus 10000, so both can run at once
+/// (tests against the environment while the cluster is up); the API server on the node's
+/// address.
 pub const CONTROL_PLANE_PORTS: Ports = Ports {
+    apiserver_address: NODE_IP,
     etcd_client: 12379,
     etcd_peer: 12380,
     apiserver: 16443,
@@ -26,18 +28,8 @@ pub const BRIDGE: &str = "op0";
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 /// The pods' addresses (one node, one range).
 pub const POD_CIDR: &str = "10.244.0.0/24";
-/// The prefix length of [`POD_CIDR`], for the bridge's own address.
-pub const POD_PREFIX: u8 = 24;
 /// What the firewall rules guard: everything the cluster addresses, pods and Services.
 pub const CLUSTER_CIDRS: [&str; 2] = [POD_CIDR, SERVICE_CIDR];
-/// The API server's port, kubelet's API, kube-proxy's health port and the NodePort range: dropped
-/// on the outside interface (the API server binds every address so the pods reach it).
-pub fn guarded_ports() -> String {
-    format!(
-        "{},{KUBELET_PORT},10256,30000:32767",
-        CONTROL_PLANE_PORTS.apiserver
-    )
-}
 /// kubelet's API, on the node's address.
 pub const KUBELET_PORT: u16 = 10250;
 /// The image every pod sandbox runs, built from the release's pause.c and imported under this
@@ -45,7 +37,10 @@ pub const KUBELET_PORT: u16 = 10250;
 pub const PAUSE_IMAGE: &str = "localhost/order-pipeline/pause:v1.34.4";
 /// The registries image references may name. Each is pointed at a closed local port, so a pull
 /// that should not happen fails at once instead of leaving the machine.
-pub const REGISTRIES: [&str; 5] = [
+/// `_default` covers every other host (containerd 1.6.20 reads it; a pull of `example.invalid/x`
+/// was seen to go to the closed port).
+pub const REGISTRIES: [&str; 6] = [
+    "_default",
     "docker.io",
     "registry.k8s.io",
     "quay.io",
@@ -55,15 +50,18 @@ pub const REGISTRIES: [&str; 5] = [
 /// A port nothing listens on (discard; not served here).
 pub const CLOSED_REGISTRY: &str = "http://127.0.0.1:9";
 /// CoreDNS's health and readiness endpoints, on loopback only.
-pub const COREDNS_HEALTH: &str = "127.0.0.1:10054";
-pub const COREDNS_READY: &str = "127.0.0.1:10181";
+pub const COREDNS_HEALTH_PORT: u16 = 10054;
+pub const COREDNS_READY_PORT: u16 = 10181;
 /// kubelet's healthz on loopback.
 pub const KUBELET_HEALTHZ_PORT: u16 = 10248;
-/// kube-proxy's healthz on loopback.
-pub const KUBE_PROXY_HEALTHZ: &str = "127.0.0.1:10256";
+/// kube-proxy's metrics and healthz on loopback.
+pub const KUBE_PROXY_METRICS_PORT: u16 = 10249;
+pub const KUBE_PROXY_HEALTHZ_PORT: u16 = 10256;
 /// How many hostPath volumes the default StorageClass offers; a pipeline's three managed
-/// dependencies take one each.
-pub const VOLUMES: usize = 8;
+/// dependencies take one each. A volume whose claim was deleted stays `Released` until `down`
+/// (there is no provisioner to recycle it), so there are enough for a few pipelines' worth of
+/// claims made and deleted in one `up`.
+pub const VOLUMES: usize = 16;
 /// The size each volume advertises (hostPath cannot enforce it; the disk is shared).
 pub const VOLUME_SIZE: &str = "10Gi";
 
@@ -108,6 +106,18 @@ impl Node {
     }
     pub fn kubelet_dir(&self) -> PathBuf {
         self.dir.join("kubelet")
+    }
+    /// kubelet's own serving certificate (self-signed, made at its first start).
+    pub fn kubelet_cert_dir(&self) -> PathBuf {
+        self.dir.join("kubelet-pki")
+    }
+    /// The containers' logs (`kubectl logs` reads them through kubelet).
+    pub fn pod_logs_dir(&self) -> PathBuf {
+        self.dir.join("pod-logs")
+    }
+    /// runc's state, apart from any other runc user's `/run/containerd/runc`.
+    pub fn runc_root(&self) -> PathBuf {
+        self.runtime_dir.join("runc")
     }
     pub fn kubelet_config(&self) -> PathBuf {
         self.dir.join("kubelet.yaml")
@@ -163,6 +173,9 @@ disabled_plugins = [
   # hugetlb is mounted only on the cgroup2 hierarchy here, not with the v1 controllers.
   tolerate_missing_hugepages_controller = true
   enable_selinux = false
+  # Pod network namespaces under the state directory, not the machine's /run/netns, so teardown
+  # finds exactly this node's.
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -170,6 +183,7 @@ disabled_plugins = [
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "{runc}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni}"
@@ -183,6 +197,7 @@ disabled_plugins = [
         pause = PAUSE_IMAGE,
         cni = node.cni_config_dir().display(),
         hosts = node.registry_hosts().display(),
+        runc = node.runc_root().display(),
     )
 }
 
@@ -271,10 +286,12 @@ serverTLSBootstrap: false
 failSwapOn: true
 maxPods: 110
 containerLogMaxSize: 10Mi
+podLogsDir: {pod_logs}
 "#,
         socket = node.containerd_socket().display(),
         client_ca = client_ca.display(),
         resolv = node.kubelet_resolv_conf().display(),
+        pod_logs = node.pod_logs_dir().display(),
     )
 }
 
@@ -300,8 +317,8 @@ conntrack:
   min: 0
   tcpEstablishedTimeout: 0s
   tcpCloseWaitTimeout: 0s
-metricsBindAddress: 127.0.0.1:10249
-healthzBindAddress: {KUBE_PROXY_HEALTHZ}
+metricsBindAddress: 127.0.0.1:{KUBE_PROXY_METRICS_PORT}
+healthzBindAddress: 127.0.0.1:{KUBE_PROXY_HEALTHZ_PORT}
 "#,
         kubeconfig = kubeconfig.display(),
     )
@@ -315,8 +332,8 @@ pub fn corefile(kubeconfig: &Path) -> String {
 {CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{
     bind {NODE_IP}
     errors
-    health {COREDNS_HEALTH}
-    ready {COREDNS_READY}
+    health 127.0.0.1:{COREDNS_HEALTH_PORT}
+    ready 127.0.0.1:{COREDNS_READY_PORT}
     kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
         kubeconfig {kubeconfig}
         pods insecure
@@ -445,12 +462,8 @@ mod tests {
         assert!(text.contains(&format!(r#"sandbox_image = "{PAUSE_IMAGE}""#)));
         assert!(text.contains(r#"bin_dir = "/usr/lib/cni""#));
         assert!(text.contains(r#"config_path = "/home/op/run/cluster/containerd/certs.d""#));
-    }
-
-    #[test]
-    fn no_registry_is_reachable() {
-        let text = registry_hosts_toml();
-        assert!(text.contains(r#"server = "http://127.0.0.1:9""#));
+        assert!(text.contains(r#"Root = "/run/order-pipeline/runc""#));
+        assert!(text.contains("netns_mounts_under_state_dir = true"));
     }
 
     #[test]
@@ -481,6 +494,8 @@ mod tests {
         assert!(text.contains("mode: Webhook"));
         assert!(text.contains("clusterDNS:\n- 10.244.0.1"));
         assert!(text.contains("resolvConf: /home/op/run/cluster/resolv.conf"));
+        // Nothing of the node's under the machine's /var/log/pods.
+        assert!(text.contains("podLogsDir: /home/op/run/cluster/pod-logs"));
     }
 
     #[test]
@@ -498,23 +513,20 @@ mod tests {
         assert!(text.contains("kubernetes cluster.local in-addr.arpa ip6.arpa"));
         assert!(text.contains("rcode NXDOMAIN"));
         assert_eq!(text.matches("bind 10.244.0.1").count(), 2);
-        // Every plugin the Corefile names is linked into the trimmed build.
-        for directive in [
-            "bind",
-            "errors",
-            "health",
-            "ready",
-            "kubernetes",
-            "cache",
-            "loadbalance",
-            "reload",
-            "template",
-        ] {
-            assert!(
-                crate::env::kube::build::COREDNS_PLUGINS.contains(&directive),
-                "{directive} is not linked"
-            );
-        }
+        // The trimmed build links exactly the plugins the Corefile names.
+        let mut directives: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.starts_with('#') && !line.ends_with('{') && *line != "}")
+            .filter_map(|line| line.split_whitespace().next())
+            .filter(|word| !["kubeconfig", "pods", "ttl", "rcode"].contains(word))
+            .chain(["kubernetes", "template"])
+            .collect();
+        directives.sort_unstable();
+        directives.dedup();
+        let mut linked = crate::env::kube::build::COREDNS_PLUGINS.to_vec();
+        linked.sort_unstable();
+        assert_eq!(directives, linked);
     }
 
     #[test]

@@ -12,33 +12,43 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::config::{BRIDGE, CLUSTER_CIDRS, NODE_IP, Node, POD_CIDR, POD_PREFIX};
+use super::config::{BRIDGE, CLUSTER_CIDRS, NODE_IP, Node, POD_CIDR};
 use crate::env::kube::SERVICE_CIDR;
-use crate::env::process::run_capture;
+use crate::env::process::{run_capture, signal};
 
-/// The kernel settings the node needs or that kubelet and kube-proxy change; their values from
+/// The kernel settings the node needs, or that kubelet and kube-proxy change: their values from
 /// before the first `up` are saved and put back by `down`.
-const SYSCTLS: [(&str, Option<&str>); 7] = [
-    // Pods reach each other and the host through the bridge.
+const SYSCTLS: [(&str, Option<&str>); 10] = [
+    // Pods reach each other and the host through the bridge. (Per-interface forwarding is then
+    // switched off again on every other interface, see `set_sysctls`.)
     ("net/ipv4/ip_forward", Some("1")),
     // Bridged pod traffic must pass iptables, or Services (DNAT) would not work between pods.
     ("net/bridge/bridge-nf-call-iptables", Some("1")),
     // kubelet and containerd watch many files; kind's documented value.
     ("fs/inotify/max_user_instances", Some("512")),
-    // kubelet's defaults for these; set by kubelet itself, restored here.
+    // Set by kubelet itself (its defaults), restored here.
     ("kernel/panic", None),
     ("kernel/panic_on_oops", None),
     ("vm/overcommit_memory", None),
-    // kube-proxy turns this on for NodePorts on loopback.
+    ("vm/panic_on_oom", None),
+    ("kernel/keys/root_maxkeys", None),
+    ("kernel/keys/root_maxbytes", None),
+    // kube-proxy turns this on for NodePorts on loopback (the raw guard below keeps loopback
+    // addresses from arriving on any other interface).
     ("net/ipv4/conf/all/route_localnet", None),
 ];
 
 /// The firewall chains of ours; everything the cluster adds is named with one of these
 /// prefixes, which is what `down` removes.
 const OWN_CHAIN_PREFIXES: [&str; 3] = ["OP-", "KUBE-", "CNI-"];
-/// The chains `up` hooks into the built-in ones: (table, built-in chain, our chain).
+/// The chains `up` hooks into the built-in ones: (table, built-in chain, our chain). kube-proxy
+/// later puts its own jumps in front of ours in filter and nat; it never touches raw PREROUTING
+/// or mangle POSTROUTING, the first and the last hooks a packet passes, which is where the rules
+/// that matter are.
 const GUARD_HOOKS: [(&str, &str, &str); 4] = [
-    ("filter", "INPUT", "OP-GUARD-INPUT"),
+    // Before conntrack and DNAT: nothing arriving on another interface may be addressed to (or
+    // claim to come from) the cluster's ranges or loopback.
+    ("raw", "PREROUTING", "OP-GUARD-ARRIVE"),
     ("filter", "FORWARD", "OP-GUARD-FORWARD"),
     ("filter", "OUTPUT", "OP-GUARD-OUTPUT"),
     // The last hook before a packet reaches the wire: these rules' counters prove nothing of the
@@ -57,13 +67,31 @@ fn saved_sysctls(node: &Node) -> PathBuf {
     node.dir.join("sysctl.saved")
 }
 
+/// The settings `up` changes: [`SYSCTLS`], and forwarding off again on every interface but the
+/// bridge (`ip_forward=1` turns it on everywhere; the machine must not route between its other
+/// interfaces because the cluster is up).
+fn wanted_sysctls() -> Result<Vec<(String, Option<String>)>> {
+    let mut wanted: Vec<(String, Option<String>)> = SYSCTLS
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), value.map(str::to_owned)))
+        .collect();
+    for interface in other_interfaces()? {
+        wanted.push((
+            format!("net/ipv4/conf/{interface}/forwarding"),
+            Some("0".to_owned()),
+        ));
+    }
+    Ok(wanted)
+}
+
 /// Saves the current values once (a second `up` must not save what the first one set), then
-/// sets the ones the node needs.
+/// sets the ones the node needs, in order.
 pub fn set_sysctls(node: &Node) -> Result<()> {
+    let wanted = wanted_sysctls()?;
     let saved = saved_sysctls(node);
     if !saved.exists() {
         let mut text = String::new();
-        for (key, _) in SYSCTLS {
+        for (key, _) in &wanted {
             if let Ok(value) = fs::read_to_string(sysctl_path(key)) {
                 text.push_str(&format!("{key}={}\n", value.trim()));
             }
@@ -71,7 +99,7 @@ pub fn set_sysctls(node: &Node) -> Result<()> {
         fs::create_dir_all(&node.dir)?;
         fs::write(&saved, text).with_context(|| format!("failed to write {}", saved.display()))?;
     }
-    for (key, value) in SYSCTLS {
+    for (key, value) in &wanted {
         if let Some(value) = value {
             fs::write(sysctl_path(key), value)
                 .with_context(|| format!("failed to set {key}={value}"))?;
@@ -98,21 +126,19 @@ fn ip(args: &[&str]) -> Result<String> {
     run_capture(Command::new("ip").args(args))
 }
 
-/// The interfaces the machine's default routes leave through: where cluster traffic must never
-/// go.
-pub fn outside_interfaces() -> Result<Vec<String>> {
-    let routes = ip(&["-4", "route", "show", "default"])?;
-    let mut interfaces: Vec<String> = routes
+/// Every interface but loopback and the bridge (and the pods' veths on it): where cluster traffic
+/// must never arrive from or leave through.
+pub fn other_interfaces() -> Result<Vec<String>> {
+    let ports = bridge_ports();
+    let listing = ip(&["-o", "link", "show"])?;
+    Ok(listing
         .lines()
         .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            words.find(|word| *word == "dev")?;
-            words.next().map(str::to_owned)
+            let name = line.split(':').nth(1)?.trim();
+            Some(name.split('@').next()?.to_owned())
         })
-        .collect();
-    interfaces.sort();
-    interfaces.dedup();
-    Ok(interfaces)
+        .filter(|name| name != "lo" && name != BRIDGE && !ports.contains(name))
+        .collect())
 }
 
 /// The bridge with the node's address, and the Service range routed into it, so the host's own
@@ -121,7 +147,8 @@ pub fn create_bridge() -> Result<()> {
     if ip(&["link", "show", BRIDGE]).is_err() {
         ip(&["link", "add", BRIDGE, "type", "bridge"])?;
     }
-    let address = format!("{NODE_IP}/{POD_PREFIX}");
+    let prefix = POD_CIDR.split_once('/').map_or("24", |(_, prefix)| prefix);
+    let address = format!("{NODE_IP}/{prefix}");
     let shown = ip(&["-4", "address", "show", "dev", BRIDGE])?;
     if !shown.contains(&address) {
         ip(&["address", "add", &address, "dev", BRIDGE])?;
@@ -131,54 +158,66 @@ pub fn create_bridge() -> Result<()> {
     Ok(())
 }
 
-/// The iptables rules, one per line of `iptables -t <table> -A <chain> ...` arguments, that keep
-/// every packet of the cluster on this machine.
-pub fn guard_rules(outside: &[String]) -> Vec<(&'static str, &'static str, Vec<String>)> {
-    let words = |text: &str| text.split_whitespace().map(str::to_owned).collect();
-    let mut rules = vec![
-        // Pods talk to pods and to the host; nothing they send is forwarded anywhere else.
-        (
-            "filter",
-            "OP-GUARD-FORWARD",
-            words(&format!("-i {BRIDGE} ! -o {BRIDGE} -j REJECT")),
-        ),
-        (
-            "filter",
-            "OP-GUARD-FORWARD",
-            words(&format!("! -i {BRIDGE} -o {BRIDGE} -j DROP")),
-        ),
-    ];
-    for interface in outside {
-        for cidr in CLUSTER_CIDRS {
+/// The iptables rules, as (table, chain, arguments after `-A <chain>`), that keep every packet of
+/// the cluster on this machine. Each chain first lets loopback and the bridge through, so the
+/// rules hold for every other interface, present or added later (a second NIC, a VPN).
+pub fn guard_rules() -> Vec<(&'static str, &'static str, Vec<String>)> {
+    let words = |text: &str| {
+        text.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let mut rules = Vec::new();
+    for (table, chain, direction) in [
+        ("raw", "OP-GUARD-ARRIVE", "-i"),
+        ("filter", "OP-GUARD-OUTPUT", "-o"),
+        ("mangle", "OP-GUARD-LEAK", "-o"),
+    ] {
+        for interface in ["lo", BRIDGE] {
             rules.push((
-                "filter",
-                "OP-GUARD-INPUT",
-                words(&format!("-i {interface} -d {cidr} -j DROP")),
-            ));
-            rules.push((
-                "filter",
-                "OP-GUARD-OUTPUT",
-                words(&format!("-o {interface} -d {cidr} -j REJECT")),
-            ));
-            for direction in ["-s", "-d"] {
-                rules.push((
-                    "mangle",
-                    "OP-GUARD-LEAK",
-                    words(&format!("-o {interface} {direction} {cidr} -j DROP")),
-                ));
-            }
-        }
-        for protocol in ["tcp", "udp"] {
-            rules.push((
-                "filter",
-                "OP-GUARD-INPUT",
-                words(&format!(
-                    "-i {interface} -p {protocol} -m multiport --dports {} -j DROP",
-                    super::config::guarded_ports()
-                )),
+                table,
+                chain,
+                words(&format!("{direction} {interface} -j RETURN")),
             ));
         }
     }
+    for cidr in CLUSTER_CIDRS.iter().chain(&["127.0.0.0/8"]) {
+        rules.push((
+            "raw",
+            "OP-GUARD-ARRIVE",
+            words(&format!("-d {cidr} -j DROP")),
+        ));
+    }
+    for cidr in CLUSTER_CIDRS {
+        rules.push((
+            "raw",
+            "OP-GUARD-ARRIVE",
+            words(&format!("-s {cidr} -j DROP")),
+        ));
+        rules.push((
+            "filter",
+            "OP-GUARD-OUTPUT",
+            words(&format!("-d {cidr} -j REJECT")),
+        ));
+        for direction in ["-s", "-d"] {
+            rules.push((
+                "mangle",
+                "OP-GUARD-LEAK",
+                words(&format!("{direction} {cidr} -j DROP")),
+            ));
+        }
+    }
+    // Pods talk to pods and to the host; nothing they send is forwarded anywhere else.
+    rules.push((
+        "filter",
+        "OP-GUARD-FORWARD",
+        words(&format!("-i {BRIDGE} ! -o {BRIDGE} -j REJECT")),
+    ));
+    rules.push((
+        "filter",
+        "OP-GUARD-FORWARD",
+        words(&format!("! -i {BRIDGE} -o {BRIDGE} -j DROP")),
+    ));
     rules
 }
 
@@ -186,17 +225,15 @@ fn iptables(binary: &str, args: &[&str]) -> Result<String> {
     run_capture(Command::new(binary).arg("-w").args(args))
 }
 
-/// Creates our chains, fills them and hooks each in first place into its built-in chain.
-pub fn install_guards(outside: &[String]) -> Result<()> {
-    if outside.is_empty() {
-        bail!("found no default route, so no outside interface to guard");
-    }
+/// Creates our chains, fills them and hooks each into its built-in chain (first, at the time).
+/// Idempotent: a rerun flushes and refills the chains.
+pub fn install_guards() -> Result<()> {
     for (table, _, chain) in GUARD_HOOKS {
         // -N fails when the chain exists; flushing makes a rerun start from the same rules.
         let _ = iptables("iptables", &["-t", table, "-N", chain]);
         iptables("iptables", &["-t", table, "-F", chain])?;
     }
-    for (table, chain, rule) in guard_rules(outside) {
+    for (table, chain, rule) in guard_rules() {
         let mut args = vec!["-t", table, "-A", chain];
         args.extend(rule.iter().map(String::as_str));
         iptables("iptables", &args)?;
@@ -209,8 +246,8 @@ pub fn install_guards(outside: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Packets of the pod or Service ranges that reached the outside interface (and were dropped
-/// there): must stay 0.
+/// Packets of the pod or Service ranges that reached an interface other than loopback and the
+/// bridge on their way out (and were dropped there): must stay 0.
 pub fn leaked_packets() -> Result<u64> {
     let listing = iptables(
         "iptables",
@@ -366,10 +403,8 @@ pub fn pod_processes() -> Vec<u32> {
 }
 
 fn kill(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .stderr(std::process::Stdio::null())
-        .status();
+    // A process that exited meanwhile is what was wanted.
+    let _ = signal(pid, "KILL");
 }
 
 /// SIGKILL to every process in the pods' cgroups until none is left: what containerd would have
@@ -492,25 +527,25 @@ pub fn unmount_all(prefixes: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// The network namespaces containerd's CRI made for pods.
-pub fn pod_network_namespaces() -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir("/run/netns")
+/// The network namespaces containerd's CRI made for this node's pods: with
+/// `netns_mounts_under_state_dir`, under its state directory, never the machine's `/run/netns`.
+pub fn pod_network_namespaces(node: &Node) -> Vec<PathBuf> {
+    let dir = node
+        .containerd_state()
+        .join("io.containerd.grpc.v1.cri/netns");
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|entry| entry.file_name().into_string().ok())
-        .filter(|name| name.starts_with("cni-"))
+        .map(|entry| entry.path())
         .collect();
-    names.sort();
-    names
+    found.sort();
+    found
 }
 
+/// The bridge and whatever is still attached to it. The pods' namespaces went with their mounts
+/// (`unmount_all`): a namespace no process and no mount holds is destroyed with its veth pair.
 pub fn remove_network() -> Result<()> {
-    for namespace in pod_network_namespaces() {
-        // Removing a namespace no process holds destroys its veth, and so the host's end.
-        ip(&["netns", "delete", &namespace])
-            .with_context(|| format!("failed to delete network namespace {namespace}"))?;
-    }
     for veth in bridge_ports() {
         let _ = ip(&["link", "delete", &veth]);
     }
@@ -533,6 +568,36 @@ pub fn bridge_ports() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Connection-tracking entries of the cluster's ranges: they would outlive the node and misroute
+/// the next `up`'s connections, which get the same pod addresses.
+pub fn conntrack_entries() -> usize {
+    CLUSTER_CIDRS
+        .iter()
+        .flat_map(|cidr| [["-L", "-s", cidr], ["-L", "-d", cidr]])
+        .filter_map(|args| {
+            Command::new("conntrack")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()
+        })
+        .map(|output| String::from_utf8_lossy(&output.stdout).lines().count())
+        .sum()
+}
+
+pub fn flush_conntrack() {
+    for cidr in CLUSTER_CIDRS {
+        for direction in ["-s", "-d"] {
+            // Exits 1 when nothing matched: not an error here.
+            let _ = Command::new("conntrack")
+                .args(["-D", direction, cidr])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
 }
 
 pub fn remove_pod_cgroups() -> Result<()> {
@@ -583,7 +648,28 @@ pub fn leftovers(
             .map(|path| path.display().to_string())
             .collect(),
     );
-    put("network namespaces", pod_network_namespaces());
+    put(
+        "network namespaces",
+        pod_network_namespaces(node)
+            .into_iter()
+            .map(|path| path.display().to_string())
+            .collect(),
+    );
+    let tracked = conntrack_entries();
+    if tracked > 0 {
+        put(
+            "conntrack entries",
+            vec![format!("{tracked} of {}", CLUSTER_CIDRS.join(", "))],
+        );
+    }
+    put(
+        "files outside the cluster's directory",
+        machine_paths(node)
+            .into_iter()
+            .filter(|path| path.exists() || path.is_symlink())
+            .map(|path| path.display().to_string())
+            .collect(),
+    );
     let mut links = bridge_ports();
     if ip(&["link", "show", BRIDGE]).is_ok() {
         links.push(BRIDGE.to_owned());
@@ -627,12 +713,101 @@ pub fn mount_prefixes(node: &Node) -> Vec<PathBuf> {
     ]
 }
 
-/// The pod CIDR the guards name, for messages.
-pub fn describe_guards(outside: &[String]) -> String {
+/// What kubelet, containerd and the CNI plugins write outside the node's own directories whatever
+/// they are configured with: kubelet's device-plugin socket directory and the container-log
+/// links (both fixed paths), containerd 1.6's shim socket directory, and the CNI result cache.
+/// `down` removes exactly the entries of this node.
+pub fn machine_paths(node: &Node) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    let logs = node.pod_logs_dir();
+    for entry in fs::read_dir("/var/log/containers")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if fs::read_link(entry.path()).is_ok_and(|target| target.starts_with(&logs)) {
+            paths.push(entry.path());
+        }
+    }
+    for entry in fs::read_dir("/var/lib/cni/results")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("order-pipeline-") || name.starts_with("cni-loopback-") {
+            paths.push(entry.path());
+        }
+    }
+    // Made by kubelet and containerd only when this node ran; `up` records whether they existed
+    // before (`MachineDirs`), and `down` removes them only if not.
+    for dir in created_machine_dirs(node) {
+        paths.push(dir);
+    }
+    paths
+}
+
+/// Directories kubelet, containerd and the CNI plugins make at fixed paths on their first start.
+const MACHINE_DIRS: [&str; 4] = [
+    "/var/lib/kubelet",
+    "/run/containerd",
+    "/var/lib/cni",
+    "/var/log/containers",
+];
+
+fn machine_dirs_record(node: &Node) -> PathBuf {
+    node.dir.join("machine-dirs.created")
+}
+
+/// Records which of [`MACHINE_DIRS`] do not exist yet, before the node's first start; they are
+/// then the node's to remove. Kept across `up`s, like the saved kernel settings.
+pub fn record_machine_dirs(node: &Node) -> Result<()> {
+    let record = machine_dirs_record(node);
+    if record.exists() {
+        return Ok(());
+    }
+    let absent: Vec<&str> = MACHINE_DIRS
+        .iter()
+        .copied()
+        .filter(|dir| !Path::new(dir).exists())
+        .collect();
+    fs::write(&record, absent.join("\n"))
+        .with_context(|| format!("failed to write {}", record.display()))
+}
+
+fn created_machine_dirs(node: &Node) -> Vec<PathBuf> {
+    fs::read_to_string(machine_dirs_record(node))
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| MACHINE_DIRS.contains(line))
+        .map(PathBuf::from)
+        .collect()
+}
+
+pub fn remove_machine_paths(node: &Node) -> Result<()> {
+    for path in machine_paths(node) {
+        let removed = if path.is_dir() && !path.is_symlink() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(error).with_context(|| format!("failed to remove {}", path.display()));
+            }
+        }
+    }
+    let _ = fs::remove_file(machine_dirs_record(node));
+    Ok(())
+}
+
+/// What the guards do, for `up`'s output.
+pub fn describe_guards() -> String {
     format!(
-        "pod ({POD_CIDR}) and Service ({SERVICE_CIDR}) traffic confined to this machine; {} \
-         guarded",
-        outside.join(", ")
+        "pod ({POD_CIDR}) and Service ({SERVICE_CIDR}) traffic confined to loopback and {BRIDGE}: \
+         dropped on arrival from and on the way out to any other interface"
     )
 }
 
@@ -641,24 +816,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn guards_keep_pods_on_the_bridge_and_cluster_ranges_off_the_outside_interface() {
-        let rules = guard_rules(&["eth0".to_owned()]);
-        let lines: Vec<String> = rules
+    fn guards_keep_the_cluster_ranges_on_loopback_and_the_bridge() {
+        let lines: Vec<String> = guard_rules()
             .iter()
             .map(|(table, chain, rule)| format!("{table} {chain} {}", rule.join(" ")))
             .collect();
-        for expected in [
-            "filter OP-GUARD-FORWARD -i op0 ! -o op0 -j REJECT",
-            "filter OP-GUARD-INPUT -i eth0 -d 10.244.0.0/24 -j DROP",
-            "filter OP-GUARD-OUTPUT -o eth0 -d 10.96.0.0/16 -j REJECT",
-            "mangle OP-GUARD-LEAK -o eth0 -s 10.244.0.0/24 -j DROP",
-            "mangle OP-GUARD-LEAK -o eth0 -d 10.96.0.0/16 -j DROP",
-            "filter OP-GUARD-INPUT -i eth0 -p tcp -m multiport --dports 16443,10250,10256,30000:32767 -j DROP",
+        let position = |expected: &str| {
+            lines
+                .iter()
+                .position(|line| line == expected)
+                .unwrap_or_else(|| panic!("missing {expected}: {lines:#?}"))
+        };
+        // Loopback and the bridge pass first, in each chain that guards interfaces.
+        for (chain, direction) in [
+            ("raw OP-GUARD-ARRIVE", "-i"),
+            ("filter OP-GUARD-OUTPUT", "-o"),
+            ("mangle OP-GUARD-LEAK", "-o"),
         ] {
+            let bridge = position(&format!("{chain} {direction} op0 -j RETURN"));
+            let lo = position(&format!("{chain} {direction} lo -j RETURN"));
+            let first_drop = lines
+                .iter()
+                .position(|line| line.starts_with(chain) && !line.ends_with("RETURN"))
+                .unwrap();
             assert!(
-                lines.iter().any(|line| line == expected),
-                "missing {expected}: {lines:#?}"
+                bridge < first_drop && lo < first_drop,
+                "{chain}: {lines:#?}"
             );
+        }
+        for expected in [
+            "raw OP-GUARD-ARRIVE -d 10.244.0.0/24 -j DROP",
+            "raw OP-GUARD-ARRIVE -d 10.96.0.0/16 -j DROP",
+            "raw OP-GUARD-ARRIVE -d 127.0.0.0/8 -j DROP",
+            "raw OP-GUARD-ARRIVE -s 10.244.0.0/24 -j DROP",
+            "filter OP-GUARD-OUTPUT -d 10.96.0.0/16 -j REJECT",
+            "mangle OP-GUARD-LEAK -s 10.244.0.0/24 -j DROP",
+            "mangle OP-GUARD-LEAK -d 10.96.0.0/16 -j DROP",
+            "filter OP-GUARD-FORWARD -i op0 ! -o op0 -j REJECT",
+        ] {
+            position(expected);
         }
         // Never a rule on all of 10.0.0.0/8: the machine's own resolver may live there.
         assert!(lines.iter().all(|line| !line.contains("10.0.0.0/8")));
@@ -669,20 +865,20 @@ mod tests {
         let listing = "-P INPUT ACCEPT\n\
                        -P FORWARD ACCEPT\n\
                        -N KUBE-FIREWALL\n\
-                       -N OP-GUARD-INPUT\n\
+                       -N OP-GUARD-ARRIVE\n\
                        -N DOCKER\n\
-                       -A INPUT -j OP-GUARD-INPUT\n\
+                       -A INPUT -j OP-GUARD-ARRIVE\n\
                        -A INPUT -j KUBE-FIREWALL\n\
                        -A INPUT -j DOCKER\n\
                        -A OUTPUT -m comment --comment \"kube rules\" -j KUBE-FIREWALL\n\
                        -A KUBE-FIREWALL -j DROP\n\
                        -A DOCKER -j KUBE-FIREWALL\n";
         let plan = chain_removal(listing);
-        assert_eq!(plan.chains, vec!["KUBE-FIREWALL", "OP-GUARD-INPUT"]);
+        assert_eq!(plan.chains, vec!["KUBE-FIREWALL", "OP-GUARD-ARRIVE"]);
         assert_eq!(
             plan.rules,
             vec![
-                vec!["INPUT", "-j", "OP-GUARD-INPUT"],
+                vec!["INPUT", "-j", "OP-GUARD-ARRIVE"],
                 vec!["INPUT", "-j", "KUBE-FIREWALL"],
                 vec![
                     "OUTPUT",

@@ -9,16 +9,20 @@
 //! Nothing is pulled: every image a pod names is imported into containerd first, and every
 //! registry points at a closed loopback port.
 //!
-//! Nothing of the cluster leaves the machine: the pods sit on a bridge of their own, CoreDNS
-//! forwards nothing, and firewall rules drop the pod and Service ranges and the node's ports on
-//! the outside interface (see [`host`]). `down` removes everything `up` and the node made —
-//! processes, mounts, network namespaces, links, iptables chains, cgroups, kernel settings — also
-//! after the node's processes were killed, and checks that nothing is left.
+//! Nothing of the cluster leaves the machine: the pods sit on a bridge of their own, the API
+//! server, kubelet, CoreDNS and the NodePorts listen on the bridge's address (and loopback) only,
+//! CoreDNS forwards nothing, and firewall rules drop the pod and Service ranges on every other
+//! interface (see [`host`]). `down` removes everything `up` and the node made — processes,
+//! mounts, network namespaces, links, iptables chains, conntrack entries, cgroups, kernel
+//! settings, the files kubelet and containerd keep at fixed paths — also after the node's
+//! processes were killed, and checks that none of it is left. One `up`, `down` or e2e at a time:
+//! each holds a lock on the cluster's directory.
 
 pub mod config;
+pub mod e2e;
 pub mod host;
 
-use std::fs;
+use std::fs::{self, File, TryLockError};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,9 +32,9 @@ use anyhow::{Context, Result, bail};
 
 use self::config::{NODE_IP, NODE_NAME, Node, PAUSE_IMAGE};
 use crate::env::kube::build::{Binaries, NodeBinaries};
-use crate::env::kube::{self, Nodes, State, pki};
+use crate::env::kube::{self, CONTROL_PLANE, Nodes, State, pki};
 use crate::env::process::{self, Daemon, Probe, run_capture, run_logged};
-use crate::env::{Layout, ensure_apt_packages};
+use crate::env::{Layout, ensure_apt_packages, remove_dir_if_exists};
 
 /// The node's processes in start order; `down` stops them in reverse.
 const NODE_DAEMONS: [&str; 4] = ["containerd", "coredns", "kubelet", "kube-proxy"];
@@ -77,17 +81,30 @@ impl Cluster {
     fn daemons(&self) -> Vec<(String, Option<u32>)> {
         NODE_DAEMONS
             .iter()
-            .chain(
-                [
-                    "etcd",
-                    "kube-apiserver",
-                    "kube-controller-manager",
-                    "kube-scheduler",
-                ]
-                .iter(),
-            )
+            .chain(CONTROL_PLANE.iter())
             .map(|name| ((*name).to_owned(), self.daemon(name).running_pid()))
             .collect()
+    }
+
+    /// Holds the cluster's lock while the returned file lives; fails at once if another `up`,
+    /// `down` or e2e holds it (a second `up` seeing half a node would tear the first one down).
+    pub fn lock(&self) -> Result<File> {
+        fs::create_dir_all(&self.node.dir)
+            .with_context(|| format!("failed to create {}", self.node.dir.display()))?;
+        let path = self.node.dir.join(".lock");
+        let file =
+            File::create(&path).with_context(|| format!("failed to open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(TryLockError::WouldBlock) => bail!(
+                "another cargo xtask cluster or e2e command is running on this cluster (it holds \
+                 {})",
+                path.display()
+            ),
+            Err(TryLockError::Error(error)) => {
+                Err(error).with_context(|| format!("failed to lock {}", path.display()))
+            }
+        }
     }
 
     /// `ctr` against this node's containerd, in Kubernetes' namespace.
@@ -107,13 +124,7 @@ impl Cluster {
         run_logged(
             &format!("ctr images import {}", archive.display()),
             self.ctr()
-                .args([
-                    "images",
-                    "import",
-                    "--digests",
-                    "--snapshotter",
-                    "overlayfs",
-                ])
+                .args(["images", "import", "--snapshotter", "overlayfs"])
                 .arg(archive),
             &log,
         )?;
@@ -146,34 +157,52 @@ pub fn qualified_reference(reference: &str) -> String {
     }
 }
 
+/// `cargo xtask cluster up`.
+pub fn up_command(layout: &Layout) -> Result<()> {
+    let cluster = Cluster::new(layout);
+    let _lock = cluster.lock()?;
+    up(layout, &cluster)
+}
+
+/// `cargo xtask cluster down`.
+pub fn down_command(layout: &Layout) -> Result<()> {
+    let cluster = Cluster::new(layout);
+    let _lock = cluster.lock()?;
+    down(&cluster)
+}
+
 /// Brings the cluster up, from nothing or from what a killed run left: when any of its processes
 /// is missing, everything is torn down first and started anew. Returns once the node is Ready,
-/// DNS answers and the default StorageClass exists.
-pub fn up(layout: &Layout) -> Result<Cluster> {
+/// DNS answers and the default StorageClass exists. The caller holds the lock.
+fn up(layout: &Layout, cluster: &Cluster) -> Result<()> {
     let started = Instant::now();
-    let cluster = Cluster::new(layout);
     if cluster.daemons().iter().all(|(_, pid)| pid.is_some()) {
-        println!("==> cluster: already up");
-        wait_node_ready(&cluster, &kube::build::ensure(layout)?)?;
-        return Ok(cluster);
+        println!("==> cluster: already up; checking its network guards");
+        // Idempotent, and what must hold whoever changed the firewall or settings since.
+        host::create_bridge()?;
+        host::install_guards()?;
+        host::set_sysctls(&cluster.node)?;
+        wait_node_ready(cluster, &kube::build::ensure(layout)?)?;
+        return Ok(());
     }
     println!("==> cluster: clearing what an earlier run left");
-    teardown(&cluster)?;
+    teardown(cluster)?;
 
     println!("==> cluster: installing and building the node's programs");
     ensure_apt_packages(layout, &PACKAGES)?;
     let node_binaries = kube::build::ensure_node(layout)?;
 
     println!("==> cluster: network");
-    let outside = host::outside_interfaces()?;
-    host::set_sysctls(&cluster.node)?;
+    // The guards first: forwarding is only switched on once they hold.
     host::create_bridge()?;
-    host::install_guards(&outside)?;
-    println!("  {}", host::describe_guards(&outside));
+    host::install_guards()?;
+    host::set_sysctls(&cluster.node)?;
+    println!("  {}", host::describe_guards());
 
-    write_node_files(&cluster)?;
-    start_containerd(&cluster)?;
-    import_pause(layout, &cluster, &node_binaries)?;
+    write_node_files(cluster)?;
+    host::record_machine_dirs(&cluster.node)?;
+    start_containerd(cluster)?;
+    import_pause(layout, cluster, &node_binaries)?;
 
     println!("==> cluster: control plane");
     let nodes = Nodes::Real {
@@ -181,32 +210,32 @@ pub fn up(layout: &Layout) -> Result<Cluster> {
         node_name: NODE_NAME,
     };
     let binaries = kube::start_control_plane(layout, &cluster.state, nodes)?;
-    apply_addons(&cluster, &binaries)?;
+    apply_addons(cluster, &binaries)?;
 
     println!("==> cluster: node {NODE_NAME}");
-    start_coredns(&cluster, &node_binaries)?;
-    start_kubelet(&cluster, &node_binaries)?;
-    start_kube_proxy(&cluster, &node_binaries)?;
-    wait_node_ready(&cluster, &binaries)?;
+    start_coredns(cluster, &node_binaries)?;
+    start_kubelet(cluster, &node_binaries)?;
+    start_kube_proxy(cluster, &node_binaries)?;
+    wait_node_ready(cluster, &binaries)?;
     println!(
         "==> cluster: up in {:.0}s; KUBECONFIG={}",
         started.elapsed().as_secs_f64(),
         cluster.kubeconfig().display()
     );
-    Ok(cluster)
+    Ok(())
 }
 
-/// Stops and removes everything, then checks that nothing is left.
-pub fn down(layout: &Layout) -> Result<()> {
-    let cluster = Cluster::new(layout);
+/// Stops and removes everything, then checks that nothing is left. The caller holds the lock.
+fn down(cluster: &Cluster) -> Result<()> {
     println!("==> cluster: down");
-    teardown(&cluster)?;
+    teardown(cluster)?;
     let left = host::leftovers(&cluster.node, &cluster.daemons());
     if !left.is_empty() {
         bail!("cluster down left behind:\n{}", describe_leftovers(&left));
     }
     println!(
-        "  nothing of the cluster is left: no process, mount, network namespace, link, iptables chain or cgroup"
+        "  nothing of the cluster is left: no process, mount, network namespace, link, iptables \
+         chain, conntrack entry, cgroup or file outside its directory"
     );
     Ok(())
 }
@@ -225,7 +254,10 @@ pub fn status(layout: &Layout) -> bool {
     if running {
         println!("KUBECONFIG={}", cluster.kubeconfig().display());
         if let Ok(leaked) = host::leaked_packets() {
-            println!("packets of the cluster's ranges dropped at the outside interface: {leaked}");
+            println!(
+                "packets of the cluster's ranges dropped on their way to another interface: \
+                 {leaked}"
+            );
         }
     } else {
         let left = host::leftovers(&cluster.node, &[]);
@@ -256,6 +288,8 @@ fn describe_leftovers(left: &std::collections::BTreeMap<&'static str, Vec<String
 
 /// Stops the node and the control plane and removes what they made, in the order that lets each
 /// step succeed: no process may hold a mount, a namespace or a cgroup that is being removed.
+/// Every step runs even when an earlier one failed, except the removal of directories, which
+/// waits until all their mounts are gone; the errors are reported together.
 fn teardown(cluster: &Cluster) -> Result<()> {
     let mut failures = Vec::new();
     let mut note = |what: &str, result: Result<()>| {
@@ -280,26 +314,47 @@ fn teardown(cluster: &Cluster) -> Result<()> {
     if !shims.is_empty() {
         host::kill_all(&shims);
         println!("  killed {} containerd shim(s)", shims.len());
+        // A shim holds its container's rootfs mount until it is gone.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while shims.iter().any(|pid| process::pid_alive(*pid)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     note("control plane", kube::stop_control_plane(&cluster.state));
-    note(
-        "mounts",
-        host::unmount_all(&host::mount_prefixes(&cluster.node)),
-    );
+    let unmounted = host::unmount_all(&host::mount_prefixes(&cluster.node));
+    let mounts_gone = unmounted.is_ok();
+    note("mounts", unmounted);
     note("network", host::remove_network());
-    note("iptables", host::remove_chains());
-    note("cgroups", host::remove_pod_cgroups());
+    // The settings before the chains: kube-proxy's loopback guard must outlive route_localnet.
     note("sysctls", host::restore_sysctls(&cluster.node));
-    // The cluster's state goes with it, as a deleted kind cluster's does; the PKI and containerd's
-    // image store are kept, so the next `up` makes no certificates and imports only what changed.
-    for dir in [
-        cluster.state.dir.join("etcd-data"),
-        cluster.node.kubelet_dir(),
-        cluster.node.volumes_dir(),
-        cluster.node.cni_ipam_dir(),
-        cluster.node.runtime_dir.clone(),
-    ] {
-        note(&dir.display().to_string(), remove_dir_if_exists(&dir));
+    note("iptables", host::remove_chains());
+    host::flush_conntrack();
+    note("cgroups", host::remove_pod_cgroups());
+    if mounts_gone {
+        note("files", host::remove_machine_paths(&cluster.node));
+        // The cluster's state goes with it, as a deleted kind cluster's does; the PKI and
+        // containerd's image store are kept, so the next `up` makes no certificates and imports
+        // only what changed.
+        for dir in [
+            cluster.state.dir.join("etcd-data"),
+            cluster.node.kubelet_dir(),
+            cluster.node.kubelet_cert_dir(),
+            cluster.node.pod_logs_dir(),
+            cluster.node.volumes_dir(),
+            cluster.node.cni_ipam_dir(),
+            cluster.node.runtime_dir.clone(),
+        ] {
+            note(&dir.display().to_string(), remove_dir_if_exists(&dir));
+        }
+    } else {
+        // remove_dir_all crosses mount points: a bind mount still in place would have its
+        // source's files deleted. The directories wait for a `down` that unmounts everything.
+        note(
+            "directories",
+            Err(anyhow::anyhow!(
+                "kept the node's directories, some of their mounts are still there"
+            )),
+        );
     }
     if failures.is_empty() {
         Ok(())
@@ -313,14 +368,6 @@ fn stop(daemon: &Daemon) -> Result<()> {
         println!("  {} stopped", daemon.name);
     }
     Ok(())
-}
-
-fn remove_dir_if_exists(dir: &Path) -> Result<()> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(error).with_context(|| format!("failed to remove {}", dir.display())),
-    }
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
@@ -525,57 +572,82 @@ fn apply_addons(cluster: &Cluster, binaries: &Binaries) -> Result<()> {
 }
 
 fn start_coredns(cluster: &Cluster, binaries: &NodeBinaries) -> Result<()> {
-    let daemon = cluster.daemon("coredns");
-    println!("  starting coredns");
-    daemon.spawn(
-        Command::new(&binaries.coredns)
-            .arg("-conf")
-            .arg(cluster.node.corefile()),
-    )?;
-    daemon.wait_ready(Duration::from_secs(60), || {
-        kube::curl(&[&format!("http://{}/ready", config::COREDNS_READY)]).map(drop)
-    })
+    kube::start(
+        &cluster.daemon("coredns"),
+        &[config::COREDNS_READY_PORT, config::COREDNS_HEALTH_PORT],
+        Duration::from_secs(60),
+        || {
+            let mut command = Command::new(&binaries.coredns);
+            command.arg("-conf").arg(cluster.node.corefile());
+            command
+        },
+        || {
+            kube::curl(&[&format!(
+                "http://127.0.0.1:{}/ready",
+                config::COREDNS_READY_PORT
+            )])
+            .map(drop)
+        },
+    )
 }
 
 fn start_kubelet(cluster: &Cluster, binaries: &NodeBinaries) -> Result<()> {
     let node = &cluster.node;
-    let daemon = cluster.daemon("kubelet");
-    println!("  starting kubelet");
-    daemon.spawn(
-        Command::new(&binaries.kubelet)
-            .arg(format!("--config={}", node.kubelet_config().display()))
-            .arg(format!(
-                "--kubeconfig={}",
-                cluster.state.component_kubeconfig(pki::KUBELET).display()
-            ))
-            .arg(format!("--root-dir={}", node.kubelet_dir().display()))
-            .arg(format!("--hostname-override={NODE_NAME}"))
-            .arg(format!("--node-ip={NODE_IP}"))
-            .arg("--v=1"),
-    )?;
-    daemon.wait_ready(Duration::from_secs(60), || {
-        kube::curl(&[&format!(
-            "http://127.0.0.1:{}/healthz",
-            config::KUBELET_HEALTHZ_PORT
-        )])
-        .map(drop)
-    })
+    kube::start(
+        &cluster.daemon("kubelet"),
+        &[config::KUBELET_HEALTHZ_PORT],
+        Duration::from_secs(60),
+        || {
+            let mut command = Command::new(&binaries.kubelet);
+            command
+                .arg(format!("--config={}", node.kubelet_config().display()))
+                .arg(format!(
+                    "--kubeconfig={}",
+                    cluster.state.component_kubeconfig(pki::KUBELET).display()
+                ))
+                .arg(format!("--root-dir={}", node.kubelet_dir().display()))
+                .arg(format!("--cert-dir={}", node.kubelet_cert_dir().display()))
+                .arg(format!("--hostname-override={NODE_NAME}"))
+                .arg(format!("--node-ip={NODE_IP}"))
+                .arg("--v=1");
+            command
+        },
+        || {
+            kube::curl(&[&format!(
+                "http://127.0.0.1:{}/healthz",
+                config::KUBELET_HEALTHZ_PORT
+            )])
+            .map(drop)
+        },
+    )
 }
 
 fn start_kube_proxy(cluster: &Cluster, binaries: &NodeBinaries) -> Result<()> {
-    let daemon = cluster.daemon("kube-proxy");
-    println!("  starting kube-proxy");
-    daemon.spawn(
-        Command::new(&binaries.kube_proxy)
-            .arg(format!(
-                "--config={}",
-                cluster.node.kube_proxy_config().display()
-            ))
-            .arg("--v=1"),
-    )?;
-    daemon.wait_ready(Duration::from_secs(60), || {
-        kube::curl(&[&format!("http://{}/healthz", config::KUBE_PROXY_HEALTHZ)]).map(drop)
-    })
+    kube::start(
+        &cluster.daemon("kube-proxy"),
+        &[
+            config::KUBE_PROXY_METRICS_PORT,
+            config::KUBE_PROXY_HEALTHZ_PORT,
+        ],
+        Duration::from_secs(60),
+        || {
+            let mut command = Command::new(&binaries.kube_proxy);
+            command
+                .arg(format!(
+                    "--config={}",
+                    cluster.node.kube_proxy_config().display()
+                ))
+                .arg("--v=1");
+            command
+        },
+        || {
+            kube::curl(&[&format!(
+                "http://127.0.0.1:{}/healthz",
+                config::KUBE_PROXY_HEALTHZ_PORT
+            )])
+            .map(drop)
+        },
+    )
 }
 
 fn wait_node_ready(cluster: &Cluster, binaries: &Binaries) -> Result<()> {

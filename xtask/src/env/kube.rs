@@ -48,9 +48,11 @@ pub const HELM_VERSION: &str = "v3.22.0";
 /// directives, so it builds from the module proxy as it is.
 pub const COREDNS_VERSION: &str = "v1.15.0";
 
-/// The loopback ports of one control plane.
+/// Where one control plane listens: etcd, the controller manager and the scheduler on loopback,
+/// the API server at `apiserver_address`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ports {
+    pub apiserver_address: Ipv4Addr,
     pub etcd_client: u16,
     pub etcd_peer: u16,
     pub apiserver: u16,
@@ -60,6 +62,7 @@ pub struct Ports {
 
 /// The kwok environment's: the components' usual ports.
 pub const KWOK_PORTS: Ports = Ports {
+    apiserver_address: Ipv4Addr::LOCALHOST,
     etcd_client: 2379,
     etcd_peer: 2380,
     apiserver: 6443,
@@ -88,7 +91,7 @@ const PROCESSES: [&str; 5] = [
     "kwok",
 ];
 /// The processes every control plane runs, whatever its nodes.
-const CONTROL_PLANE: [&str; 4] = [
+pub const CONTROL_PLANE: [&str; 4] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
@@ -128,7 +131,10 @@ impl State {
     }
 
     pub fn apiserver_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.ports.apiserver)
+        format!(
+            "https://{}:{}",
+            self.ports.apiserver_address, self.ports.apiserver
+        )
     }
 
     pub fn daemon(&self, name: &str) -> Daemon {
@@ -383,10 +389,11 @@ fn start_apiserver(binaries: &Binaries, state: &State, nodes: Nodes) -> Result<(
                 }
                 Nodes::Real { node_ip, .. } => {
                     command
-                        // Loopback for the host's clients, the bridge for the pods (through the
-                        // `kubernetes` Service, whose endpoint is the advertised address). The
-                        // cluster's firewall rules drop this port on the outside interface.
-                        .arg("--bind-address=0.0.0.0")
+                        // The node's bridge address only: the pods reach it there through the
+                        // `kubernetes` Service (whose endpoint is the advertised address), the
+                        // host's clients through their kubeconfigs; no other interface, IPv4 or
+                        // IPv6, has the port.
+                        .arg(format!("--bind-address={node_ip}"))
                         .arg(format!("--advertise-address={node_ip}"))
                         // logs, exec and port-forward go through the kubelet's API, which
                         // authenticates the API server by this certificate (and authorizes it

@@ -234,7 +234,7 @@ pub fn status(layout: &Layout, components: &[Component]) -> Result<bool> {
     Ok(all_running)
 }
 
-fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
     match fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -229,7 +229,8 @@ pub fn terminate(pid: u32, grace: Duration) -> Result<()> {
     Ok(())
 }
 
-fn signal(pid: u32, name: &str) -> Result<()> {
+/// Sends signal `name` (`TERM`, `KILL`, ...) to `pid`; a process that is already gone is no error.
+pub fn signal(pid: u32, name: &str) -> Result<()> {
     // `kill` from procps keeps this crate free of unsafe libc calls.
     let status = Command::new("kill")
         .arg(format!("-{name}"))

@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use super::super::process::{run_capture, run_logged};
-use super::super::{Layout, find_program};
+use super::super::{Layout, find_program, remove_dir_if_exists};
 use super::{COREDNS_VERSION, ETCD_VERSION, HELM_VERSION, KUBERNETES_VERSION, KWOK_VERSION};
 
 /// Written last into an installed directory; its presence means every binary is there.
@@ -126,15 +126,13 @@ pub fn ensure_node(layout: &Layout) -> Result<NodeBinaries> {
 /// The CoreDNS plugins the node's Corefile uses. CoreDNS's own `main` links all ~60 plugins,
 /// cloud DNS providers and their SDKs among them; this one links only these, which roughly halves
 /// what is downloaded and compiled.
-pub const COREDNS_PLUGINS: [&str; 11] = [
+pub const COREDNS_PLUGINS: [&str; 9] = [
     "bind",
     "cache",
     "errors",
     "health",
     "kubernetes",
     "loadbalance",
-    "log",
-    "loop",
     "ready",
     "reload",
     "template",
@@ -803,14 +801,6 @@ pub fn json_string_field(json: &str, name: &str) -> Option<String> {
         }
     }
     None
-}
-
-fn remove_dir_if_exists(dir: &Path) -> Result<()> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(error).with_context(|| format!("failed to remove {}", dir.display())),
-    }
 }
 
 #[cfg(test)]

@@ -144,6 +144,8 @@ pub fn with_real_node(
         organization,
         usage: Usage::Client,
     };
+    // kwok has no part in a cluster with a real node.
+    identities.retain(|identity| identity.name != KWOK);
     identities.extend([
         client(
             KUBELET,
