@@ -228,9 +228,9 @@ impl Cluster {
         })
     }
 
-    /// Deletes every pod of a component's Deployment at once, with no grace period (the
-    /// kubelet kills the containers as a crash would), and waits until the Deployment has as
-    /// many Ready pods as before, none of them a deleted one. Returns the deleted pods' names.
+    /// Deletes every running pod of a component's Deployment at once, with no grace period (the
+    /// kubelet kills the containers as a crash would), and waits until the Deployment has its
+    /// desired number of Ready pods, none of them a deleted one. Returns the deleted pods' names.
     pub async fn kill_pods(&self, component: &str, timeout: Duration) -> Result<Vec<String>> {
         let name = self.child(component);
         let deployments = self.api::<Deployment>();
@@ -238,9 +238,11 @@ impl Cluster {
             .get(&name)
             .await
             .with_context(|| format!("failed to read deployment/{name}"))?;
-        let selector = deployment
-            .spec
-            .and_then(|spec| spec.selector.match_labels)
+        let spec = deployment.spec.unwrap_or_default();
+        let desired = usize::try_from(spec.replicas.unwrap_or(1))?;
+        let selector = spec
+            .selector
+            .match_labels
             .filter(|labels| !labels.is_empty())
             .with_context(|| format!("deployment/{name} has no matchLabels"))?;
         let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -252,6 +254,8 @@ impl Cluster {
             .with_context(|| format!("failed to list the pods of deployment/{name}"))?
             .items
             .iter()
+            // A pod already terminating (from an earlier scale-down) is not one to kill.
+            .filter(|pod| pod.metadata.deletion_timestamp.is_none())
             .map(ResourceExt::name_any)
             .collect();
         ensure!(!victims.is_empty(), "deployment/{name} has no pods to kill");
@@ -274,7 +278,7 @@ impl Cluster {
                 .filter(|pod| pod_ready(pod) && pod.metadata.deletion_timestamp.is_none())
                 .map(ResourceExt::name_any)
                 .collect();
-            if ready.len() >= victims.len() && ready.iter().all(|pod| !victims.contains(pod)) {
+            if ready.len() >= desired && ready.iter().all(|pod| !victims.contains(pod)) {
                 return Ok(victims);
             }
             if started.elapsed() >= timeout {

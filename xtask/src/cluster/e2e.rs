@@ -392,13 +392,18 @@ fn print_memory(cluster: &Cluster, binaries: &Binaries) {
             pods.sort();
             let total: u64 = pods.iter().map(|(_, bytes)| bytes).sum();
             for (pod, bytes) in &pods {
-                println!("  memory, pod {pod}: {} MiB", bytes / (1024 * 1024));
+                println!("  memory, pod {pod}: {:.1} MiB", mebibytes(*bytes));
             }
-            println!("  memory, all pods: {} MiB", total / (1024 * 1024));
+            println!("  memory, all pods: {:.1} MiB", mebibytes(total));
         }
         Ok(Err(error)) => println!("  (kubelet's summary was not JSON: {error})"),
         Err(error) => println!("  (no kubelet summary: {error:#})"),
     }
+}
+
+#[allow(clippy::cast_precision_loss)] // memory sizes are far below 2^52 bytes
+fn mebibytes(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 fn resident_kib(pid: u32) -> u64 {

@@ -253,11 +253,22 @@ pub fn leaked_packets() -> Result<u64> {
         "iptables",
         &["-t", "mangle", "-L", "OP-GUARD-LEAK", "-n", "-v", "-x"],
     )?;
-    Ok(listing
+    Ok(dropped_packets(&listing))
+}
+
+/// The packet counts of the DROP rules in `iptables -L <chain> -n -v -x` output (the RETURN
+/// rules that let loopback and the bridge through count everything else).
+pub fn dropped_packets(listing: &str) -> u64 {
+    listing
         .lines()
         .skip(2)
-        .filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok())
-        .sum())
+        .filter_map(|line| {
+            let mut columns = line.split_whitespace();
+            let packets = columns.next()?.parse::<u64>().ok()?;
+            let _bytes = columns.next()?;
+            (columns.next()? == "DROP").then_some(packets)
+        })
+        .sum()
 }
 
 /// Removes every chain of ours, kube-proxy's, kubelet's and the CNI plugins' from all tables, for
@@ -858,6 +869,17 @@ mod tests {
         }
         // Never a rule on all of 10.0.0.0/8: the machine's own resolver may live there.
         assert!(lines.iter().all(|line| !line.contains("10.0.0.0/8")));
+    }
+
+    #[test]
+    fn only_dropped_packets_count_as_leaked() {
+        let listing = "Chain OP-GUARD-LEAK (1 references)\n\
+            \x20   pkts      bytes target     prot opt in     out     source               destination\n\
+            \x20  85854 31401588 RETURN     0    --  *      lo      0.0.0.0/0            0.0.0.0/0\n\
+            \x20  14686  6522595 RETURN     0    --  *      op0     0.0.0.0/0            0.0.0.0/0\n\
+            \x20      3      180 DROP       0    --  *      *       10.244.0.0/24        0.0.0.0/0\n\
+            \x20      0        0 DROP       0    --  *      *       0.0.0.0/0            10.96.0.0/16\n";
+        assert_eq!(dropped_packets(listing), 3);
     }
 
     #[test]
