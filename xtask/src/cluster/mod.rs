@@ -459,21 +459,11 @@ mod oci {
     use anyhow::{Context, Result};
 
     use crate::env::process::run_capture;
-
-    fn sha256(path: &Path) -> Result<String> {
-        let output = run_capture(Command::new("sha256sum").arg(path))?;
-        output
-            .split_whitespace()
-            .next()
-            .map(str::to_owned)
-            .context("sha256sum printed nothing")
-    }
+    use crate::images::dependencies::sha256_bytes;
 
     fn blob(layout: &Path, bytes: &[u8]) -> Result<(String, usize)> {
-        let staged = layout.join("blob.partial");
-        fs::write(&staged, bytes)?;
-        let digest = sha256(&staged)?;
-        fs::rename(&staged, layout.join("blobs/sha256").join(&digest))?;
+        let digest = sha256_bytes(bytes)?;
+        fs::write(layout.join("blobs/sha256").join(&digest), bytes)?;
         Ok((digest, bytes.len()))
     }
 

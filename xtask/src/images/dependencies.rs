@@ -1704,7 +1704,8 @@ fn sha256_files(paths: &[&Path]) -> Result<Vec<String>> {
     Ok(hashes)
 }
 
-fn sha256_bytes(bytes: &[u8]) -> Result<String> {
+/// The SHA-256 of `bytes`, hex (`sha256sum`, as above).
+pub(crate) fn sha256_bytes(bytes: &[u8]) -> Result<String> {
     let mut child = Command::new("sha256sum")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
