@@ -1737,8 +1737,13 @@ pub(crate) fn sha256_bytes(bytes: &[u8]) -> Result<String> {
 mod tests {
     use super::*;
 
+    /// A fresh directory of this test's own: tests run in parallel threads of one process, so
+    /// the pid alone would let two of them share (and delete) one directory.
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("xtask-deps-{name}-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("xtask-deps-{name}-{}-{unique}", std::process::id()));
         if dir.exists() {
             fs::remove_dir_all(&dir).unwrap();
         }
