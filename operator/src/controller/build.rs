@@ -1591,16 +1591,6 @@ run "role $role: created unless it exists" \
   "CREATE ROLE IF NOT EXISTS $(literal "$role") WITH PASSWORD = $(literal "$role_password") AND LOGIN = true;"
 run "role $role: may log in, is no superuser" \
   "ALTER ROLE $(literal "$role") WITH LOGIN = true AND SUPERUSER = false;"
-# The Secret is the truth, but a password is only changed when it differs: every change is
-# rate-limited.
-printf '[plain_text_auth]\npassword = %s\n' "$role_password" > "$work/role-credentials"
-if cqlsh "$host" "$port" -u "$role" --credentials "$work/role-credentials" --no-color \
-  --connect-timeout=10 -e 'SELECT release_version FROM system.local' > /dev/null 2>&1; then
-  echo "role $role: logs in with the password from the Secret"
-else
-  run "role $role: the password from the Secret" \
-    "ALTER ROLE $(literal "$role") WITH PASSWORD = $(literal "$role_password");"
-fi
 run "role $role: may create keyspaces and tables" \
   "GRANT CREATE ON ALL KEYSPACES TO $(literal "$role");"
 existing="$(cql -e "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = $(literal "${keyspace,,}");")"
@@ -1613,6 +1603,19 @@ case "$existing" in
     echo "keyspace $keyspace does not exist yet: $role gets every permission on it by creating it"
     ;;
 esac
+# The role's own login comes after its grants: a session of the role loads the node's permission
+# cache, which would then hold the permissions from before the grants for permissions_validity
+# (2 s by default): a gateway logging in at once was refused CREATE (seen on a fresh Cassandra).
+# The Secret is the truth, but a password is only changed when it differs: every change is
+# rate-limited.
+printf '[plain_text_auth]\npassword = %s\n' "$role_password" > "$work/role-credentials"
+if cqlsh "$host" "$port" -u "$role" --credentials "$work/role-credentials" --no-color \
+  --connect-timeout=10 -e 'SELECT release_version FROM system.local' > /dev/null 2>&1; then
+  echo "role $role: logs in with the password from the Secret"
+else
+  run "role $role: the password from the Secret" \
+    "ALTER ROLE $(literal "$role") WITH PASSWORD = $(literal "$role_password");"
+fi
 
 if [ "$logged_in" = "$superuser_password" ]; then
   echo "superuser $superuser: has the generated password already"
