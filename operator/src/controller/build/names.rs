@@ -1,0 +1,73 @@
+//! Every child object's name, and the DNS names the pods reach each other by, in one place.
+//! A StatefulSet's, a Service's or a Secret's name must never change once it exists (the data,
+//! the clients' addresses and the generated passwords are found by it). Each takes the
+//! pipeline's name (at most 40 characters).
+//!
+//! Crate-visible so the steps around the build can use them too; today the dereference step and
+//! the controller still format the Secret, Deployment and StatefulSet names they read themselves.
+
+use super::{Dependency, Workload};
+
+/// The generated JWT signing key's Secret, when the spec references none of the user's own.
+pub(crate) fn jwt_secret(pipeline: &str) -> String {
+    format!("{pipeline}-jwt")
+}
+
+/// A workload's Deployment, and its Service, PodDisruptionBudget and NetworkPolicy.
+pub(crate) fn workload(pipeline: &str, workload: Workload) -> String {
+    format!("{pipeline}-{}", workload.name())
+}
+
+/// A managed dependency's StatefulSet, and its client Service, PodDisruptionBudget and
+/// NetworkPolicy; also the Cassandra cluster's name.
+pub(crate) fn dependency(pipeline: &str, dependency: Dependency) -> String {
+    format!("{pipeline}-{}", dependency.name())
+}
+
+/// A managed dependency's headless Service, the StatefulSet's `serviceName`: its pods' DNS names
+/// are in its domain.
+pub(crate) fn headless_service(pipeline: &str, dependency: Dependency) -> String {
+    format!("{pipeline}-{}-headless", dependency.name())
+}
+
+/// A managed dependency's credentials Secret.
+pub(crate) fn credentials_secret(pipeline: &str, dependency: Dependency) -> String {
+    format!("{pipeline}-{}-credentials", dependency.name())
+}
+
+/// The managed RabbitMQ's configuration ConfigMap.
+pub(crate) fn rabbitmq_config(pipeline: &str) -> String {
+    format!("{pipeline}-rabbitmq-config")
+}
+
+/// The credentials Job of a managed Cassandra, whose name ends in a hash of its spec (see
+/// `cassandra::credentials_job`).
+pub(crate) fn cassandra_auth_job(pipeline: &str, hash: &str) -> String {
+    format!("{pipeline}-cassandra-auth-{hash}")
+}
+
+/// The client Service's host name: `<pipeline>-redis.<namespace>.svc`.
+pub(crate) fn service_host(pipeline: &str, dependency: Dependency, namespace: &str) -> String {
+    format!("{}.{namespace}.svc", self::dependency(pipeline, dependency))
+}
+
+/// The headless Service's domain, in which each pod of the StatefulSet has its name:
+/// `<pipeline>-rabbitmq-headless.<namespace>.svc`.
+pub(crate) fn headless_domain(pipeline: &str, dependency: Dependency, namespace: &str) -> String {
+    format!("{}.{namespace}.svc", headless_service(pipeline, dependency))
+}
+
+/// The host name of a managed dependency's pod `index`, which resolves before the pod is ready:
+/// `<pipeline>-rabbitmq-<index>.<pipeline>-rabbitmq-headless.<namespace>.svc`.
+pub(crate) fn pod_host(
+    pipeline: &str,
+    dependency: Dependency,
+    index: i32,
+    namespace: &str,
+) -> String {
+    format!(
+        "{}-{index}.{}",
+        self::dependency(pipeline, dependency),
+        headless_domain(pipeline, dependency, namespace)
+    )
+}

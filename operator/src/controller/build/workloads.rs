@@ -1,0 +1,557 @@
+//! The four workloads: each one's Deployment, wired to the dependencies exactly as the workload
+//! reads its configuration (`pipeline_contract::env`), its Service when it takes traffic from
+//! outside the pipeline, and its PodDisruptionBudget when it runs more than one pod.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Service,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use pipeline_api::{ExternalDependency, OrderPipeline, ServiceSpec, ServiceType, WorkloadSpec};
+use pipeline_contract::{env, ports, probes};
+
+use super::meta::{
+    Context, container_port, env_secret, env_value, pod_security, resources,
+    restricted_container_security,
+};
+use super::{
+    CONFIG_HASH, Children, Dependency, ReplicaOverrides, WORKLOAD_IMAGE_REPOSITORY, Workload, names,
+};
+
+/// A UID no image needs to exist, for the restricted Pod Security Standard.
+const RUN_AS_USER: i64 = 65532;
+
+/// Adds `workload`'s Deployment, and its Service and PodDisruptionBudget where it has them, to
+/// `children`. The autoscaler's replica count, when there is one, replaces the spec's.
+pub(super) fn workload(
+    context: &Context,
+    pipeline: &OrderPipeline,
+    workload: Workload,
+    overrides: &ReplicaOverrides,
+    hash: &str,
+    operator_version: &str,
+    children: &mut Children,
+) {
+    let spec = workload.spec(pipeline);
+    let replicas = overrides.get(&workload).copied().unwrap_or(spec.replicas);
+    let name = names::workload(context.name, workload);
+    children.deployments.push(deployment(
+        context,
+        pipeline,
+        workload,
+        spec,
+        replicas,
+        hash,
+        operator_version,
+    ));
+    if let (Some(port), Some(exposure)) = (workload.http_port(), workload.service(pipeline)) {
+        let mut service = context.service(
+            &name,
+            workload.name(),
+            &[("http", port), ("admin", ports::ADMIN)],
+            false,
+        );
+        expose(&mut service, exposure);
+        children.services.push(service);
+    }
+    if replicas > 1 {
+        children
+            .disruption_budgets
+            .push(context.disruption_budget(&name, workload.name()));
+    }
+}
+
+/// Sets the Service type the spec asks for, and the node port of its business port. A Service
+/// reachable from outside the cluster carries the business port only: Kubernetes would give the
+/// admin port (metrics) a node port too, and node-port traffic arrives from node addresses,
+/// which the NetworkPolicy cannot tell from the pipeline's own pods.
+fn expose(service: &mut Service, exposure: &ServiceSpec) {
+    let Some(spec) = service.spec.as_mut() else {
+        return;
+    };
+    spec.type_ = Some(exposure.type_.as_str().to_owned());
+    if exposure.type_ == ServiceType::ClusterIP {
+        return;
+    }
+    if let Some(ports) = spec.ports.as_mut() {
+        ports.retain(|port| port.name.as_deref() == Some("http"));
+        if let Some(http) = ports.first_mut() {
+            http.node_port = exposure.node_port;
+        }
+    }
+}
+
+fn deployment(
+    context: &Context,
+    pipeline: &OrderPipeline,
+    workload: Workload,
+    spec: &WorkloadSpec,
+    replicas: i32,
+    hash: &str,
+    operator_version: &str,
+) -> Deployment {
+    let component = workload.name();
+    let image = spec
+        .image
+        .clone()
+        .unwrap_or_else(|| format!("{WORKLOAD_IMAGE_REPOSITORY}/{component}:{operator_version}"));
+    let mut env = dependency_env(context, pipeline, workload);
+    env.push(env_value(env::ADMIN_PORT, ports::ADMIN.to_string()));
+    env.push(env_value(env::LOG_FORMAT, "json"));
+    let mut container_ports = vec![container_port("admin", ports::ADMIN)];
+    if let Some(port) = workload.http_port() {
+        env.push(env_value(env::HTTP_PORT, port.to_string()));
+        container_ports.insert(0, container_port("http", port));
+    }
+    // The user's extra variables come first so the operator's wiring wins on a clash
+    // (Kubernetes uses the last definition of a name).
+    let operator_names: Vec<&str> = env.iter().map(|var| var.name.as_str()).collect();
+    let mut all_env: Vec<EnvVar> = spec
+        .env
+        .iter()
+        .filter(|var| !operator_names.contains(&var.name.as_str()))
+        .map(|var| env_value(&var.name, var.value.clone()))
+        .collect();
+    all_env.extend(env);
+    let admin_probe = |path: &str, period_seconds: i32, failure_threshold: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("admin".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: component.to_owned(),
+        image: Some(image),
+        env: Some(all_env),
+        ports: Some(container_ports),
+        resources: Some(resources(spec.resources.as_ref())),
+        security_context: Some(restricted_container_security()),
+        liveness_probe: Some(admin_probe(probes::LIVENESS, 10, 3)),
+        readiness_probe: Some(admin_probe(probes::READINESS, 5, 2)),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: context.metadata(&names::workload(context.name, workload), component),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: context.label_selector(component),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(context.labels(component)),
+                    annotations: Some(BTreeMap::from([(CONFIG_HASH.to_owned(), hash.to_owned())])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    security_context: Some(pod_security(RUN_AS_USER)),
+                    termination_grace_period_seconds: Some(30),
+                    containers: vec![container],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// Where `workload` finds the dependencies it uses, and how it logs in to them: RabbitMQ (all
+/// but the dashboard), Redis (all), Cassandra and the token settings (the gateway).
+fn dependency_env(context: &Context, pipeline: &OrderPipeline, workload: Workload) -> Vec<EnvVar> {
+    let mut env = Vec::new();
+    if workload.needs_rabbitmq() {
+        env.extend(rabbitmq_env(context, pipeline));
+    }
+    env.extend(redis_env(context, pipeline));
+    if workload.needs_cassandra() {
+        env.extend(cassandra_env(context, pipeline));
+        env.extend(token_env(context, pipeline));
+    }
+    env
+}
+
+fn rabbitmq_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
+    let spec = &pipeline.spec.rabbitmq;
+    match (&spec.managed, &spec.external) {
+        (Some(managed), _) => {
+            let credentials = names::credentials_secret(context.name, Dependency::Rabbitmq);
+            // Kubernetes expands $(VAR) from variables defined earlier, so the password never
+            // appears in the pod spec.
+            let urls: Vec<String> = (0..managed.replicas)
+                .map(|index| {
+                    format!(
+                        "amqp://$(RABBITMQ_USERNAME):$(RABBITMQ_PASSWORD)@{}:{}/%2f",
+                        names::pod_host(
+                            context.name,
+                            Dependency::Rabbitmq,
+                            index,
+                            context.namespace
+                        ),
+                        Dependency::Rabbitmq.port()
+                    )
+                })
+                .collect();
+            vec![
+                env_secret("RABBITMQ_USERNAME", &credentials, "username"),
+                env_secret("RABBITMQ_PASSWORD", &credentials, "password"),
+                env_value(env::RABBITMQ_URLS, urls.join(",")),
+            ]
+        }
+        (None, Some(external)) => external_rabbitmq_env(external),
+        (None, None) => Vec::new(),
+    }
+}
+
+fn external_rabbitmq_env(external: &ExternalDependency) -> Vec<EnvVar> {
+    match &external.credentials_secret_ref {
+        Some(secret) => {
+            let urls: Vec<String> = external
+                .endpoints
+                .iter()
+                .map(|endpoint| match endpoint.split_once("://") {
+                    Some((scheme, rest)) => {
+                        format!("{scheme}://$(RABBITMQ_USERNAME):$(RABBITMQ_PASSWORD)@{rest}")
+                    }
+                    None => endpoint.clone(),
+                })
+                .collect();
+            vec![
+                env_secret("RABBITMQ_USERNAME", &secret.name, "username"),
+                env_secret("RABBITMQ_PASSWORD", &secret.name, "password"),
+                env_value(env::RABBITMQ_URLS, urls.join(",")),
+            ]
+        }
+        None => vec![env_value(env::RABBITMQ_URLS, external.endpoints.join(","))],
+    }
+}
+
+fn redis_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
+    let spec = &pipeline.spec.redis;
+    match (&spec.managed, &spec.external) {
+        (Some(_), _) => vec![
+            env_value(
+                env::REDIS_ADDR,
+                format!(
+                    "{}:{}",
+                    names::service_host(context.name, Dependency::Redis, context.namespace),
+                    Dependency::Redis.port()
+                ),
+            ),
+            env_secret(
+                env::REDIS_PASSWORD,
+                &names::credentials_secret(context.name, Dependency::Redis),
+                "password",
+            ),
+        ],
+        (None, Some(external)) => {
+            let mut env = vec![env_value(
+                env::REDIS_ADDR,
+                external.endpoints.first().cloned().unwrap_or_default(),
+            )];
+            if let Some(secret) = &external.credentials_secret_ref {
+                env.push(env_secret(env::REDIS_PASSWORD, &secret.name, "password"));
+            }
+            env
+        }
+        (None, None) => Vec::new(),
+    }
+}
+
+fn cassandra_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
+    let spec = &pipeline.spec.cassandra;
+    match (&spec.managed, &spec.external) {
+        (Some(managed), _) => {
+            let credentials = names::credentials_secret(context.name, Dependency::Cassandra);
+            vec![
+                env_value(
+                    env::CASSANDRA_ADDR,
+                    format!(
+                        "{}:{}",
+                        names::service_host(context.name, Dependency::Cassandra, context.namespace),
+                        Dependency::Cassandra.port()
+                    ),
+                ),
+                env_secret(env::CASSANDRA_USER, &credentials, "username"),
+                env_secret(env::CASSANDRA_PASSWORD, &credentials, "password"),
+                env_value(
+                    env::CASSANDRA_REPLICATION_FACTOR,
+                    managed.replicas.min(3).to_string(),
+                ),
+            ]
+        }
+        (None, Some(external)) => {
+            let mut env = vec![env_value(env::CASSANDRA_ADDR, external.endpoints.join(","))];
+            if let Some(secret) = &external.credentials_secret_ref {
+                env.push(env_secret(env::CASSANDRA_USER, &secret.name, "username"));
+                env.push(env_secret(
+                    env::CASSANDRA_PASSWORD,
+                    &secret.name,
+                    "password",
+                ));
+            }
+            env
+        }
+        (None, None) => Vec::new(),
+    }
+}
+
+/// The token signing key (the user's Secret, or the generated `<name>-jwt`) and lifetime.
+fn token_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
+    let (secret, key) = match &pipeline.spec.auth.jwt_secret_ref {
+        Some(reference) => (reference.name.clone(), reference.key.clone()),
+        None => (names::jwt_secret(context.name), "secret".to_owned()),
+    };
+    vec![
+        env_secret(env::JWT_SECRET, &secret, &key),
+        env_value(
+            env::JWT_TTL_SECONDS,
+            pipeline.spec.auth.token_lifetime_seconds.to_string(),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use pipeline_contract::env;
+    use serde_json::json;
+
+    use super::super::test_support::*;
+    use super::super::{
+        Children, DependencyImages, ReplicaOverrides, RunningImages, Secrets, Workload, build,
+        config_hash,
+    };
+
+    #[test]
+    fn services_are_cluster_internal_unless_the_spec_exposes_them() {
+        let service = |children: &Children, name: &str| {
+            children
+                .services
+                .iter()
+                .find(|service| service.metadata.name.as_deref() == Some(name))
+                .and_then(|service| service.spec.clone())
+                .unwrap()
+        };
+        let internal = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
+        for name in ["shop-gateway", "shop-dashboard"] {
+            let spec = service(&internal, name);
+            assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+            assert!(
+                spec.ports
+                    .unwrap()
+                    .iter()
+                    .all(|port| port.node_port.is_none())
+            );
+        }
+
+        let exposed = build_default(
+            &pipeline(json!({
+                "gateway": {"service": {"type": "NodePort", "nodePort": 30080}},
+                "dashboard": {"service": {"type": "LoadBalancer"}},
+            })),
+            &secrets(),
+            "0.1.0",
+        )
+        .unwrap();
+        let gateway = service(&exposed, "shop-gateway");
+        assert_eq!(gateway.type_.as_deref(), Some("NodePort"));
+        let ports = gateway.ports.unwrap();
+        assert_eq!(
+            (ports[0].name.as_deref(), ports[0].node_port),
+            (Some("http"), Some(30080))
+        );
+        // The admin port (metrics) stays inside the cluster.
+        assert_eq!(ports.len(), 1);
+        let dashboard = service(&exposed, "shop-dashboard");
+        assert_eq!(dashboard.type_.as_deref(), Some("LoadBalancer"));
+        assert!(
+            dashboard
+                .ports
+                .unwrap()
+                .iter()
+                .all(|port| port.node_port.is_none())
+        );
+    }
+
+    #[test]
+    fn autoscaler_overrides_replace_the_spec_count() {
+        let overrides = ReplicaOverrides::from([(Workload::Processor, 4)]);
+        let children = build(
+            &pipeline(json!({})),
+            &secrets(),
+            &overrides,
+            &RunningImages::new(),
+            &DependencyImages::default(),
+            "0.1.0",
+        )
+        .unwrap();
+        let processor = deployment(&children, "shop-processor");
+        assert_eq!(processor.spec.as_ref().unwrap().replicas, Some(4));
+        assert!(
+            children
+                .disruption_budgets
+                .iter()
+                .any(|b| b.metadata.name.as_deref() == Some("shop-processor"))
+        );
+    }
+
+    #[test]
+    fn workloads_are_wired_exactly_as_they_read_their_configuration() {
+        let children = build_default(
+            &pipeline(json!({"rabbitmq": {"managed": {"replicas": 3}}})),
+            &secrets(),
+            "0.1.0",
+        )
+        .unwrap();
+        let gateway = env_of(deployment(&children, "shop-gateway"));
+        let urls = gateway[env::RABBITMQ_URLS]["value"].as_str().unwrap();
+        assert_eq!(urls.split(',').count(), 3);
+        assert!(urls.starts_with("amqp://$(RABBITMQ_USERNAME):$(RABBITMQ_PASSWORD)@shop-rabbitmq-0.shop-rabbitmq-headless.store.svc:5672/"));
+        assert_eq!(
+            gateway[env::REDIS_ADDR]["value"],
+            "shop-redis.store.svc:6379"
+        );
+        assert_eq!(
+            gateway[env::JWT_SECRET]["valueFrom"]["secretKeyRef"]["name"],
+            "shop-jwt"
+        );
+        assert_eq!(gateway[env::HTTP_PORT]["value"], "8080");
+        assert_eq!(
+            gateway[env::CASSANDRA_ADDR]["value"],
+            "shop-cassandra.store.svc:9042"
+        );
+        // The variables a URL references are defined before it (Kubernetes expands in order).
+        let container = &deployment(&children, "shop-gateway")
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        let position = |name: &str| {
+            container
+                .env
+                .iter()
+                .flatten()
+                .position(|var| var.name == name)
+                .unwrap()
+        };
+        assert!(position("RABBITMQ_PASSWORD") < position(env::RABBITMQ_URLS));
+        let dashboard = env_of(deployment(&children, "shop-dashboard"));
+        assert!(
+            !dashboard.contains_key(env::RABBITMQ_URLS),
+            "the dashboard only reads Redis"
+        );
+        assert!(!dashboard.contains_key(env::JWT_SECRET));
+        // No secret value is written into any pod template.
+        let text = serde_json::to_string(&children.deployments).unwrap();
+        for secret in [
+            "rabbitpassword",
+            "redispassword",
+            "cassandrapassword",
+            "superuserpassword",
+            &"j".repeat(48),
+        ] {
+            assert!(!text.contains(secret));
+        }
+    }
+
+    #[test]
+    fn external_dependencies_use_their_endpoints_and_credentials() {
+        let spec = json!({
+            "rabbitmq": {"external": {"endpoints": ["amqps://mq.example.com:5671/prod"], "credentialsSecretRef": {"name": "mq"}}},
+            "redis": {"external": {"endpoints": ["cache.example.com:6380"]}},
+        });
+        let children = build_default(&pipeline(spec), &secrets(), "0.1.0").unwrap();
+        let processor = env_of(deployment(&children, "shop-processor"));
+        assert_eq!(
+            processor[env::RABBITMQ_URLS]["value"],
+            "amqps://$(RABBITMQ_USERNAME):$(RABBITMQ_PASSWORD)@mq.example.com:5671/prod"
+        );
+        assert_eq!(
+            processor["RABBITMQ_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"],
+            "mq"
+        );
+        assert_eq!(
+            processor[env::REDIS_ADDR]["value"],
+            "cache.example.com:6380"
+        );
+        assert_eq!(
+            children
+                .stateful_sets
+                .iter()
+                .filter_map(|s| s.metadata.name.clone())
+                .collect::<Vec<_>>(),
+            ["shop-cassandra"]
+        );
+    }
+
+    #[test]
+    fn multi_replica_components_get_disruption_budgets_and_user_env_never_overrides_wiring() {
+        let spec = json!({
+            "gateway": {"replicas": 3, "env": [{"name": "LOG_LEVEL", "value": "debug"}, {"name": "REDIS_ADDR", "value": "evil:1"}]},
+            "rabbitmq": {"managed": {"replicas": 3}},
+        });
+        let children = build_default(&pipeline(spec), &secrets(), "0.1.0").unwrap();
+        let budgets: Vec<_> = children
+            .disruption_budgets
+            .iter()
+            .filter_map(|b| b.metadata.name.clone())
+            .collect();
+        assert_eq!(budgets, ["shop-rabbitmq", "shop-gateway"]);
+        let gateway = env_of(deployment(&children, "shop-gateway"));
+        assert_eq!(gateway["LOG_LEVEL"]["value"], "debug");
+        assert_eq!(
+            gateway[env::REDIS_ADDR]["value"],
+            "shop-redis.store.svc:6379"
+        );
+    }
+
+    #[test]
+    fn workloads_log_in_to_cassandra_as_the_application_role_from_the_secret() {
+        let children = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
+        let gateway = env_of(deployment(&children, "shop-gateway"));
+        for (name, key) in [
+            (env::CASSANDRA_USER, "username"),
+            (env::CASSANDRA_PASSWORD, "password"),
+        ] {
+            assert_eq!(
+                gateway[name]["valueFrom"]["secretKeyRef"],
+                json!({"name": "shop-cassandra-credentials", "key": key}),
+                "{name}"
+            );
+        }
+        // The superuser's password is for the Job only.
+        let text = serde_json::to_string(&children.deployments).unwrap();
+        assert!(!text.contains("superuser-password"));
+        // A new Cassandra password rolls the workloads; the superuser's is not theirs.
+        let base = config_hash(&pipeline(json!({})), &secrets());
+        let rotated = Secrets {
+            cassandra_password: Some("another".into()),
+            ..secrets()
+        };
+        assert_ne!(base, config_hash(&pipeline(json!({})), &rotated));
+        let superuser = Secrets {
+            cassandra_superuser_password: Some("another".into()),
+            ..secrets()
+        };
+        assert_eq!(base, config_hash(&pipeline(json!({})), &superuser));
+    }
+}
