@@ -5,6 +5,7 @@ mod crdgen;
 mod env;
 mod images;
 mod pipeline;
+mod shellcheck;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,9 @@ enum Command {
         #[arg(long, default_value_t = 900)]
         ready_timeout: u64,
     },
+    /// Run ShellCheck on every shell script git tracks (installing Debian's shellcheck when
+    /// missing); fails with its findings.
+    Shellcheck,
     /// Generate the OrderPipeline CRD from operator/api and write it to crds/ and to the Helm
     /// chart's crds/.
     Crdgen {
@@ -184,6 +188,7 @@ fn run(cli: Cli) -> Result<bool> {
             env::up(&layout, &Component::ALL)?;
             run_workspace_tests(&cargo_test_args)
         }
+        Command::Shellcheck => shellcheck::run(&layout).map(|()| true),
         Command::Crdgen { check } => crdgen::run(check).map(|()| true),
         Command::Images {
             out,
