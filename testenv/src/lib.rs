@@ -6,6 +6,8 @@
 //! [`Env::load`]. A test whose server is not running fails with the command that starts it: it
 //! never passes silently.
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

@@ -38,7 +38,7 @@ use workload_runtime::config::{self, ConfigError, Source};
 use workload_runtime::consumer::{
     self, ConsumerConfig, ConsumerMetrics, Disposition, Handler, Incoming,
 };
-use workload_runtime::redis_connection::RedisConfig;
+use workload_runtime::redis_connection::{RedisConfig, is_unavailable};
 use workload_runtime::shutdown::Shutdown;
 use workload_runtime::topology as queues;
 
@@ -350,6 +350,9 @@ impl<S: Sink> Handler for Notifier<S> {
         }
         match self.notify(&event).await {
             Ok(disposition) => disposition,
+            Err(error) if is_unavailable(&error) => {
+                Disposition::Unavailable(format!("Redis is unavailable: {error}"))
+            }
             Err(error) => {
                 Disposition::Retry(format!("notification state in Redis failed: {error}"))
             }

@@ -29,7 +29,7 @@ use workload_runtime::config::{self, ConfigError, Source};
 use workload_runtime::consumer::{
     self, ConsumerConfig, ConsumerMetrics, Disposition, Handler, Incoming,
 };
-use workload_runtime::redis_connection::RedisConfig;
+use workload_runtime::redis_connection::{RedisConfig, is_unavailable};
 use workload_runtime::shutdown::Shutdown;
 use workload_runtime::topology as queues;
 
@@ -221,6 +221,9 @@ impl Handler for Processor {
         };
         let applied = match self.apply(&order).await {
             Ok(applied) => applied,
+            Err(error) if is_unavailable(&error) => {
+                return Disposition::Unavailable(format!("Redis is unavailable: {error}"));
+            }
             Err(error) => return Disposition::Retry(format!("inventory step failed: {error}")),
         };
         self.metrics
@@ -268,8 +271,12 @@ impl Handler for Processor {
                 );
                 Disposition::Ack
             }
-            // The outcome is recorded; the retry republishes it without touching the stock.
-            Err(error) => Disposition::Retry(format!("publishing the outcome failed: {error}")),
+            // The outcome is recorded; handling it again republishes it without touching the
+            // stock. Unconfirmed, refused for a memory alarm or cut off with its connection, the
+            // publish failed for the broker's reasons, never the message's: not an attempt.
+            Err(error) => {
+                Disposition::Unavailable(format!("publishing the outcome failed: {error}"))
+            }
         }
     }
 }

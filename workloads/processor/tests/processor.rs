@@ -31,15 +31,18 @@ struct Harness {
 
 impl Harness {
     async fn start(prefetch: u16) -> Self {
+        Self::start_with_redis(prefetch, &Env::load().require("OP_REDIS_ADDR")).await
+    }
+
+    /// A processor that reaches Redis at `redis_addr` (the test's own reads and writes go to
+    /// the environment's Redis directly).
+    async fn start_with_redis(prefetch: u16, redis_addr: &str) -> Self {
         let environment = Env::load();
         let vhost = Vhost::create(&environment, "processor").await;
         let keys = Keys::new(format!("{}:", testenv::unique("proc")));
         let source = std::collections::BTreeMap::from([
             (env::RABBITMQ_URLS.to_owned(), vhost.urls.join(",")),
-            (
-                env::REDIS_ADDR.to_owned(),
-                environment.require("OP_REDIS_ADDR"),
-            ),
+            (env::REDIS_ADDR.to_owned(), redis_addr.to_owned()),
             (env::REDIS_KEY_PREFIX.to_owned(), keys.prefix().to_owned()),
             (env::PREFETCH.to_owned(), prefetch.to_string()),
         ]);
@@ -176,6 +179,33 @@ impl Harness {
         }
         let _ = channel.close(200, ShortString::from("read")).await;
         messages
+    }
+
+    /// How many messages wait in `queue`.
+    async fn depth(&self, queue: &str) -> u32 {
+        let channel = self.connection.create_channel().await.unwrap();
+        let declared = channel
+            .queue_declare(
+                ShortString::from(queue),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = channel.close(200, ShortString::from("depth")).await;
+        declared.message_count()
+    }
+
+    /// The count of a `deliveries_handled_total` outcome.
+    fn handled(&self, outcome: &str) -> u64 {
+        let text = self.metrics_text();
+        let prefix = format!("deliveries_handled_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .map_or(0, |count| count.trim().parse().unwrap())
     }
 
     fn metrics_text(&self) -> String {
@@ -386,6 +416,82 @@ async fn poison_and_ever_failing_messages_are_dead_lettered_with_their_reason() 
     assert!(
         text.contains(r#"deliveries_handled_total{outcome="retried"} 4"#),
         "{text}"
+    );
+    harness.stop().await;
+}
+
+/// Invariant: an outage of Redis, however long, dead-letters nothing and applies nothing twice.
+/// While Redis does not answer, the orders wait unacknowledged, far beyond the five attempts
+/// (about 1.5 s of backoff) that would dead-letter a message failing on its own; once Redis is
+/// back each is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_holds_orders_until_redis_is_back_and_dead_letters_none() {
+    let redis = testenv::proxy::FaultProxy::start(&Env::load().require("OP_REDIS_ADDR")).await;
+    let harness = Harness::start_with_redis(10, &redis.addr()).await;
+    harness.set_stock("outage", 10).await;
+    redis.cut();
+    let orders = 4;
+    for index in 0..orders {
+        harness
+            .publish(&order(&format!("held-{index}"), "outage", 2))
+            .await;
+    }
+    // Every order has waited for Redis more often than a failing message is attempted (5), and
+    // longer: the waits double from 100 ms, so six take over 3 s, twice the attempts' backoff.
+    let waits_per_order = 6;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while harness.handled("unavailable") < orders * waits_per_order {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the processor did not keep waiting for Redis: {}",
+            harness.metrics_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waited = harness.handled("unavailable");
+    let dead_letters = harness
+        .depth(&topology::dead_letter_queue(topology::ORDERS_QUEUE))
+        .await;
+    println!(
+        "Redis cut: {waited} waits for {orders} orders, {} retried, {} dead-lettered, {dead_letters} in the dead-letter queue",
+        harness.handled("retried"),
+        harness.handled("dead_lettered")
+    );
+    assert_eq!(dead_letters, 0);
+    assert_eq!(harness.handled("dead_lettered"), 0);
+    assert_eq!(harness.handled("retried"), 0, "waiting is not an attempt");
+    assert_eq!(
+        harness.stock("outage").await,
+        Some(10),
+        "nothing applied yet"
+    );
+
+    redis.restore();
+    let events = harness.events(usize::try_from(orders).unwrap()).await;
+    let mut ids: Vec<&str> = events.iter().map(|event| event.order_id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["held-0", "held-1", "held-2", "held-3"]);
+    assert!(
+        events
+            .iter()
+            .all(|event| event.outcome == Outcome::Processed)
+    );
+    assert_eq!(
+        harness.stock("outage").await,
+        Some(2),
+        "10 - 4 x 2, each once"
+    );
+    println!(
+        "Redis back: {} events, stock 10 -> 2, {} acked",
+        events.len(),
+        harness.handled("acked")
+    );
+    assert_eq!(harness.handled("acked"), orders);
+    assert_eq!(
+        harness
+            .depth(&topology::dead_letter_queue(topology::ORDERS_QUEUE))
+            .await,
+        0
     );
     harness.stop().await;
 }

@@ -34,8 +34,14 @@ use crate::shutdown::Shutdown;
 pub enum Disposition {
     /// Done (or a duplicate of something done): acknowledge.
     Ack,
-    /// A transient failure: try again later, up to the attempt limit.
+    /// A transient failure of this message's handling: try again later, up to the attempt
+    /// limit.
     Retry(String),
+    /// A dependency (Redis, the broker) did not answer: not the message's fault, and not an
+    /// attempt. The delivery stays unacknowledged and is handled again, with backoff, until the
+    /// dependency answers (or shutdown leaves it to the broker): an outage of any length
+    /// dead-letters nothing, and with every prefetch slot held no further deliveries come.
+    Unavailable(String),
     /// It can never succeed (malformed): move it to the dead-letter queue at once.
     DeadLetter(String),
 }
@@ -103,7 +109,7 @@ impl ConsumerMetrics {
         registry.register("consumed", "Deliveries received", metrics.consumed.clone());
         registry.register(
             "handled",
-            "Deliveries by outcome: acked, retried, dead_lettered",
+            "Deliveries by outcome: acked, retried, dead_lettered; unavailable counts each wait for a dependency that did not answer",
             metrics.outcomes.clone(),
         );
         registry.register(
@@ -279,13 +285,19 @@ async fn handle_one<H: Handler>(
     };
     let attempt = incoming.previous_deliveries + 1;
     let body = incoming.body.clone();
-    let disposition = handler.handle(incoming).await;
+    let Some(disposition) =
+        handle_until_available(&*handler, incoming, &config, &metrics, &shutdown).await
+    else {
+        // Shut down while a dependency was away: left unacknowledged, the broker hands the
+        // message to another consumer (or this one, restarted).
+        return;
+    };
     let result = match disposition {
-        Disposition::Ack => {
+        Settlement::Ack => {
             metrics.outcome("acked");
             delivery.ack(BasicAckOptions::default()).await
         }
-        Disposition::Retry(reason) if attempt < config.max_attempts => {
+        Settlement::Retry(reason) if attempt < config.max_attempts => {
             metrics.outcome("retried");
             let delay = config
                 .retry_backoff
@@ -304,11 +316,11 @@ async fn handle_one<H: Handler>(
                 })
                 .await
         }
-        Disposition::Retry(reason) => {
+        Settlement::Retry(reason) => {
             let reason = format!("failed {attempt} times; last error: {reason}");
             dead_letter(&delivery, &body, &reason, &broker, &config, &metrics).await
         }
-        Disposition::DeadLetter(reason) => {
+        Settlement::DeadLetter(reason) => {
             dead_letter(&delivery, &body, &reason, &broker, &config, &metrics).await
         }
     };
@@ -317,6 +329,53 @@ async fn handle_one<H: Handler>(
         tracing::warn!(queue = %config.queue, %error, "could not settle a delivery; the broker will redeliver it");
     }
     metrics.latency.observe(started.elapsed().as_secs_f64());
+}
+
+/// What becomes of a delivery: a [`Disposition`] other than [`Disposition::Unavailable`].
+enum Settlement {
+    Ack,
+    Retry(String),
+    DeadLetter(String),
+}
+
+/// Runs the handler until its disposition is anything but [`Disposition::Unavailable`], waiting
+/// with backoff in between while holding the delivery; `None` if shutdown came first.
+async fn handle_until_available<H: Handler>(
+    handler: &H,
+    incoming: Incoming,
+    config: &ConsumerConfig,
+    metrics: &ConsumerMetrics,
+    shutdown: &Shutdown,
+) -> Option<Settlement> {
+    let mut waits: u32 = 0;
+    loop {
+        match handler.handle(incoming.clone()).await {
+            Disposition::Unavailable(reason) => {
+                metrics.outcome("unavailable");
+                let delay = config.retry_backoff.delay(waits, rand::random::<f64>());
+                if waits == 0 {
+                    tracing::warn!(queue = %config.queue, %reason, "a dependency is unavailable; holding the delivery until it answers");
+                }
+                waits = waits.saturating_add(1);
+                tokio::select! {
+                    () = shutdown.triggered() => return None,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            settled => {
+                if waits > 0 {
+                    tracing::info!(queue = %config.queue, waits, "the dependency answers again; handling resumed");
+                }
+                return Some(match settled {
+                    Disposition::Ack => Settlement::Ack,
+                    Disposition::Retry(reason) | Disposition::Unavailable(reason) => {
+                        Settlement::Retry(reason)
+                    }
+                    Disposition::DeadLetter(reason) => Settlement::DeadLetter(reason),
+                });
+            }
+        }
+    }
 }
 
 /// Publishes the message to the dead-letter queue with the reason, then acks the original. If the

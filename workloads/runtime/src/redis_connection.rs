@@ -124,6 +124,23 @@ pub fn watch_readiness(
     });
 }
 
+/// Whether a Redis error says Redis is not answering (down, unreachable, restarting and loading
+/// its data, refusing the password it was given) rather than that this command failed on its
+/// own: the difference between [`crate::consumer::Disposition::Unavailable`] and a retry that
+/// counts.
+pub fn is_unavailable(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || matches!(
+            error.retry_method(),
+            redis::RetryMethod::Reconnect
+                | redis::RetryMethod::WaitAndRetry
+                | redis::RetryMethod::RetryImmediately
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -147,5 +164,19 @@ mod tests {
             RedisConfig::from_source(&missing).unwrap_err().to_string(),
             "environment variable REDIS_ADDR is required but not set"
         );
+    }
+
+    #[test]
+    fn an_unreachable_redis_is_unavailable_and_a_bad_reply_is_not() {
+        let refused = redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ));
+        assert!(is_unavailable(&refused));
+        let bad_reply = redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "unexpected outcome in the order record",
+        ));
+        assert!(!is_unavailable(&bad_reply));
     }
 }
