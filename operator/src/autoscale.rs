@@ -15,6 +15,7 @@ use pipeline_api::{Autoscaling, OrderPipeline};
 use pipeline_contract::topology;
 
 use crate::controller::build::Workload;
+use crate::management::ManagementError;
 
 /// One replica-count decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,14 +90,7 @@ pub fn decide(
     }
 }
 
-/// Where to read a pipeline's queue depths.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Management {
-    pub url: String,
-    pub vhost: String,
-    pub username: String,
-    pub password: String,
-}
+pub use crate::management::Management;
 
 /// The queue a scaled workload consumes.
 pub fn queue_of(workload: Workload) -> Option<&'static str> {
@@ -136,54 +130,17 @@ pub fn vhost_of(amqp_url: &str) -> String {
     String::from_utf8_lossy(&decoded).into_owned()
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum DepthError {
-    #[error("failed to read the depth of {queue}: {reason}")]
-    Read { queue: String, reason: String },
-}
-
-/// Reads a queue's depth (ready plus unacknowledged messages).
+/// Reads a queue's depth (ready plus unacknowledged messages); a queue not declared yet has
+/// none waiting.
 pub async fn depth(
     http: &reqwest::Client,
     management: &Management,
     queue: &str,
-) -> Result<i64, DepthError> {
-    let vhost: String = management
-        .vhost
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
-                (byte as char).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect();
-    let url = format!(
-        "{}/api/queues/{vhost}/{queue}",
-        management.url.trim_end_matches('/')
-    );
-    let error = |reason: String| DepthError::Read {
-        queue: queue.to_owned(),
-        reason,
-    };
-    let response = http
-        .get(&url)
-        .basic_auth(&management.username, Some(&management.password))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .map_err(|e| error(e.to_string()))?;
-    if response.status().as_u16() == 404 {
-        // Not declared yet: nothing is waiting.
-        return Ok(0);
-    }
-    let body: serde_json::Value = response
-        .error_for_status()
-        .map_err(|e| error(e.to_string()))?
-        .json()
-        .await
-        .map_err(|e| error(e.to_string()))?;
-    Ok(body["messages"].as_i64().unwrap_or(0))
+) -> Result<i64, ManagementError> {
+    let body = management.queue(http, queue).await?;
+    Ok(body
+        .and_then(|queue| queue["messages"].as_i64())
+        .unwrap_or(0))
 }
 
 /// When each scaled workload of each pipeline first wanted fewer replicas.

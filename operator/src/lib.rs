@@ -11,5 +11,6 @@
 pub mod autoscale;
 pub mod controller;
 pub mod leader;
+pub mod management;
 pub mod metrics;
 pub mod quantity;

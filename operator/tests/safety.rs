@@ -19,24 +19,48 @@ use pipeline_api::OrderPipeline;
 use serde_json::json;
 use support::{
     chart_identity, client, install_crd, new_context, provide_volumes, remove_chart_identity,
-    wait_ready,
 };
 use tokio_util::sync::CancellationToken;
 
-/// External RabbitMQ and Cassandra (nothing listens there; these tests never run the workloads'
-/// code) keep the test to one managed dependency: Redis, with two nodes.
+/// External Redis and Cassandra (nothing listens there; these tests never run the workloads'
+/// code) keep the test to one managed dependency: RabbitMQ, with two nodes (the one dependency
+/// the operator runs as a cluster). kwok runs no RabbitMQ, so its cluster is never seen whole and
+/// the pipeline never `Ready`: the tests wait for [`wait_converged`] instead.
 fn guarded_pipeline(name: &str) -> OrderPipeline {
     serde_json::from_value(json!({
         "apiVersion": "orderpipeline.dev/v1alpha1",
         "kind": "OrderPipeline",
         "metadata": {"name": name},
         "spec": {
-            "rabbitmq": {"external": {"endpoints": ["amqp://rabbitmq.example.invalid:5672/%2f"]}},
+            "rabbitmq": {"managed": {"replicas": 2}},
             "cassandra": {"external": {"endpoints": ["cassandra.example.invalid:9042"]}},
-            "redis": {"managed": {"replicas": 2}},
+            "redis": {"external": {"endpoints": ["redis.example.invalid:6379"]}},
         },
     }))
     .unwrap()
+}
+
+/// Waits until the status reports the current generation with the replicas of every component
+/// (the four workloads and RabbitMQ) ready; `Ready` itself also needs the two RabbitMQ nodes'
+/// cluster, which kwok never runs.
+async fn wait_converged(pipelines: &Api<OrderPipeline>, name: &str) {
+    wait_for(
+        pipelines,
+        name,
+        "every component's replicas ready",
+        |p: Option<&OrderPipeline>| {
+            p.is_some_and(|p| {
+                p.status.as_ref().is_some_and(|s| {
+                    s.observed_generation == p.metadata.generation
+                        && s.components.len() == 5
+                        && s.components
+                            .values()
+                            .all(|c| c.ready_replicas == c.desired_replicas)
+                })
+            })
+        },
+    )
+    .await;
 }
 
 async fn namespace(client: &kube::Client) -> String {
@@ -100,7 +124,7 @@ async fn paused_pipelines_are_left_alone_and_stateful_scale_down_is_refused() {
         .create(&PostParams::default(), &guarded_pipeline("guarded"))
         .await
         .unwrap();
-    wait_ready(&pipelines, "guarded", Duration::from_secs(120)).await;
+    wait_converged(&pipelines, "guarded").await;
 
     // Paused: a hand-made change survives reconciles.
     pipelines
@@ -171,12 +195,12 @@ async fn paused_pipelines_are_left_alone_and_stateful_scale_down_is_refused() {
     )
     .await;
 
-    // Shrinking managed Redis from 2 to 1 could lose data: refused, reported, nothing changed.
+    // Shrinking managed RabbitMQ from 2 to 1 could lose data: refused, reported, nothing changed.
     pipelines
         .patch(
             "guarded",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"redis": {"managed": {"replicas": 1}}}})),
+            &Patch::Merge(json!({"spec": {"rabbitmq": {"managed": {"replicas": 1}}}})),
         )
         .await
         .unwrap();
@@ -196,7 +220,7 @@ async fn paused_pipelines_are_left_alone_and_stateful_scale_down_is_refused() {
     let stateful_sets: Api<StatefulSet> = Api::namespaced(admin.clone(), &namespace);
     assert_eq!(
         stateful_sets
-            .get("guarded-redis")
+            .get("guarded-rabbitmq")
             .await
             .unwrap()
             .spec
@@ -226,15 +250,15 @@ async fn paused_pipelines_are_left_alone_and_stateful_scale_down_is_refused() {
             "guarded",
             &PatchParams::default(),
             &Patch::Merge(
-                json!({"spec": {"redis": {"managed": {"allowDataLossOnScaleDown": true}}}}),
+                json!({"spec": {"rabbitmq": {"managed": {"allowDataLossOnScaleDown": true}}}}),
             ),
         )
         .await
         .unwrap();
     wait_for(
         &stateful_sets,
-        "guarded-redis",
-        "Redis at 1 replica",
+        "guarded-rabbitmq",
+        "RabbitMQ at 1 replica",
         |s: Option<&StatefulSet>| {
             s.and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas) == Some(1)
         },
@@ -295,7 +319,7 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over() {
         .create(&PostParams::default(), &guarded_pipeline("led"))
         .await
         .unwrap();
-    wait_ready(&pipelines, "led", Duration::from_secs(120)).await;
+    wait_converged(&pipelines, "led").await;
     assert!(replicas[leader].0.metrics.reconciles.get() > 0);
     assert_eq!(
         replicas[standby].0.metrics.reconciles.get(),

@@ -64,12 +64,14 @@ pub struct OrderPipelineSpec {
     #[serde(default)]
     #[x_kube(validation = memory_limit_rule("RabbitMQ", RABBITMQ_MINIMUM_MEMORY_LIMIT, "sets its memory high watermark from its memory limit"))]
     pub rabbitmq: DependencySpec,
-    /// Redis: run by the operator or external.
+    /// Redis: run by the operator (one node) or external.
     #[serde(default)]
+    #[x_kube(validation = single_node_rule("Redis", REDIS_SINGLE_NODE_WHY))]
     pub redis: DependencySpec,
-    /// Cassandra (accounts): run by the operator or external.
+    /// Cassandra (accounts): run by the operator (one node) or external.
     #[serde(default)]
     #[x_kube(validation = memory_limit_rule("Cassandra", CASSANDRA_MINIMUM_MEMORY_LIMIT, "sizes its Java heap from its memory limit (half of it)"))]
+    #[x_kube(validation = single_node_rule("Cassandra", CASSANDRA_SINGLE_NODE_WHY))]
     pub cassandra: DependencySpec,
 }
 
@@ -83,6 +85,30 @@ pub const CASSANDRA_MINIMUM_MEMORY_LIMIT: &str = "1Gi";
 /// of the limit, and an idle node with the management plugin already takes well over 100 MiB:
 /// with less, the memory alarm would block every publisher. Enforced like Cassandra's.
 pub const RABBITMQ_MINIMUM_MEMORY_LIMIT: &str = "512Mi";
+
+/// Why a managed Redis runs one node: several would be unrelated primaries behind one Service,
+/// splitting idempotency claims, stock and "already applied" marks between them, and a primary
+/// with asynchronous replicas loses acknowledged writes on failover, which breaks exactly-once.
+pub const REDIS_SINGLE_NODE_WHY: &str = "several Redis nodes would split the idempotency claims, \
+     stock and applied marks between them (the operator runs no replication or failover); for \
+     high availability point spec.redis.external at a Redis service that provides it";
+
+/// Why a managed Cassandra runs one node: a ring needs ordered bootstraps, and growing one needs
+/// the replication of `system_auth` and the accounts keyspace raised and repaired, which the
+/// operator does not do.
+pub const CASSANDRA_SINGLE_NODE_WHY: &str = "the operator does not form or repair a multi-node \
+     Cassandra ring; for several nodes point spec.cassandra.external at a Cassandra cluster";
+
+/// The API server's refusal of more than one replica of a dependency the operator runs as a
+/// single node only, with the reason and what to do instead. The operator checks the same
+/// for resources created before the rule (see the build step).
+fn single_node_rule(dependency: &str, why: &str) -> kube::core::Rule {
+    kube::core::Rule::new("!has(self.managed) || self.managed.replicas <= 1").message(
+        kube::core::Message::Message(format!(
+            "a managed {dependency} runs exactly one node (managed.replicas: 1): {why}"
+        )),
+    )
+}
 
 /// The API server's check that a managed dependency whose spec sets `resources` gives it a
 /// memory limit of at least `minimum`. Without `resources` the operator's defaults apply, which
@@ -297,7 +323,8 @@ impl Default for DependencySpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedDependency {
-    /// Number of nodes. RabbitMQ and Cassandra form a cluster of this size.
+    /// Number of nodes. RabbitMQ forms a cluster of this size, with a member of each workload
+    /// queue on every node; Redis and Cassandra run one node (the API server refuses more).
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 9))]
     pub replicas: i32,
@@ -407,6 +434,27 @@ pub struct OrderPipelineStatus {
     /// The autoscaler's last decision per scaled workload.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub autoscaler: BTreeMap<String, ScalingDecision>,
+    /// A managed RabbitMQ's cluster as its management API reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbitmq: Option<RabbitmqClusterStatus>,
+}
+
+/// What a managed RabbitMQ's management API says about its cluster: one cluster of every node,
+/// and a member of every workload queue on each. With more than one replica, `Ready` requires
+/// all of it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RabbitmqClusterStatus {
+    /// Running nodes of the cluster, by node name, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running_nodes: Vec<String>,
+    /// Members (quorum queue replicas) of each workload queue; a queue not declared yet is
+    /// absent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub queue_members: BTreeMap<String, i32>,
+    /// Why the cluster could not be read, when it could not (the last reading is then kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A standard condition (the shape of `metav1.Condition`).

@@ -211,6 +211,24 @@ fn invalid_cases() -> Vec<InvalidCase> {
             ],
         },
         InvalidCase {
+            name: "redis-with-two-nodes",
+            spec: json!({"redis": {"managed": {"replicas": 2}}}),
+            expected: &[
+                "spec.redis",
+                "a managed Redis runs exactly one node (managed.replicas: 1)",
+                "point spec.redis.external at a Redis service",
+            ],
+        },
+        InvalidCase {
+            name: "cassandra-with-three-nodes",
+            spec: json!({"cassandra": {"managed": {"replicas": 3}}}),
+            expected: &[
+                "spec.cassandra",
+                "a managed Cassandra runs exactly one node (managed.replicas: 1)",
+                "point spec.cassandra.external at a Cassandra cluster",
+            ],
+        },
+        InvalidCase {
             // 41 characters: child names are derived from it.
             name: "pipeline-with-a-name-longer-than-40-chars",
             spec: json!({}),
@@ -356,7 +374,7 @@ async fn storage_of_a_managed_dependency_is_immutable_but_its_replicas_are_not()
             .await
             .unwrap();
 
-        let resize = json!({"spec": {"cassandra": {"managed": {"storage": {"size": "5Gi"}}}}});
+        let resize = json!({"spec": {"rabbitmq": {"managed": {"storage": {"size": "5Gi"}}}}});
         let status = api_error(
             pipelines
                 .patch("shop", &PatchParams::default(), &Patch::Merge(&resize))
@@ -368,20 +386,20 @@ async fn storage_of_a_managed_dependency_is_immutable_but_its_replicas_are_not()
         );
         assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
         assert!(
-            status.message.contains("spec.cassandra.managed.storage")
+            status.message.contains("spec.rabbitmq.managed.storage")
                 && status.message.contains("storage is immutable"),
             "{status:?}"
         );
 
         // The rule compares storage only: other edits of the same dependency go through.
-        let scale = json!({"spec": {"cassandra": {"managed": {"replicas": 3}}}});
+        let scale = json!({"spec": {"rabbitmq": {"managed": {"replicas": 3}}}});
         let scaled = pipelines
             .patch("shop", &PatchParams::default(), &Patch::Merge(&scale))
             .await
             .unwrap();
-        assert_eq!(scaled.data["spec"]["cassandra"]["managed"]["replicas"], 3);
+        assert_eq!(scaled.data["spec"]["rabbitmq"]["managed"]["replicas"], 3);
         assert_eq!(
-            scaled.data["spec"]["cassandra"]["managed"]["storage"]["size"],
+            scaled.data["spec"]["rabbitmq"]["managed"]["storage"]["size"],
             "1Gi"
         );
     })

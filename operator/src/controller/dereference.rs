@@ -17,6 +17,8 @@ use super::build::{CASSANDRA_ROLE, Secrets};
 const PASSWORD_LENGTH: usize = 32;
 /// 48 random alphanumeric characters: about 285 bits, above HS256's 256.
 const JWT_LENGTH: usize = 48;
+/// The Erlang cookie: as long as the JWT key (Erlang takes any printable atom characters).
+const COOKIE_LENGTH: usize = 48;
 
 pub async fn secrets(pipeline: &OrderPipeline, client: &Client) -> Result<Secrets, Error> {
     let name = pipeline.name_any();
@@ -37,14 +39,13 @@ pub async fn secrets(pipeline: &OrderPipeline, client: &Client) -> Result<Secret
         }
     }
     if spec.rabbitmq.managed.is_some() {
-        secrets.rabbitmq_password = Some(
-            existing_or_new(
-                &api,
-                &format!("{name}-rabbitmq-credentials"),
-                "password",
-                PASSWORD_LENGTH,
-            )
-            .await?,
+        // One read for both: the password and the Erlang cookie live in one Secret.
+        let existing = read(&api, &format!("{name}-rabbitmq-credentials")).await?;
+        secrets.rabbitmq_password =
+            Some(value(existing.as_ref(), "password").unwrap_or_else(new_password));
+        secrets.rabbitmq_erlang_cookie = Some(
+            value(existing.as_ref(), "erlang-cookie")
+                .unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), COOKIE_LENGTH)),
         );
     }
     if spec.redis.managed.is_some() {

@@ -207,8 +207,14 @@ async fn reconcile_steps(pipeline: &OrderPipeline, context: &Context) -> Result<
         &context.version,
     )?;
     let applied = apply_or_observe(pipeline, &namespace, children, context).await?;
+    let cluster = rabbitmq_cluster(pipeline, &secrets, context).await;
+    let observed = status::Observed {
+        applied: &applied,
+        decisions: &decisions,
+        rabbitmq: cluster.as_ref(),
+    };
     let (mut new_status, mut transitions) =
-        status::compute(pipeline, pipeline.status.as_ref(), &applied, &decisions);
+        status::compute(pipeline, pipeline.status.as_ref(), &observed);
     let mut current = pipeline.clone();
     if pipeline.status.as_ref() != Some(&new_status) {
         // The watch cache may not show our last status write yet; judged against it, the
@@ -219,8 +225,7 @@ async fn reconcile_steps(pipeline: &OrderPipeline, context: &Context) -> Result<
             .get_status(&pipeline.name_any())
             .await
             .map_err(Error::Status)?;
-        (new_status, transitions) =
-            status::compute(pipeline, current.status.as_ref(), &applied, &decisions);
+        (new_status, transitions) = status::compute(pipeline, current.status.as_ref(), &observed);
     }
     for transition in transitions {
         publish(
@@ -311,6 +316,34 @@ async fn autoscale_step(
         }
     }
     Ok((overrides, decisions))
+}
+
+/// A managed RabbitMQ cluster's nodes and queue members, read from its management API, when it
+/// has more than one node: one node is a whole cluster by itself, and its StatefulSet's readiness
+/// says all there is. A failed reading keeps the last one, marked with the error.
+async fn rabbitmq_cluster(
+    pipeline: &OrderPipeline,
+    secrets: &build::Secrets,
+    context: &Context,
+) -> Option<pipeline_api::RabbitmqClusterStatus> {
+    let managed = pipeline.spec.rabbitmq.managed.as_ref()?;
+    if managed.replicas <= 1 {
+        return None;
+    }
+    let management = management(pipeline, secrets)?;
+    match management.cluster(&context.http).await {
+        Ok(cluster) => Some(cluster),
+        Err(error) => {
+            tracing::warn!(pipeline = %pipeline.name_any(), %error, "cannot read the RabbitMQ cluster");
+            let mut last = pipeline
+                .status
+                .as_ref()
+                .and_then(|status| status.rabbitmq.clone())
+                .unwrap_or_default();
+            last.error = Some(error.to_string());
+            Some(last)
+        }
+    }
 }
 
 /// Where the pipeline's RabbitMQ management API answers, with what credentials.

@@ -9,19 +9,30 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use pipeline_api::{
-    ComponentStatus, Condition, Endpoints, OrderPipeline, OrderPipelineStatus, ScalingDecision,
+    ComponentStatus, Condition, Endpoints, OrderPipeline, OrderPipelineStatus,
+    RabbitmqClusterStatus, ScalingDecision,
 };
 use pipeline_contract::ports;
 use serde_json::json;
 
 use super::build::{MANAGER, Workload};
 use super::{Applied, Error};
+use crate::management;
 
 /// A condition change worth an Event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     pub reason: String,
     pub message: String,
+}
+
+/// What the reconcile saw: the applied children, the autoscaler's decisions, and a clustered
+/// RabbitMQ's reading.
+#[derive(Debug)]
+pub struct Observed<'a> {
+    pub applied: &'a Applied,
+    pub decisions: &'a [(Workload, ScalingDecision)],
+    pub rabbitmq: Option<&'a RabbitmqClusterStatus>,
 }
 
 /// The status after a successful apply, and the transitions to announce.
@@ -31,9 +42,13 @@ pub struct Transition {
 pub fn compute(
     pipeline: &OrderPipeline,
     previous: Option<&OrderPipelineStatus>,
-    applied: &Applied,
-    decisions: &[(Workload, ScalingDecision)],
+    observed: &Observed<'_>,
 ) -> (OrderPipelineStatus, Vec<Transition>) {
+    let Observed {
+        applied,
+        decisions,
+        rabbitmq,
+    } = *observed;
     let mut components = BTreeMap::new();
     let replicas = |spec: Option<i32>, ready: Option<i32>| ComponentStatus {
         desired_replicas: spec.unwrap_or(1),
@@ -63,7 +78,7 @@ pub fn compute(
             ),
         );
     }
-    let not_ready: Vec<String> = components
+    let mut not_ready: Vec<String> = components
         .iter()
         .filter(|(_, status)| status.ready_replicas < status.desired_replicas)
         .map(|(name, status)| {
@@ -74,6 +89,13 @@ pub fn compute(
         })
         .collect();
     let ready_count = components.len() - not_ready.len();
+    // Ready pods are not yet a cluster: every node must have joined, and every workload queue
+    // must have a member on each.
+    if let (Some(cluster), Some(managed)) = (rabbitmq, pipeline.spec.rabbitmq.managed.as_ref())
+        && let Some(missing) = management::incomplete(cluster, managed.replicas)
+    {
+        not_ready.push(missing);
+    }
     let all_ready = not_ready.is_empty();
     let name = pipeline.name_any();
     let namespace = pipeline.namespace().unwrap_or_default();
@@ -153,6 +175,7 @@ pub fn compute(
             }
             autoscaler
         },
+        rabbitmq: rabbitmq.cloned(),
     };
     (status, transitions)
 }
@@ -326,13 +349,79 @@ mod tests {
         .unwrap()
     }
 
+    fn observed(applied: &Applied) -> Observed<'_> {
+        Observed {
+            applied,
+            decisions: &[],
+            rabbitmq: None,
+        }
+    }
+
+    #[test]
+    fn a_clustered_rabbitmq_is_ready_only_with_every_node_and_queue_member() {
+        let mut pipeline = pipeline();
+        pipeline.spec.rabbitmq.managed = Some(pipeline_api::ManagedDependency {
+            replicas: 3,
+            ..pipeline_api::ManagedDependency::default()
+        });
+        let stateful_set: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(json!({
+            "metadata": {"name": "shop-rabbitmq", "labels": {"app.kubernetes.io/component": "rabbitmq"}},
+            "spec": {"replicas": 3, "selector": {}, "serviceName": "shop-rabbitmq-headless", "template": {}},
+            "status": {"replicas": 3, "readyReplicas": 3},
+        }))
+        .unwrap();
+        let applied = Applied {
+            stateful_sets: vec![stateful_set],
+            ..Applied::default()
+        };
+        let mut cluster = RabbitmqClusterStatus {
+            running_nodes: vec!["rabbit@a".into(), "rabbit@b".into()],
+            queue_members: BTreeMap::from([("orders.queue".to_owned(), 3)]),
+            error: None,
+        };
+        let seen = |cluster: &RabbitmqClusterStatus| {
+            compute(
+                &pipeline,
+                None,
+                &Observed {
+                    applied: &applied,
+                    decisions: &[],
+                    rabbitmq: Some(cluster),
+                },
+            )
+            .0
+        };
+        let status = seen(&cluster);
+        assert_eq!(
+            status.phase.as_deref(),
+            Some("Progressing"),
+            "3 ready pods, 2 nodes"
+        );
+        assert_eq!(
+            status.conditions[0].message,
+            "waiting for RabbitMQ cluster 2/3 nodes"
+        );
+        assert_eq!(status.ready_components.as_deref(), Some("1/1"));
+        cluster.running_nodes.push("rabbit@c".into());
+        cluster.queue_members.insert("notifier.queue".into(), 1);
+        let status = seen(&cluster);
+        assert_eq!(
+            status.conditions[0].message,
+            "waiting for notifier.queue 1/3 members"
+        );
+        cluster.queue_members.insert("notifier.queue".into(), 3);
+        let status = seen(&cluster);
+        assert_eq!(status.phase.as_deref(), Some("Ready"));
+        assert_eq!(status.rabbitmq.as_ref(), Some(&cluster), "reported as read");
+    }
+
     #[test]
     fn ready_only_when_every_component_is() {
         let applied = Applied {
             deployments: vec![deployment("gateway", 2, 2), deployment("processor", 1, 0)],
             ..Applied::default()
         };
-        let (status, transitions) = compute(&pipeline(), None, &applied, &[]);
+        let (status, transitions) = compute(&pipeline(), None, &observed(&applied));
         assert_eq!(status.phase.as_deref(), Some("Progressing"));
         assert_eq!(status.ready_components.as_deref(), Some("1/2"));
         assert_eq!(status.observed_generation, Some(3));
@@ -350,7 +439,8 @@ mod tests {
             deployments: vec![deployment("gateway", 2, 2), deployment("processor", 1, 1)],
             ..Applied::default()
         };
-        let (status, transitions) = compute(&converged, converged.status.as_ref(), &applied, &[]);
+        let (status, transitions) =
+            compute(&converged, converged.status.as_ref(), &observed(&applied));
         assert_eq!(status.phase.as_deref(), Some("Ready"));
         assert_eq!(status.conditions[0].reason, "AllComponentsReady");
         assert_eq!(transitions[0].reason, "PipelineReady");
@@ -358,7 +448,7 @@ mod tests {
         // Once converged, computing again yields the identical status: no write, no event.
         let mut steady = converged.clone();
         steady.status = Some(status.clone());
-        let (again, transitions) = compute(&steady, steady.status.as_ref(), &applied, &[]);
+        let (again, transitions) = compute(&steady, steady.status.as_ref(), &observed(&applied));
         assert_eq!(again, status);
         assert!(transitions.is_empty());
     }
@@ -370,7 +460,7 @@ mod tests {
             deployments: vec![deployment("gateway", 1, 1)],
             ..Applied::default()
         };
-        failing.status = Some(compute(&failing, None, &applied, &[]).0);
+        failing.status = Some(compute(&failing, None, &observed(&applied)).0);
         let status = degraded(
             &failing,
             "ApplyFailed",

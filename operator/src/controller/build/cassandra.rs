@@ -7,11 +7,10 @@
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec};
 use pipeline_api::CASSANDRA_MINIMUM_MEMORY_LIMIT;
-use sha2::{Digest, Sha256};
 
 use super::meta::{
-    Context, DEPENDENCY_USER, empty_dir, env_field, env_secret, env_value, mount, pod_security,
-    resources, restricted_container_security,
+    Context, DEPENDENCY_USER, empty_dir, env_field, env_secret, env_value, hashed_job_name, mount,
+    pod_security, resources, restricted_container_security,
 };
 use super::statefulset::{DependencyPod, Managed};
 use super::{
@@ -32,10 +31,6 @@ const CASSANDRA_DATA_DIR: &str = "/var/lib/cassandra";
 /// The component label of the Job that sets a managed Cassandra's credentials. Not `cassandra`:
 /// its pod must not match the Cassandra Services' and StatefulSet's selectors.
 const CASSANDRA_AUTH: &str = "cassandra-auth";
-
-/// Hex digits of the spec hash in the credentials Job's name: 40 (longest pipeline name) + 16
-/// (`-cassandra-auth-`) + 7 = 63, the most a Job name may have.
-const JOB_HASH_LENGTH: usize = 7;
 
 /// A managed Cassandra's heap is half its memory limit, and no more than this: the rest of the
 /// limit is for what the JVM keeps outside the heap (off-heap memtables and caches, metaspace,
@@ -87,6 +82,7 @@ pub(super) fn pod(
     // `cassandra-env.sh`).
     Ok(DependencyPod {
         ports: vec![("cql", Dependency::Cassandra.port()), ("intra", 7000)],
+        client_ports: 1,
         env: vec![
             env_value("CASSANDRA_CONF", CASSANDRA_CONFIG_DIR),
             pod_ip_env(),
@@ -195,12 +191,9 @@ fn credentials_job(context: &Context, image: &str, replicas: i32) -> Job {
         },
         ..JobSpec::default()
     };
-    let hash = hex::encode(Sha256::digest(
-        serde_json::to_vec(&spec).unwrap_or_default(),
-    ));
     Job {
         metadata: context.metadata(
-            &names::cassandra_auth_job(context.name, &hash[..JOB_HASH_LENGTH]),
+            &hashed_job_name(context.name, CASSANDRA_AUTH, &spec),
             CASSANDRA_AUTH,
         ),
         spec: Some(spec),
@@ -302,10 +295,8 @@ mod tests {
         BuildError, CASSANDRA_IMAGE, CASSANDRA_ROLE, CASSANDRA_SUPERUSER, Children, Dependency,
         DependencyImages, MANAGED_BY, ReplicaOverrides, RunningImages, Secrets, build,
     };
-    use super::{
-        CASSANDRA_CONFIG_SCRIPT, CASSANDRA_CREDENTIALS_SCRIPT, GATEWAY_KEYSPACE, JOB_HASH_LENGTH,
-    };
-    use crate::controller::build::meta::DEPENDENCY_USER;
+    use super::{CASSANDRA_CONFIG_SCRIPT, CASSANDRA_CREDENTIALS_SCRIPT, GATEWAY_KEYSPACE};
+    use crate::controller::build::meta::{DEPENDENCY_USER, JOB_HASH_LENGTH};
 
     #[test]
     fn a_managed_cassandra_reads_the_configuration_its_init_container_copied_from_the_image() {
@@ -407,17 +398,16 @@ mod tests {
         );
         let env = env_of_container(cassandra);
         assert_eq!(env["CASSANDRA_CONF"]["value"], "/etc/cassandra");
-        // Only Cassandra: the other dependencies' templates stay as they were (no empty list).
-        for name in ["shop-rabbitmq", "shop-redis"] {
-            let pod = pod_of(&children, name);
-            assert_eq!(pod.init_containers, None, "{name}");
-            assert!(
-                serde_json::to_value(pod)
-                    .unwrap()
-                    .get("initContainers")
-                    .is_none()
-            );
-        }
+        // Not Redis: its template stays as it was (no empty list). (RabbitMQ's init container
+        // copies its Erlang cookie.)
+        let pod = pod_of(&children, "shop-redis");
+        assert_eq!(pod.init_containers, None);
+        assert!(
+            serde_json::to_value(pod)
+                .unwrap()
+                .get("initContainers")
+                .is_none()
+        );
     }
 
     #[test]
@@ -597,13 +587,8 @@ mod tests {
         let running = RunningImages::from([(Dependency::Cassandra, "cassandra:5.0.1".to_owned())]);
         let upgraded = build_with(json!({}), &running);
         assert_eq!(image(&upgraded).as_deref(), Some("cassandra:5.0.1"));
-        // A template change is a new Job (its template is immutable); so is more replicas.
+        // A template change is a new Job (its template is immutable).
         assert_ne!(name(&base), name(&upgraded));
-        let scaled = build_with(
-            json!({"cassandra": {"managed": {"replicas": 3}}}),
-            &RunningImages::new(),
-        );
-        assert_ne!(name(&base), name(&scaled));
         let explicit = build_with(
             json!({"cassandra": {"managed": {"image": "cassandra:5.0.9"}}}),
             &running,

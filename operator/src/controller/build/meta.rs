@@ -17,7 +17,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pipeline_api::Resources;
 
-use super::MANAGED_BY;
+use k8s_openapi::api::batch::v1::JobSpec;
+use sha2::{Digest, Sha256};
+
+use super::{MANAGED_BY, names};
 
 /// Every managed dependency's pod runs as this user and group (the official Redis and Cassandra
 /// images' own user; the RabbitMQ image's is another, which does not matter). No image needs a
@@ -282,6 +285,18 @@ pub(super) fn mount(name: &str, path: &str) -> VolumeMount {
         mount_path: path.to_owned(),
         ..VolumeMount::default()
     }
+}
+
+/// Hex digits of the spec hash in a Job's name: 40 (longest pipeline name) + 16
+/// (`-cassandra-auth-`, the longest infix) + 7 = 63, the most a Job name may have.
+pub(super) const JOB_HASH_LENGTH: usize = 7;
+
+/// `<pipeline>-<component>-<hash of the spec>`: a Job's pod template is immutable, so an apply of
+/// a changed one would fail; a changed spec is a new Job instead, and an unchanged one
+/// re-applies as a no-op.
+pub(super) fn hashed_job_name(pipeline: &str, component: &str, spec: &JobSpec) -> String {
+    let hash = hex::encode(Sha256::digest(serde_json::to_vec(spec).unwrap_or_default()));
+    names::hashed_job(pipeline, component, &hash[..JOB_HASH_LENGTH])
 }
 
 /// A scratch volume that lives as long as the pod.

@@ -32,6 +32,7 @@ mod test_support;
 mod workloads;
 
 pub use cassandra::{CASSANDRA_CONFIG_SCRIPT, CASSANDRA_CREDENTIALS_SCRIPT};
+pub use rabbitmq::{RABBITMQ_COOKIE_SCRIPT, RABBITMQ_GROW_SCRIPT};
 
 use meta::Context;
 
@@ -168,6 +169,15 @@ impl Dependency {
         }
     }
 
+    /// Why the operator runs this dependency as one node only, if it does (see the CRD's rule).
+    fn single_node_why(self) -> Option<&'static str> {
+        match self {
+            Dependency::Rabbitmq => None,
+            Dependency::Redis => Some(pipeline_api::REDIS_SINGLE_NODE_WHY),
+            Dependency::Cassandra => Some(pipeline_api::CASSANDRA_SINGLE_NODE_WHY),
+        }
+    }
+
     /// Container resources when the spec sets none: enough for each to start and stay up on a
     /// small single node (the JVM of a 1 GiB Cassandra heap alone needs about 2 GiB). CPU is
     /// requested but not limited: a CPU limit only throttles start-up, when the JVM and the
@@ -197,6 +207,9 @@ pub struct Secrets {
     pub jwt: Option<String>,
     /// `<name>-rabbitmq-credentials` (`username`, `password`) when RabbitMQ is managed.
     pub rabbitmq_password: Option<String>,
+    /// `<name>-rabbitmq-credentials` (`erlang-cookie`) when RabbitMQ is managed: the secret its
+    /// nodes (and its CLI tools) authenticate to each other with.
+    pub rabbitmq_erlang_cookie: Option<String>,
     /// `<name>-redis-credentials` (`password`) when Redis is managed.
     pub redis_password: Option<String>,
     /// `<name>-cassandra-credentials` (`username` [`CASSANDRA_ROLE`], `password`) when Cassandra
@@ -236,6 +249,17 @@ pub enum BuildError {
     /// (a CEL rule on the CRD); this catches pipelines created before the rule existed.
     #[error("{0}")]
     DependencyResources(String),
+    /// More than one replica of a dependency the operator runs as a single node only. The API
+    /// server refuses these too (a CEL rule); this catches pipelines created before the rule.
+    #[error(
+        "spec.{name}.managed.replicas is {replicas}, but a managed {title} runs exactly one node: {why}"
+    )]
+    SingleNode {
+        name: &'static str,
+        title: &'static str,
+        replicas: i32,
+        why: &'static str,
+    },
 }
 
 /// Replica counts decided by the autoscaler, replacing the spec's for those workloads.
@@ -580,5 +604,37 @@ mod tests {
         assert_eq!(upgraded["cassandra"], "cassandra:5.0.9");
         assert_eq!(upgraded["config"], "cassandra:5.0.9");
         assert_eq!(upgraded["rabbitmq"], stand_ins.rabbitmq);
+    }
+
+    #[test]
+    fn redis_and_cassandra_run_one_node_and_more_is_refused_saying_why() {
+        for dependency in ["redis", "cassandra"] {
+            let error = build_default(
+                &pipeline(json!({dependency: {"managed": {"replicas": 2}}})),
+                &secrets(),
+                "0.1.0",
+            )
+            .unwrap_err();
+            let message = error.to_string();
+            assert!(
+                message.starts_with(&format!(
+                    "spec.{dependency}.managed.replicas is 2, but a managed "
+                )),
+                "{message}"
+            );
+            assert!(
+                message.contains(&format!("point spec.{dependency}.external at")),
+                "{message}"
+            );
+        }
+        // RabbitMQ clusters.
+        assert!(
+            build_default(
+                &pipeline(json!({"rabbitmq": {"managed": {"replicas": 3}}})),
+                &secrets(),
+                "0.1.0"
+            )
+            .is_ok()
+        );
     }
 }

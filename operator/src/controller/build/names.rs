@@ -40,10 +40,10 @@ pub(crate) fn rabbitmq_config(pipeline: &str) -> String {
     format!("{pipeline}-rabbitmq-config")
 }
 
-/// The credentials Job of a managed Cassandra, whose name ends in a hash of its spec (see
-/// `cassandra::credentials_job`).
-pub(crate) fn cassandra_auth_job(pipeline: &str, hash: &str) -> String {
-    format!("{pipeline}-cassandra-auth-{hash}")
+/// A Job whose name ends in a hash of its spec (see `meta::hashed_job_name`): Cassandra's
+/// credentials Job (`cassandra-auth`) and RabbitMQ's queue-membership Job (`rabbitmq-grow`).
+pub(crate) fn hashed_job(pipeline: &str, component: &str, hash: &str) -> String {
+    format!("{pipeline}-{component}-{hash}")
 }
 
 /// The client Service's host name: `<pipeline>-redis.<namespace>.svc`.

@@ -1,14 +1,44 @@
-//! A managed RabbitMQ: its credentials Secret, its configuration ConfigMap (peers, memory
-//! watermark, logging) and what its pod runs, without the image's entrypoint.
+//! A managed RabbitMQ: its credentials Secret (with the cluster's Erlang cookie), its
+//! configuration ConfigMap (peers, memory watermark, logging), what its pod runs without the
+//! image's entrypoint, and the Job that gives every quorum queue a member on every node.
+//!
+//! N replicas are one cluster: every node is listed as a peer (`classic_config`, which takes a
+//! lock across the listed nodes, so nodes started in parallel join one another instead of booting
+//! alone), and all share the cookie, which an init container copies from the Secret to the data
+//! volume. A quorum queue gets members only on the nodes in the cluster when it is declared; the
+//! membership Job grows every queue to every node once all are running, again whenever the
+//! replica count changes.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, ConfigMapVolumeSource, Volume};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, KeyToPath, PodSpec, PodTemplateSpec,
+    SecretVolumeSource, Volume,
+};
 use pipeline_api::RABBITMQ_MINIMUM_MEMORY_LIMIT;
+use pipeline_contract::topology;
 
-use super::meta::{Context, env_field, env_secret, env_value, mount};
+use super::meta::{
+    Context, DEPENDENCY_USER, empty_dir, env_field, env_secret, env_value, hashed_job_name, mount,
+    pod_security, resources, restricted_container_security,
+};
 use super::statefulset::{DependencyPod, Managed};
 use super::{BuildError, Children, Dependency, Secrets, names};
+
+/// Copies the Erlang cookie from its Secret to `$HOME/.erlang.cookie`, owner-readable only.
+pub const RABBITMQ_COOKIE_SCRIPT: &str = include_str!("rabbitmq-cookie.sh");
+/// Adds every node as a member of every quorum queue (see the script's header).
+pub const RABBITMQ_GROW_SCRIPT: &str = include_str!("rabbitmq-grow.sh");
+
+/// The credentials Secret's key holding the Erlang cookie. The workloads read only `username`
+/// and `password` from that Secret, by key; only RabbitMQ's own pods mount the cookie.
+const COOKIE_KEY: &str = "erlang-cookie";
+/// Where the cookie's Secret file is mounted, read-only, for the script to copy.
+const COOKIE_MOUNT: &str = "/etc/rabbitmq-cookie";
+/// The component label of the membership Job: not `rabbitmq`, so no RabbitMQ Service or the
+/// StatefulSet selects its pod.
+const GROW: &str = "rabbitmq-grow";
 
 /// Where RabbitMQ keeps its data: the claim's mount.
 const RABBITMQ_DATA_DIR: &str = "/var/lib/rabbitmq";
@@ -37,10 +67,18 @@ pub(super) fn pod(
         .as_deref()
         .ok_or(BuildError::MissingSecret("rabbitmq"))?;
     let credentials = names::credentials_secret(context.name, Dependency::Rabbitmq);
+    let cookie = secrets
+        .rabbitmq_erlang_cookie
+        .as_deref()
+        .ok_or(BuildError::MissingSecret("rabbitmq erlang cookie"))?;
     children.secrets.push(context.secret(
         &credentials,
         component,
-        &[("username", "pipeline"), ("password", password)],
+        &[
+            ("username", "pipeline"),
+            ("password", password),
+            (COOKIE_KEY, cookie),
+        ],
     ));
     let memory_limit = managed.memory_limit(
         RABBITMQ_MINIMUM_MEMORY_LIMIT,
@@ -65,6 +103,9 @@ pub(super) fn pod(
         ])),
         ..ConfigMap::default()
     });
+    if managed.spec.replicas > 1 {
+        children.jobs.push(grow_job(managed));
+    }
     let headless = names::headless_domain(context.name, Dependency::Rabbitmq, context.namespace);
     Ok(DependencyPod {
         ports: vec![
@@ -73,6 +114,8 @@ pub(super) fn pod(
             ("epmd", 4369),
             ("dist", 25672),
         ],
+        // AMQP, and the management API (the operator reads queue depths and the cluster there).
+        client_ports: 2,
         // What the image's entrypoint and Dockerfile provided, explicit: RabbitMQ's own start
         // script reads every one of these (`rabbit_env`), on 3.10 to 4.x.
         env: vec![
@@ -109,16 +152,129 @@ pub(super) fn pod(
         command: vec!["rabbitmq-server".to_owned()],
         data_dir: RABBITMQ_DATA_DIR,
         mounts: vec![mount("config", RABBITMQ_CONFIG_DIR)],
-        volumes: vec![Volume {
-            name: "config".to_owned(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: config,
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        }],
-        init_containers: Vec::new(),
+        volumes: vec![
+            Volume {
+                name: "config".to_owned(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config,
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            cookie_volume(&credentials),
+        ],
+        init_containers: vec![cookie_container(&managed.image, "data", RABBITMQ_DATA_DIR)],
     })
+}
+
+/// The cookie, alone, from the credentials Secret: readable by the pod's group (`fsGroup`), so
+/// the script, running as the pod's user, can copy it.
+fn cookie_volume(credentials: &str) -> Volume {
+    Volume {
+        name: "erlang-cookie".to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(credentials.to_owned()),
+            items: Some(vec![KeyToPath {
+                key: COOKIE_KEY.to_owned(),
+                path: "cookie".to_owned(),
+                ..KeyToPath::default()
+            }]),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The init container that runs [`RABBITMQ_COOKIE_SCRIPT`]: the cookie to `home`, where the
+/// volume `home_volume` is mounted.
+fn cookie_container(image: &str, home_volume: &str, home: &str) -> Container {
+    Container {
+        name: "erlang-cookie".to_owned(),
+        image: Some(image.to_owned()),
+        command: Some(sh_c(RABBITMQ_COOKIE_SCRIPT)),
+        env: Some(vec![
+            env_value("HOME", home),
+            env_value("COOKIE_FILE", format!("{COOKIE_MOUNT}/cookie")),
+        ]),
+        volume_mounts: Some(vec![
+            mount(home_volume, home),
+            mount("erlang-cookie", COOKIE_MOUNT),
+        ]),
+        resources: Some(resources(None)),
+        security_context: Some(restricted_container_security()),
+        ..Container::default()
+    }
+}
+
+/// `sh -c <script>`: how the scripts run, as they have no shebang.
+fn sh_c(script: &str) -> Vec<String> {
+    vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()]
+}
+
+/// The Job that runs [`RABBITMQ_GROW_SCRIPT`] with the StatefulSet's own image (and so its CLI
+/// tools), as a client node of the cluster: the cookie copied to its HOME, and a long host name
+/// of its own (`hostname` and `subdomain` in the headless Service's domain, written to its
+/// `/etc/hosts` by the kubelet), which the CLI needs for the long node names RabbitMQ uses. Its
+/// pod carries the pipeline's instance label, which the RabbitMQ NetworkPolicy admits.
+///
+/// Named by a hash of its spec, like Cassandra's credentials Job: a new replica count (or image)
+/// is a new Job, which grows the queues onto the new nodes; after `ttlSecondsAfterFinished` the
+/// next full apply runs it again, which changes nothing when every queue has all its members.
+pub(super) fn grow_job(managed: &Managed) -> Job {
+    let context = managed.context;
+    let nodes: Vec<String> = (0..managed.spec.replicas)
+        .map(|index| {
+            format!(
+                "rabbit@{}",
+                names::pod_host(context.name, Dependency::Rabbitmq, index, context.namespace)
+            )
+        })
+        .collect();
+    let queues = [topology::ORDERS_QUEUE, topology::NOTIFIER_QUEUE]
+        .map(|queue| format!("{queue} {}", topology::dead_letter_queue(queue)))
+        .join(" ");
+    let container = Container {
+        name: "grow".to_owned(),
+        image: Some(managed.image.clone()),
+        command: Some(sh_c(RABBITMQ_GROW_SCRIPT)),
+        env: Some(vec![
+            env_value("HOME", "/tmp"),
+            env_value("RABBITMQ_USE_LONGNAME", "true"),
+            env_value("NODES", nodes.join(" ")),
+            env_value("QUEUES", queues),
+        ]),
+        volume_mounts: Some(vec![mount("tmp", "/tmp")]),
+        resources: Some(resources(None)),
+        security_context: Some(restricted_container_security()),
+        ..Container::default()
+    };
+    let credentials = names::credentials_secret(context.name, Dependency::Rabbitmq);
+    let spec = JobSpec {
+        // Each attempt waits up to 5 minutes for the nodes and the queues (the script's loop).
+        backoff_limit: Some(4),
+        ttl_seconds_after_finished: Some(3600),
+        template: PodTemplateSpec {
+            metadata: Some(context.pod_metadata(GROW)),
+            spec: Some(PodSpec {
+                restart_policy: Some("Never".to_owned()),
+                automount_service_account_token: Some(false),
+                security_context: Some(pod_security(DEPENDENCY_USER)),
+                hostname: Some("grow".to_owned()),
+                subdomain: Some(managed.headless.clone()),
+                init_containers: Some(vec![cookie_container(&managed.image, "tmp", "/tmp")]),
+                containers: vec![container],
+                volumes: Some(vec![empty_dir("tmp"), cookie_volume(&credentials)]),
+                ..PodSpec::default()
+            }),
+        },
+        ..JobSpec::default()
+    };
+    Job {
+        metadata: context.metadata(&hashed_job_name(context.name, GROW, &spec), GROW),
+        spec: Some(spec),
+        ..Job::default()
+    }
 }
 
 /// RabbitMQ's memory high watermark in bytes for a container with this memory limit: an
@@ -167,6 +323,7 @@ fn rabbitmq_config(context: &Context, replicas: i32, watermark: u64) -> String {
 mod tests {
     use std::collections::BTreeMap;
 
+    use k8s_openapi::api::batch::v1::Job;
     use pipeline_contract::env;
     use serde_json::json;
 
@@ -305,5 +462,174 @@ mod tests {
         );
         assert!(conf.contains("\ncluster_formation.classic_config.nodes.1 = "));
         assert!(!conf.contains("nodes.2"));
+    }
+
+    #[test]
+    fn every_node_gets_the_cookie_from_the_secret_and_nothing_else_does() {
+        let children = build_default(
+            &pipeline(json!({"rabbitmq": {"managed": {"replicas": 3}}})),
+            &secrets(),
+            "0.1.0",
+        )
+        .unwrap();
+        let secret = children
+            .secrets
+            .iter()
+            .find(|secret| secret.metadata.name.as_deref() == Some("shop-rabbitmq-credentials"))
+            .unwrap();
+        let data = secret.data.as_ref().unwrap();
+        assert_eq!(data["erlang-cookie"].0, b"rabbitcookie");
+        let pod = pod_of(&children, "shop-rabbitmq");
+        let init = pod.init_containers.as_ref().unwrap();
+        assert_eq!(init.len(), 1);
+        let cookie = &init[0];
+        assert_eq!(cookie.name, "erlang-cookie");
+        assert_eq!(
+            cookie.image, pod.containers[0].image,
+            "the node's own image"
+        );
+        let env = env_of_container(cookie);
+        assert_eq!(
+            env["HOME"]["value"], "/var/lib/rabbitmq",
+            "where the node reads it"
+        );
+        assert_eq!(env["COOKIE_FILE"]["value"], "/etc/rabbitmq-cookie/cookie");
+        let mounts: Vec<(&str, &str)> = cookie
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|mount| (mount.name.as_str(), mount.mount_path.as_str()))
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                ("data", "/var/lib/rabbitmq"),
+                ("erlang-cookie", "/etc/rabbitmq-cookie")
+            ]
+        );
+        // The volume holds the cookie alone, readable by the pod's group.
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|volume| volume.name == "erlang-cookie")
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(volume.secret.as_ref().unwrap()).unwrap(),
+            json!({
+                "secretName": "shop-rabbitmq-credentials",
+                "items": [{"key": "erlang-cookie", "path": "cookie"}],
+                "defaultMode": 0o440,
+            })
+        );
+        // The client Service (ready nodes only) carries the management API, which the
+        // operator reads.
+        let service = children
+            .services
+            .iter()
+            .find(|service| service.metadata.name.as_deref() == Some("shop-rabbitmq"))
+            .unwrap();
+        let ports: Vec<(Option<&str>, i32)> = service
+            .spec
+            .as_ref()
+            .unwrap()
+            .ports
+            .iter()
+            .flatten()
+            .map(|port| (port.name.as_deref(), port.port))
+            .collect();
+        assert_eq!(ports, [(Some("amqp"), 5672), (Some("management"), 15672)]);
+        // The node itself does not mount the Secret, and no workload reads the cookie.
+        assert!(
+            pod.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .all(|mount| mount.name != "erlang-cookie")
+        );
+        for deployment in &children.deployments {
+            let text = serde_json::to_string(deployment).unwrap();
+            assert!(
+                !text.contains("erlang-cookie"),
+                "{:?}",
+                deployment.metadata.name
+            );
+        }
+    }
+
+    fn grow_job(children: &crate::controller::build::Children) -> Option<&Job> {
+        children.jobs.iter().find(|job| {
+            job.metadata
+                .name
+                .as_deref()
+                .is_some_and(|name| name.contains("-rabbitmq-grow-"))
+        })
+    }
+
+    #[test]
+    fn a_cluster_gets_a_job_that_grows_every_queue_to_every_node() {
+        let build_with = |name: &str, replicas: i32| {
+            let mut pipeline = pipeline(json!({"rabbitmq": {"managed": {"replicas": replicas}}}));
+            pipeline.metadata.name = Some(name.to_owned());
+            build_default(&pipeline, &secrets(), "0.1.0").unwrap()
+        };
+        // One node is a whole cluster: no Job.
+        assert!(grow_job(&build_with("shop", 1)).is_none());
+        let three = build_with("shop", 3);
+        let job = grow_job(&three).unwrap();
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        // A long host name of its own in the nodes' domain, for the CLI's long node name.
+        assert_eq!(pod.hostname.as_deref(), Some("grow"));
+        assert_eq!(pod.subdomain.as_deref(), Some("shop-rabbitmq-headless"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let grow = &pod.containers[0];
+        assert_eq!(
+            grow.command.as_deref().unwrap(),
+            ["sh", "-c", super::RABBITMQ_GROW_SCRIPT]
+        );
+        let env = env_of_container(grow);
+        assert_eq!(
+            env["NODES"]["value"],
+            "rabbit@shop-rabbitmq-0.shop-rabbitmq-headless.store.svc \
+             rabbit@shop-rabbitmq-1.shop-rabbitmq-headless.store.svc \
+             rabbit@shop-rabbitmq-2.shop-rabbitmq-headless.store.svc"
+        );
+        assert_eq!(
+            env["QUEUES"]["value"],
+            "orders.queue orders.queue.dead-letter notifier.queue notifier.queue.dead-letter"
+        );
+        assert_eq!(env["HOME"]["value"], "/tmp");
+        let init = pod.init_containers.as_ref().unwrap();
+        assert_eq!(env_of_container(&init[0])["HOME"]["value"], "/tmp");
+        // Its pod is not taken for a node: another component, the pipeline's instance.
+        let labels = job
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap();
+        let labels = labels.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/component"], "rabbitmq-grow");
+        assert_eq!(labels["app.kubernetes.io/instance"], "shop");
+        // The same spec, the same Job; more nodes, a new one (which grows onto them).
+        assert_eq!(grow_job(&build_with("shop", 3)), Some(job));
+        assert_ne!(
+            grow_job(&build_with("shop", 5)).unwrap().metadata.name,
+            job.metadata.name
+        );
+        // The longest pipeline name still makes a valid Job name.
+        let long = build_with(&"a".repeat(40), 3);
+        assert!(
+            grow_job(&long)
+                .unwrap()
+                .metadata
+                .name
+                .as_ref()
+                .unwrap()
+                .len()
+                <= 63
+        );
     }
 }

@@ -40,9 +40,10 @@ pub(super) struct Managed<'a> {
 
 /// What differs between the three dependencies' pods.
 pub(super) struct DependencyPod {
-    /// The container's named ports. The first is the client port, the only one of the client
-    /// Service; the headless Service has them all.
+    /// The container's named ports. The first `client_ports` are the client Service's (the
+    /// client port first); the headless Service has them all.
     pub(super) ports: Vec<(&'static str, u16)>,
+    pub(super) client_ports: usize,
     pub(super) env: Vec<EnvVar>,
     /// Always set: no dependency relies on its image's entrypoint (see the README's dependency
     /// image contract), so official images and stand-ins built to the contract run the same.
@@ -65,6 +66,16 @@ pub(super) fn managed_dependency(
     secrets: &Secrets,
     children: &mut Children,
 ) -> Result<(), BuildError> {
+    if let Some(why) = dependency.single_node_why()
+        && spec.replicas > 1
+    {
+        return Err(BuildError::SingleNode {
+            name: dependency.name(),
+            title: dependency.title(),
+            replicas: spec.replicas,
+            why,
+        });
+    }
     let managed = Managed {
         context,
         dependency,
@@ -89,7 +100,7 @@ pub(super) fn managed_dependency(
     children.services.push(context.service(
         &managed.name,
         component,
-        pod.ports.get(..1).unwrap_or_default(),
+        pod.ports.get(..pod.client_ports).unwrap_or_default(),
         false,
     ));
     children
@@ -250,7 +261,8 @@ mod tests {
     use super::super::test_support::*;
     use super::super::{
         BuildError, CASSANDRA_CONFIG_SCRIPT, CASSANDRA_CREDENTIALS_SCRIPT, Children, Dependency,
-        DependencyImages, RABBITMQ_IMAGE, ReplicaOverrides, RunningImages, build,
+        DependencyImages, RABBITMQ_COOKIE_SCRIPT, RABBITMQ_GROW_SCRIPT, RABBITMQ_IMAGE,
+        ReplicaOverrides, RunningImages, build,
     };
 
     #[test]
@@ -310,14 +322,14 @@ mod tests {
     fn every_managed_dependency_container_has_an_explicit_command() {
         let spec = json!({
             "rabbitmq": {"managed": {"replicas": 3}},
-            "cassandra": {"managed": {"replicas": 3}},
         });
         let children = build_default(&pipeline(spec), &secrets(), "0.1.0").unwrap();
         let containers = dependency_containers(&children);
-        // Three StatefulSets (one with an init container) and the credentials Job.
+        // Three StatefulSets (RabbitMQ's and Cassandra's with an init container), Cassandra's
+        // credentials Job and RabbitMQ's queue-membership Job (with an init container).
         assert_eq!(
             containers.len(),
-            5,
+            8,
             "{:?}",
             containers.iter().map(|c| &c.0).collect::<Vec<_>>()
         );
@@ -336,6 +348,14 @@ mod tests {
             .collect();
         let strings = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
         assert_eq!(commands["rabbitmq"], strings(&["rabbitmq-server"]));
+        assert_eq!(
+            commands["erlang-cookie"],
+            strings(&["sh", "-c", RABBITMQ_COOKIE_SCRIPT])
+        );
+        assert_eq!(
+            commands["grow"],
+            strings(&["sh", "-c", RABBITMQ_GROW_SCRIPT])
+        );
         assert_eq!(commands["cassandra"], strings(&["cassandra", "-f"]));
         assert_eq!(
             commands["config"],
@@ -350,7 +370,7 @@ mod tests {
             strings(&[
                 "sh",
                 "-c",
-                "umask 077; exec redis-server --appendonly yes --appendfsync everysec --save '' --dir /data --requirepass \"$REDIS_PASSWORD\"",
+                "umask 077; exec redis-server --appendonly yes --appendfsync always --save '' --dir /data --requirepass \"$REDIS_PASSWORD\"",
             ])
         );
     }

@@ -44,6 +44,7 @@ pub(super) fn secrets() -> Secrets {
     Secrets {
         jwt: Some("j".repeat(48)),
         rabbitmq_password: Some("rabbitpassword".into()),
+        rabbitmq_erlang_cookie: Some("rabbitcookie".into()),
         redis_password: Some("redispassword".into()),
         cassandra_password: Some("cassandrapassword".into()),
         cassandra_superuser_password: Some("superuserpassword".into()),
