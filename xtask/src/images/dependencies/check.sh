@@ -145,7 +145,7 @@ check_redis() {
   local password="check-$RANDOM$RANDOM"
   # The operator's command, verbatim.
   start redis.log REDIS_PASSWORD="$password" sh -c \
-    'umask 077; exec redis-server --appendonly yes --appendfsync everysec --save "" --dir /data --requirepass "$REDIS_PASSWORD"'
+    'umask 077; exec redis-server --appendonly yes --appendfsync always --save "" --dir /data --requirepass "$REDIS_PASSWORD"'
   wait_until 60 "PING answered" as_pod REDIS_PASSWORD="$password" sh -c \
     'test "$(REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -h 127.0.0.1 -p 6379 PING)" = PONG'
   local version
@@ -161,8 +161,9 @@ check_redis() {
   as_pod REDIS_PASSWORD="$password" sh -c \
     'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -h 127.0.0.1 -p 6379 SET image-check ok' | grep -qx OK \
     || fail "SET failed"
-  # appendfsync everysec: the append-only file has the write within about a second.
-  sleep 2
+  # appendfsync always: the write is in the append-only file before Redis answers.
+  grep -rqa image-check "$work/volumes/data/appendonlydir/" \
+    || fail "the acknowledged SET is not in the append-only file"
   local files
   files="$(find "$work/volumes/data" -type f -printf '%m %U:%G %P\n' | sort)"
   say "files in /data: $(echo "$files" | tr '\n' ',')"
@@ -170,7 +171,7 @@ check_redis() {
   if echo "$files" | grep -v '^600 999:999 '; then
     fail "files in /data are not private to uid 999 (umask 077)"
   fi
-  verified "redis $EXPECTED_VERSION: PING -> PONG with the password (NOAUTH without), SET ok, append-only files mode 600 uid 999 in /data"
+  verified "redis $EXPECTED_VERSION: PING -> PONG with the password (NOAUTH without), SET ok and in the append-only file before the reply, append-only files mode 600 uid 999 in /data"
   stop 30
 }
 
