@@ -291,6 +291,59 @@ impl Cluster {
         }
     }
 
+    /// Deletes one pod (of a StatefulSet: it comes back under the same name) with no grace
+    /// period, and waits until a pod of that name with a new UID is Ready. Returns how long that
+    /// took.
+    pub async fn delete_pod(&self, pod: &str, timeout: Duration) -> Result<Duration> {
+        let deleted = self.delete_pod_now(pod).await?;
+        self.wait_replaced(&deleted, timeout).await
+    }
+
+    /// Deletes one pod with no grace period (the kubelet kills its containers as a crash would)
+    /// and returns it, to wait for its replacement with [`Cluster::wait_replaced`].
+    pub async fn delete_pod_now(&self, pod: &str) -> Result<Pod> {
+        let pods = self.api::<Pod>();
+        let victim = pods
+            .get(pod)
+            .await
+            .with_context(|| format!("failed to read pod/{pod}"))?;
+        let now = kube::api::DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        pods.delete(pod, &now)
+            .await
+            .with_context(|| format!("failed to delete pod/{pod}"))?;
+        Ok(victim)
+    }
+
+    /// Waits until a pod of the deleted one's name, with another UID, is Ready; returns how long
+    /// that took.
+    pub async fn wait_replaced(&self, deleted: &Pod, timeout: Duration) -> Result<Duration> {
+        let pods = self.api::<Pod>();
+        let name = deleted.name_any();
+        let started = Instant::now();
+        loop {
+            if let Some(current) = pods.get_opt(&name).await?
+                && current.metadata.uid != deleted.metadata.uid
+                && current.metadata.deletion_timestamp.is_none()
+                && pod_ready(&current)
+            {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() >= timeout {
+                bail!("waited {timeout:?} for pod/{name} to be replaced and Ready");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Runs `command` in a container of one of the pipeline's pods; its stdout, or its stderr
+    /// as the error.
+    pub async fn exec_in(&self, pod: &str, container: &str, command: &[&str]) -> Result<String> {
+        exec(&self.api(), pod, container, command).await
+    }
+
     /// Sets `spec.processor.replicas` with a merge patch and waits until the status reports the
     /// processor's desired and ready replicas at `replicas`, the Deployment has that many ready,
     /// and the pipeline is Ready for the new generation.

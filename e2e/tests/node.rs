@@ -4,18 +4,27 @@
 //! - the seed README's walkthrough against the gateway's and dashboard's NodePorts, when
 //!   `E2E_GATEWAY_URL` and `E2E_DASHBOARD_URL` name them (`cargo xtask e2e` sets them to the
 //!   node's loopback NodePorts; on kind they are kind-config.yaml's `localhost:8080`/`8081`);
-//! - a fault: every processor pod killed while orders flow. Invariant: every order that got a 202
-//!   is processed exactly once — it ends `processed` or `notified`, and the SKU's stock went down
-//!   by exactly the number of accepted orders (a lost order stays `accepted`, an order applied
-//!   twice takes its quantity twice).
+//! - a three-node RabbitMQ is one cluster, with a member of every workload queue on each node,
+//!   as the status and each node report it;
+//! - faults while orders flow, one test each: every processor pod killed; one RabbitMQ node
+//!   deleted; the Redis pod deleted; the Cassandra pod deleted (logins then fail with a 503 and
+//!   work again after, for the same account). Invariant of each: every order that got a 202 is
+//!   processed exactly once and notified — it ends `notified`, the SKU's stock went down by
+//!   exactly the number of accepted orders (a lost order stays `accepted`, an order applied
+//!   twice takes its quantity twice), the work queues are empty and nothing was dead-lettered.
+//!   Orders refused while a dependency is away get a 503 and are not counted.
 //!
 //! Both are ignored by default, like `e2e.rs`: `cargo xtask e2e` runs them with `--ignored`.
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use pipeline_contract::topology;
 use pipeline_e2e::cluster::{Cluster, ClusterConfig, SKIP_MESSAGE};
 use pipeline_e2e::flow::{self, Endpoints, Inventory, Walkthrough};
 use reqwest::StatusCode;
@@ -68,16 +77,253 @@ async fn the_seed_walkthrough_works_through_the_node_ports() -> Result<()> {
     .context("the seed walkthrough through the NodePorts")
 }
 
+/// The operator's status and every node itself agree: one cluster of all the nodes, and each
+/// workload queue with a member on every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a cluster: set E2E_KUBECONFIG (cargo xtask e2e does)"]
-async fn every_accepted_order_is_processed_exactly_once_when_the_processor_is_killed() -> Result<()>
+async fn the_rabbitmq_nodes_are_one_cluster_with_a_member_of_each_queue_on_every_node() -> Result<()>
 {
     let Some(config) = ClusterConfig::from_env() else {
         println!("{SKIP_MESSAGE}");
         return Ok(());
     };
     let cluster = Cluster::connect(&config).await?;
-    cluster.wait_ready(Duration::from_secs(120)).await?;
+    let pipeline = cluster.wait_ready(RECOVERY_DEADLINE).await?;
+    let replicas = pipeline
+        .spec
+        .rabbitmq
+        .managed
+        .as_ref()
+        .context("spec.rabbitmq is external: no managed cluster to check")?
+        .replicas;
+    ensure!(
+        replicas > 1,
+        "spec.rabbitmq.managed.replicas is {replicas}: no cluster to check"
+    );
+    let reported = pipeline
+        .status
+        .and_then(|status| status.rabbitmq)
+        .context("Ready, but no status.rabbitmq")?;
+    println!(
+        "status.rabbitmq: running {:?}, queue members {:?}",
+        reported.running_nodes, reported.queue_members
+    );
+    let wanted = usize::try_from(replicas)?;
+    ensure!(reported.running_nodes.len() == wanted, "{reported:?}");
+    for queue in [topology::ORDERS_QUEUE, topology::NOTIFIER_QUEUE] {
+        for queue in [queue.to_owned(), topology::dead_letter_queue(queue)] {
+            ensure!(
+                reported.queue_members.get(&queue) == Some(&replicas),
+                "{queue}: {reported:?}"
+            );
+        }
+    }
+    // Each node's own view: the same running nodes.
+    for index in 0..replicas {
+        let pod = format!("{}-{index}", cluster.child("rabbitmq"));
+        let status: Value = serde_json::from_str(
+            &cluster
+                .exec_in(
+                    &pod,
+                    "rabbitmq",
+                    &["rabbitmqctl", "-q", "cluster_status", "--formatter", "json"],
+                )
+                .await?,
+        )?;
+        let mut running: Vec<String> = status["running_nodes"]
+            .as_array()
+            .with_context(|| format!("no running_nodes from {pod}: {status}"))?
+            .iter()
+            .filter_map(|node| node.as_str().map(str::to_owned))
+            .collect();
+        running.sort();
+        println!("{pod}: running nodes {running:?}");
+        ensure!(
+            running == reported.running_nodes,
+            "{pod} sees {running:?}, the status {:?}",
+            reported.running_nodes
+        );
+    }
+    // And the queue's own member list, as a node lists it.
+    let pod = format!("{}-0", cluster.child("rabbitmq"));
+    let queues: Value = serde_json::from_str(
+        &cluster
+            .exec_in(
+                &pod,
+                "rabbitmq",
+                &[
+                    "rabbitmqctl",
+                    "-q",
+                    "list_queues",
+                    "name",
+                    "members",
+                    "--formatter",
+                    "json",
+                ],
+            )
+            .await?,
+    )?;
+    let orders = queues
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|queue| queue["name"] == topology::ORDERS_QUEUE)
+        .with_context(|| format!("no {} in {queues}", topology::ORDERS_QUEUE))?;
+    let members = orders["members"].as_array().map_or(0, Vec::len);
+    println!("{}: members {}", topology::ORDERS_QUEUE, orders["members"]);
+    ensure!(members == wanted, "{orders}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster: set E2E_KUBECONFIG (cargo xtask e2e does)"]
+async fn every_accepted_order_is_processed_exactly_once_when_the_processor_is_killed() -> Result<()>
+{
+    campaign("processor killed", |cluster, _| {
+        Box::pin(async move {
+            let started = Instant::now();
+            let killed = cluster.kill_pods("processor", RECOVERY_DEADLINE).await?;
+            Ok(format!(
+                "processor pods {killed:?} killed, a replacement Ready {:.1}s later",
+                started.elapsed().as_secs_f64()
+            ))
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster: set E2E_KUBECONFIG (cargo xtask e2e does)"]
+async fn every_accepted_order_is_processed_exactly_once_when_a_rabbitmq_node_is_deleted()
+-> Result<()> {
+    campaign("RabbitMQ node deleted", |cluster, _| {
+        Box::pin(async move {
+            // Node 0: the first of every workload's broker list, so it holds their connections
+            // and the queues' first leaders.
+            let pod = format!("{}-0", cluster.child("rabbitmq"));
+            let back = cluster.delete_pod(&pod, RECOVERY_DEADLINE).await?;
+            Ok(format!(
+                "pod {pod} deleted, Ready again {:.1}s later",
+                back.as_secs_f64()
+            ))
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster: set E2E_KUBECONFIG (cargo xtask e2e does)"]
+async fn every_accepted_order_is_processed_exactly_once_when_the_redis_pod_is_deleted() -> Result<()>
+{
+    campaign("Redis deleted", |cluster, _| {
+        Box::pin(async move {
+            let pod = format!("{}-0", cluster.child("redis"));
+            let back = cluster.delete_pod(&pod, RECOVERY_DEADLINE).await?;
+            Ok(format!(
+                "pod {pod} deleted, Ready again {:.1}s later",
+                back.as_secs_f64()
+            ))
+        })
+    })
+    .await
+}
+
+/// Also: while Cassandra is away, logins fail with a 503 that says so (orders go on: a token is
+/// checked without Cassandra), and once it is back the same account logs in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster: set E2E_KUBECONFIG (cargo xtask e2e does)"]
+async fn logins_fail_clearly_while_cassandra_is_deleted_and_orders_go_on() -> Result<()> {
+    campaign("Cassandra deleted", |cluster, login| {
+        Box::pin(async move {
+            let pod = format!("{}-0", cluster.child("cassandra"));
+            let deleted = cluster.delete_pod_now(&pod).await?;
+            let started = Instant::now();
+            // The first refused login: a 503 naming the cause, within the driver's timeouts.
+            let refused = loop {
+                let (status, body) = login.attempt().await?;
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    break body;
+                }
+                ensure!(
+                    status == StatusCode::OK,
+                    "login while Cassandra is away answered {status}: {body}"
+                );
+                ensure!(
+                    started.elapsed() < RECOVERY_DEADLINE,
+                    "logins kept working {RECOVERY_DEADLINE:?} after pod/{pod} was deleted"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            ensure!(
+                refused.contains("unavailable"),
+                "the 503 does not say what is wrong: {refused}"
+            );
+            let refused_after = started.elapsed();
+            let back = cluster.wait_replaced(&deleted, RECOVERY_DEADLINE).await?;
+            // The same account, registered before, logs in again: nothing was lost.
+            let again = Instant::now();
+            loop {
+                let (status, body) = login.attempt().await?;
+                if status == StatusCode::OK {
+                    break;
+                }
+                ensure!(
+                    again.elapsed() < RECOVERY_DEADLINE,
+                    "the account could not log in {RECOVERY_DEADLINE:?} after Cassandra was back: {status} {body}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(format!(
+                "pod {pod} deleted; a login refused with 503 after {:.1}s ({refused}); the pod Ready again {:.1}s after the delete; the account logs in again {:.1}s after that",
+                refused_after.as_secs_f64(),
+                back.as_secs_f64(),
+                again.elapsed().as_secs_f64()
+            ))
+        })
+    })
+    .await
+}
+
+/// A login the fault may try, as the campaign's account.
+#[derive(Clone)]
+struct Login {
+    http: reqwest::Client,
+    gateway: String,
+    credentials: Value,
+}
+
+impl Login {
+    /// One `POST /login`: its status and body.
+    async fn attempt(&self) -> Result<(StatusCode, String)> {
+        let response = self
+            .http
+            .post(format!("{}/login", self.gateway))
+            .json(&self.credentials)
+            .send()
+            .await
+            .context("POST /login")?;
+        let status = response.status();
+        Ok((status, response.text().await.unwrap_or_default()))
+    }
+}
+
+/// Places [`ORDERS`] orders, runs `fault` once [`KILL_AFTER_ACCEPTED`] were accepted, and checks
+/// the invariant: every order that got a 202 ends `notified`, the stock fell by exactly one unit
+/// per accepted order (a lost order stays `accepted`, an order applied twice takes its quantity
+/// twice), the work queues are empty and no order was dead-lettered. Refused orders (a 503 while
+/// a dependency is away) are the client's to retry and count for nothing.
+async fn campaign(
+    label: &str,
+    fault: impl FnOnce(Cluster, Login) -> Pin<Box<dyn Future<Output = Result<String>> + Send>>
+    + Send
+    + 'static,
+) -> Result<()> {
+    let Some(config) = ClusterConfig::from_env() else {
+        println!("{SKIP_MESSAGE}");
+        return Ok(());
+    };
+    let cluster = Cluster::connect(&config).await?;
+    cluster.wait_ready(RECOVERY_DEADLINE).await?;
     let gateway_forward = cluster.forward_service("gateway").await?;
     let dashboard_forward = cluster.forward_service("dashboard").await?;
     let (gateway, dashboard) = (gateway_forward.url(), dashboard_forward.url());
@@ -90,7 +336,13 @@ async fn every_accepted_order_is_processed_exactly_once_when_the_processor_is_ki
     let sku = format!("fault-{run}");
     let stock: i64 = 1_000_000;
     cluster.redis_inventory().await?.set(&sku, stock).await?;
-    let token = account(&http, &gateway, &run).await?;
+    let (token, credentials) = account(&http, &gateway, &run).await?;
+    let login = Login {
+        http: http.clone(),
+        gateway: gateway.clone(),
+        credentials,
+    };
+    let dead_before = dead_letters(&cluster).await?;
 
     let next = Arc::new(AtomicUsize::new(0));
     let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -98,7 +350,7 @@ async fn every_accepted_order_is_processed_exactly_once_when_the_processor_is_ki
     let accepted_count = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
 
-    let killer = {
+    let breaker = {
         let cluster = cluster.clone();
         let accepted_count = accepted_count.clone();
         tokio::spawn(async move {
@@ -106,9 +358,8 @@ async fn every_accepted_order_is_processed_exactly_once_when_the_processor_is_ki
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let at = accepted_count.load(Ordering::SeqCst);
-            let kill_started = Instant::now();
-            let killed = cluster.kill_pods("processor", RECOVERY_DEADLINE).await?;
-            Ok::<_, anyhow::Error>((at, killed, kill_started.elapsed()))
+            let what = fault(cluster, login).await?;
+            Ok::<_, anyhow::Error>((at, what))
         })
     };
     let mut senders = Vec::new();
@@ -160,45 +411,50 @@ async fn every_accepted_order_is_processed_exactly_once_when_the_processor_is_ki
         sender.await??;
     }
     let sent_in = started.elapsed();
-    let (killed_at, killed, replaced_in) = killer.await??;
+    let (broken_at, what) = breaker.await??;
     let accepted = accepted.lock().await.clone();
     let refused = refused.lock().await.clone();
     println!(
-        "fault: {ORDERS} orders sent in {:.1}s: {} accepted, {} refused {:?}; processor pods {killed:?} killed after {killed_at} accepted, a replacement Ready {:.1}s after the kill",
+        "fault [{label}]: {ORDERS} orders sent in {:.1}s: {} accepted, {} refused {:?}; after {broken_at} accepted: {what}",
         sent_in.as_secs_f64(),
         accepted.len(),
         refused.len(),
         refused.iter().take(3).collect::<Vec<_>>(),
-        replaced_in.as_secs_f64()
     );
     ensure!(
         !accepted.is_empty(),
         "no order was accepted; refusals: {refused:?}"
     );
+    for (id, status, body) in &refused {
+        ensure!(
+            *status == 503,
+            "order {id} was refused with {status} ({body}); only 503 (retry) is expected"
+        );
+    }
 
-    // Every accepted order reaches its outcome, and none was rejected (the stock is ample).
+    // Every accepted order is notified, and none was rejected (the stock is ample).
     let mut pending: Vec<String> = accepted.clone();
-    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    let mut notified = 0;
     let deadline = Instant::now() + RECOVERY_DEADLINE;
     while !pending.is_empty() {
         let mut still = Vec::new();
         for id in pending {
             let status = order_status(&http, &gateway, &token, &id).await?;
             match status.as_str() {
-                "processed" | "notified" => *outcomes.entry(status).or_default() += 1,
-                "accepted" => still.push(id),
-                other => bail!("order {id} ended {other:?}, expected processed or notified"),
+                "notified" => notified += 1,
+                "accepted" | "processed" => still.push((id, status)),
+                other => bail!("order {id} ended {other:?}, expected notified"),
             }
         }
-        pending = still;
+        if !still.is_empty() && Instant::now() >= deadline {
+            bail!(
+                "{} accepted orders were not notified {RECOVERY_DEADLINE:?} after the fault, e.g. {:?}; notified so far {notified}",
+                still.len(),
+                still.iter().take(5).collect::<Vec<_>>()
+            );
+        }
+        pending = still.into_iter().map(|(id, _)| id).collect();
         if !pending.is_empty() {
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} accepted orders were still `accepted` {RECOVERY_DEADLINE:?} after the kill, e.g. {:?}; outcomes so far {outcomes:?}",
-                    pending.len(),
-                    pending.iter().take(5).collect::<Vec<_>>()
-                );
-            }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
@@ -215,8 +471,11 @@ async fn every_accepted_order_is_processed_exactly_once_when_the_processor_is_ki
         .as_i64()
         .with_context(|| format!("no inventory_level in {metrics}"))?;
     let applied = stock - level;
+    // Nothing stranded: the work queues drained, nothing dead-lettered.
+    let depths = queue_depths(&cluster).await?;
+    let dead_after = dead_letters(&cluster).await?;
     println!(
-        "fault: outcomes {outcomes:?}; stock {stock} -> {level}: {applied} units taken for {} accepted orders",
+        "fault [{label}]: {notified} notified; stock {stock} -> {level}: {applied} units taken for {} accepted orders; queues {depths:?}; dead letters {dead_before} -> {dead_after}",
         accepted.len()
     );
     ensure!(
@@ -224,11 +483,61 @@ async fn every_accepted_order_is_processed_exactly_once_when_the_processor_is_ki
         "{applied} units were taken for {} accepted orders of quantity 1: an order was lost or applied twice",
         accepted.len()
     );
+    for queue in [topology::ORDERS_QUEUE, topology::NOTIFIER_QUEUE] {
+        ensure!(
+            depths.get(queue) == Some(&0),
+            "{queue} is not empty after every order was notified: {depths:?}"
+        );
+    }
+    ensure!(
+        dead_after == dead_before,
+        "{} messages were dead-lettered during the fault",
+        dead_after - dead_before
+    );
     Ok(())
 }
 
-/// Registers a fresh account and logs in; returns the token.
-async fn account(http: &reqwest::Client, gateway: &str, run: &str) -> Result<String> {
+/// Messages (ready and unacknowledged) per queue, as a RabbitMQ node lists them.
+async fn queue_depths(cluster: &Cluster) -> Result<BTreeMap<String, u64>> {
+    let pod = format!("{}-0", cluster.child("rabbitmq"));
+    let listed = cluster
+        .exec_in(
+            &pod,
+            "rabbitmq",
+            &[
+                "rabbitmqctl",
+                "-q",
+                "list_queues",
+                "name",
+                "messages",
+                "--no-table-headers",
+            ],
+        )
+        .await?;
+    listed
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let mut fields = line.split_whitespace();
+            let (Some(name), Some(count)) = (fields.next(), fields.next()) else {
+                bail!("unexpected list_queues line {line:?}");
+            };
+            Ok((name.to_owned(), count.parse()?))
+        })
+        .collect()
+}
+
+/// Messages in the workload queues' dead-letter queues.
+async fn dead_letters(cluster: &Cluster) -> Result<u64> {
+    let depths = queue_depths(cluster).await?;
+    Ok([topology::ORDERS_QUEUE, topology::NOTIFIER_QUEUE]
+        .iter()
+        .filter_map(|queue| depths.get(&topology::dead_letter_queue(queue)))
+        .sum())
+}
+
+/// Registers a fresh account and logs in; returns the token and the credentials.
+async fn account(http: &reqwest::Client, gateway: &str, run: &str) -> Result<(String, Value)> {
     let credentials =
         json!({"email": format!("fault-{run}@example.com"), "password": "securepassword123"});
     let registered = http
@@ -249,10 +558,11 @@ async fn account(http: &reqwest::Client, gateway: &str, run: &str) -> Result<Str
         .error_for_status()?
         .json()
         .await?;
-    login["token"]
+    let token = login["token"]
         .as_str()
         .map(str::to_owned)
-        .with_context(|| format!("no token in {login}"))
+        .with_context(|| format!("no token in {login}"))?;
+    Ok((token, credentials))
 }
 
 async fn order_status(
