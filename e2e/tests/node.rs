@@ -255,7 +255,7 @@ async fn logins_fail_clearly_while_cassandra_is_deleted_and_orders_go_on() -> Re
                 tokio::time::sleep(Duration::from_millis(200)).await;
             };
             ensure!(
-                refused.contains("unavailable"),
+                refused.contains("account store (Cassandra) is unavailable"),
                 "the 503 does not say what is wrong: {refused}"
             );
             let refused_after = started.elapsed();

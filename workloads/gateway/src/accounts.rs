@@ -91,6 +91,7 @@ pub async fn register(
             .await
             .map_err(|error| AppError::Unavailable {
                 reason: error.to_string(),
+                detail: "the account store (Cassandra) is unavailable right now; no account was created, retry later",
                 retry_after: Duration::from_secs(1),
             })?;
     if !created {
@@ -132,6 +133,7 @@ pub async fn login(
             .await
             .map_err(|error| AppError::Unavailable {
                 reason: error.to_string(),
+                detail: "the account store (Cassandra) is unavailable right now; nobody can log in until it is back, retry later",
                 retry_after: Duration::from_secs(1),
             })?;
     // Runs bcrypt whether or not the account exists, so timing does not reveal which.
@@ -178,6 +180,7 @@ pub async fn delete_user(
             .await
             .map_err(|error| AppError::Unavailable {
                 reason: error.to_string(),
+                detail: "the account store (Cassandra) is unavailable right now; the account was not deleted, retry later",
                 retry_after: Duration::from_secs(1),
             })?;
     if !deleted {

@@ -193,6 +193,7 @@ impl AppState {
             .await
             .map_err(|error| AppError::Unavailable {
                 reason: format!("revocation check failed: {error}"),
+                detail: "the token could not be checked right now (Redis is unavailable); nothing was changed, retry later",
                 retry_after: Duration::from_secs(1),
             })
     }
@@ -207,6 +208,7 @@ impl AppState {
             .await
             .map_err(|error| AppError::Unavailable {
                 reason: format!("revoking tokens failed: {error}"),
+                detail: "the tokens could not be revoked right now (Redis is unavailable); nothing was changed, retry later",
                 retry_after: Duration::from_secs(1),
             })
     }

@@ -23,6 +23,11 @@ use crate::extract::{AuthUser, JsonBody};
 use crate::problem::{AppError, Problem};
 use crate::{AppState, now_unix_millis};
 
+/// What a client is told when an order could not be taken: nothing was recorded, so a retry with
+/// the same id is safe.
+const ORDER_UNAVAILABLE: &str =
+    "the order could not be stored durably right now; nothing was recorded, retry later";
+
 pub const MAX_ID_LEN: usize = 64;
 pub const MAX_SKU_LEN: usize = 128;
 pub const MAX_QTY: i64 = 10_000;
@@ -184,6 +189,7 @@ pub async fn create_order(
         }
         return Err(AppError::Unavailable {
             reason: format!("publishing order {} failed: {error}", order.id),
+            detail: ORDER_UNAVAILABLE,
             retry_after: Duration::from_secs(1),
         });
     }
@@ -220,6 +226,7 @@ async fn claim(
 ) -> Result<(), AppError> {
     let unavailable = |error: redis::RedisError| AppError::Unavailable {
         reason: format!("idempotency check failed: {error}"),
+        detail: ORDER_UNAVAILABLE,
         retry_after: Duration::from_secs(1),
     };
     // Two rounds: the existing claim may be released or expire between SET NX and GET.
@@ -252,6 +259,7 @@ async fn claim(
     }
     Err(AppError::Unavailable {
         reason: "idempotency claim kept changing".into(),
+        detail: ORDER_UNAVAILABLE,
         retry_after: Duration::from_secs(1),
     })
 }
@@ -324,6 +332,7 @@ pub async fn order_status(
         .await
         .map_err(|error| AppError::Unavailable {
             reason: format!("reading order status failed: {error}"),
+            detail: "the order's status could not be read right now (Redis is unavailable), retry later",
             retry_after: Duration::from_secs(1),
         })?;
     if fields.is_empty() {

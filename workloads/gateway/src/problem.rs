@@ -59,7 +59,10 @@ pub enum AppError {
     /// A dependency is unavailable; the request changed nothing and can be retried.
     #[error("service unavailable: {reason}")]
     Unavailable {
+        /// What failed, with the dependency's error: logged, never sent.
         reason: String,
+        /// What the client is told: which service is away and what was (not) done.
+        detail: &'static str,
         retry_after: Duration,
     },
     /// A bug or an unexpected dependency failure. The message is logged, never sent.
@@ -115,11 +118,7 @@ impl AppError {
                 ),
                 None,
             ),
-            AppError::Unavailable { .. } => (
-                "the order could not be stored durably right now; nothing was recorded, retry later"
-                    .to_owned(),
-                None,
-            ),
+            AppError::Unavailable { detail, .. } => ((*detail).to_owned(), None),
             AppError::Internal(_) => ("an internal error occurred".to_owned(), None),
         };
         Problem {
@@ -215,12 +214,18 @@ mod tests {
         assert!(!body.contains("10.0.0.7"), "{body}");
 
         let response = AppError::Unavailable {
-            reason: "broker down".into(),
+            reason: "broker down at 10.0.0.8".into(),
+            detail: "the account store (Cassandra) is unavailable right now",
             retry_after: Duration::from_secs(2),
         }
         .into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
-        assert!(!body_of(response).await.contains("broker down"));
+        let body = body_of(response).await;
+        assert!(!body.contains("10.0.0.8"), "{body}");
+        assert!(
+            body.contains("the account store (Cassandra) is unavailable right now"),
+            "the client is told which service is away: {body}"
+        );
     }
 }

@@ -116,6 +116,7 @@ fn ttl_or_window(pttl_ms: i64, window: Duration) -> Duration {
 fn unavailable(action: &str, error: redis::RedisError) -> AppError {
     AppError::Unavailable {
         reason: format!("failed to {action}: {error}"),
+        detail: "the login limiter (Redis) is unavailable right now; retry later",
         retry_after: Duration::from_secs(1),
     }
 }
