@@ -11,7 +11,7 @@ use pipeline_api::OrderPipeline;
 use rand::distr::{Alphanumeric, SampleString};
 
 use super::Error;
-use super::build::{CASSANDRA_ROLE, Secrets};
+use super::build::{CASSANDRA_ROLE, Dependency, Secrets, names};
 
 /// Generated passwords are alphanumeric, so they can sit in a URL without escaping.
 const PASSWORD_LENGTH: usize = 32;
@@ -29,7 +29,7 @@ pub async fn secrets(pipeline: &OrderPipeline, client: &Client) -> Result<Secret
     match &spec.auth.jwt_secret_ref {
         None => {
             secrets.jwt =
-                Some(existing_or_new(&api, &format!("{name}-jwt"), "secret", JWT_LENGTH).await?);
+                Some(existing_or_new(&api, &names::jwt_secret(&name), "secret", JWT_LENGTH).await?);
         }
         Some(reference) => {
             let data = read(&api, &reference.name)
@@ -40,7 +40,11 @@ pub async fn secrets(pipeline: &OrderPipeline, client: &Client) -> Result<Secret
     }
     if spec.rabbitmq.managed.is_some() {
         // One read for both: the password and the Erlang cookie live in one Secret.
-        let existing = read(&api, &format!("{name}-rabbitmq-credentials")).await?;
+        let existing = read(
+            &api,
+            &names::credentials_secret(&name, Dependency::Rabbitmq),
+        )
+        .await?;
         secrets.rabbitmq_password =
             Some(value(existing.as_ref(), "password").unwrap_or_else(new_password));
         secrets.rabbitmq_erlang_cookie = Some(
@@ -52,7 +56,7 @@ pub async fn secrets(pipeline: &OrderPipeline, client: &Client) -> Result<Secret
         secrets.redis_password = Some(
             existing_or_new(
                 &api,
-                &format!("{name}-redis-credentials"),
+                &names::credentials_secret(&name, Dependency::Redis),
                 "password",
                 PASSWORD_LENGTH,
             )
@@ -60,7 +64,11 @@ pub async fn secrets(pipeline: &OrderPipeline, client: &Client) -> Result<Secret
         );
     }
     if spec.cassandra.managed.is_some() {
-        let existing = read(&api, &format!("{name}-cassandra-credentials")).await?;
+        let existing = read(
+            &api,
+            &names::credentials_secret(&name, Dependency::Cassandra),
+        )
+        .await?;
         let credentials = cassandra_credentials(existing.as_ref(), new_password);
         secrets.cassandra_password = Some(credentials.password);
         secrets.cassandra_superuser_password = Some(credentials.superuser_password);

@@ -266,7 +266,7 @@ async fn autoscale_step(
         let Some(bounds) = &spec.autoscaling else {
             continue;
         };
-        let name = format!("{}-{}", pipeline.name_any(), workload.name());
+        let name = build::names::workload(&pipeline.name_any(), workload);
         let current = deployments
             .get_opt(&name)
             .await
@@ -351,10 +351,15 @@ fn management(pipeline: &OrderPipeline, secrets: &build::Secrets) -> Option<auto
     let rabbitmq = &pipeline.spec.rabbitmq;
     if rabbitmq.managed.is_some() {
         return Some(autoscale::Management {
+            // The client Service: ready nodes only, and it carries the management port.
             url: format!(
-                "http://{}-rabbitmq.{}.svc:15672",
-                pipeline.name_any(),
-                pipeline.namespace().unwrap_or_default()
+                "http://{}:{}",
+                build::names::service_host(
+                    &pipeline.name_any(),
+                    build::Dependency::Rabbitmq,
+                    &pipeline.namespace().unwrap_or_default()
+                ),
+                build::RABBITMQ_MANAGEMENT_PORT
             ),
             vhost: "/".to_owned(),
             username: "pipeline".to_owned(),
@@ -394,7 +399,7 @@ async fn running_dependencies(
         let Some(managed) = &dependency.spec(pipeline).managed else {
             continue;
         };
-        let name = format!("{}-{}", pipeline.name_any(), dependency.name());
+        let name = build::names::dependency(&pipeline.name_any(), dependency);
         let Some(existing) = api
             .get_opt(&name)
             .await

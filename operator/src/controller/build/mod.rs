@@ -32,7 +32,9 @@ mod test_support;
 mod workloads;
 
 pub use cassandra::{CASSANDRA_CONFIG_SCRIPT, CASSANDRA_CREDENTIALS_SCRIPT};
-pub use rabbitmq::{RABBITMQ_COOKIE_SCRIPT, RABBITMQ_GROW_SCRIPT};
+pub use rabbitmq::{
+    MANAGEMENT_PORT as RABBITMQ_MANAGEMENT_PORT, RABBITMQ_COOKIE_SCRIPT, RABBITMQ_GROW_SCRIPT,
+};
 
 use meta::Context;
 

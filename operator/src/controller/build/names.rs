@@ -3,8 +3,7 @@
 //! the clients' addresses and the generated passwords are found by it). Each takes the
 //! pipeline's name (at most 40 characters).
 //!
-//! Crate-visible so the steps around the build can use them too; today the dereference step and
-//! the controller still format the Secret, Deployment and StatefulSet names they read themselves.
+//! Crate-visible: the dereference step and the controller read children by these names too.
 
 use super::{Dependency, Workload};
 

@@ -45,7 +45,7 @@ const RABBITMQ_DATA_DIR: &str = "/var/lib/rabbitmq";
 /// Where the RabbitMQ configuration ConfigMap is mounted, read-only.
 const RABBITMQ_CONFIG_DIR: &str = "/etc/rabbitmq";
 /// The management API's port: the autoscaler reads queue depths from it.
-pub(super) const MANAGEMENT_PORT: u16 = 15672;
+pub const MANAGEMENT_PORT: u16 = 15672;
 
 /// RabbitMQ's memory high watermark, as a share of its memory limit in percent: publishers are
 /// blocked above it, well before the kernel's OOM killer would stop the node at the limit.
