@@ -5,6 +5,7 @@
 //! cargo run --release -p pipeline-tests --bin pipeline-bench -- gateway
 //! cargo run --release -p pipeline-tests --bin pipeline-bench -- pipeline
 //! cargo run --release -p pipeline-tests --bin pipeline-bench -- notifier
+//! cargo run --release -p pipeline-tests --bin pipeline-bench -- fsync
 //! ```
 //!
 //! - `gateway`: the broker's own confirmed-publish ceiling (a raw lapin publisher on a quorum
@@ -12,6 +13,10 @@
 //!   second, p50/p99), then p99 at half the best rate with and without 20 logins per second beside.
 //! - `pipeline`: sustained end-to-end orders per second (accepted → notified) and p50/p99 of the
 //!   time from the 202 to the notification at half load.
+//! - `fsync`: the sustained end-to-end rate with Redis's append-only file flushed once a second
+//!   (`appendfsync everysec`) and before every reply (`always`, what a managed Redis runs), set
+//!   on the environment's Redis for the run and restored after: the price of no acknowledged
+//!   Redis write being lost in a crash of the machine.
 //! - `notifier`: one notifier replica with a sink that takes one second per notification (the
 //!   seed's stub): notifications per second.
 
@@ -41,7 +46,8 @@ async fn main() -> Result<()> {
         "gateway" => gateway().await,
         "pipeline" => pipeline().await,
         "notifier" => notifier().await,
-        _ => bail!("usage: pipeline-bench gateway|pipeline|notifier"),
+        "fsync" => fsync().await,
+        _ => bail!("usage: pipeline-bench gateway|pipeline|notifier|fsync"),
     }
 }
 
@@ -347,30 +353,10 @@ async fn pipeline() -> Result<()> {
     println!("  {gateway_rate:.0} accepted/s");
 
     println!("== sustained end to end: accept as fast as possible for 10 s, count notified ==");
-    let run = testenv::unique("e2e");
-    let next = AtomicUsize::new(0);
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(10);
-    let accepted: Vec<String> = futures::future::join_all((0..64).map(|_| async {
-        let mut ids = Vec::new();
-        while Instant::now() < deadline {
-            let id = format!("{run}-{}", next.fetch_add(1, Ordering::Relaxed));
-            if let Ok(202) = pipeline.order(&token, &id, "bench-sku", 1).await {
-                ids.push(id);
-            }
-        }
-        ids
-    }))
-    .await
-    .into_iter()
-    .flatten()
-    .collect();
-    notified_latencies(&pipeline, &email, &accepted, Duration::from_secs(300)).await?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let sustained = accepted.len() as f64 / elapsed;
+    let (accepted, elapsed) = sustained(&pipeline, &token, &email).await?;
+    let sustained = accepted as f64 / elapsed;
     println!(
-        "  {} orders accepted and notified in {elapsed:.1}s: {sustained:.0} orders/s end to end = {:.0}% of the gateway's {gateway_rate:.0}/s",
-        accepted.len(),
+        "  {accepted} orders accepted and notified in {elapsed:.1}s: {sustained:.0} orders/s end to end = {:.0}% of the gateway's {gateway_rate:.0}/s",
         100.0 * sustained / gateway_rate
     );
 
@@ -405,6 +391,81 @@ async fn pipeline() -> Result<()> {
     );
     pipeline.stop().await;
     Ok(())
+}
+
+/// Accepts orders as fast as 64 clients can for 10 s and waits until each is notified: how many,
+/// and the seconds from the first order to the last notification.
+async fn sustained(pipeline: &Pipeline, token: &str, email: &str) -> Result<(usize, f64)> {
+    let run = testenv::unique("e2e");
+    let next = AtomicUsize::new(0);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(10);
+    let accepted: Vec<String> = futures::future::join_all((0..64).map(|_| async {
+        let mut ids = Vec::new();
+        while Instant::now() < deadline {
+            let id = format!("{run}-{}", next.fetch_add(1, Ordering::Relaxed));
+            if let Ok(202) = pipeline.order(token, &id, "bench-sku", 1).await {
+                ids.push(id);
+            }
+        }
+        ids
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
+    notified_latencies(pipeline, email, &accepted, Duration::from_secs(300)).await?;
+    Ok((accepted.len(), started.elapsed().as_secs_f64()))
+}
+
+async fn fsync() -> Result<()> {
+    let client = redis::Client::open(testenv::Env::load().require("OP_REDIS_URL"))?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    let original: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("appendfsync")
+        .query_async(&mut redis)
+        .await?;
+    let original = original
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "everysec".to_owned());
+    let options = Options {
+        processor_prefetch: 128,
+        notifier_prefetch: 256,
+        ..Options::default()
+    };
+    let pipeline = Pipeline::start(options).await?;
+    pipeline.set_stock("bench-sku", 100_000_000).await?;
+    let (email, token) = pipeline.account().await?;
+    let mut result = Ok(());
+    // Twice each, alternating, as the machine's speed drifts.
+    for policy in ["everysec", "always", "everysec", "always"] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("appendfsync")
+            .arg(policy)
+            .query_async(&mut redis)
+            .await?;
+        match sustained(&pipeline, &token, &email).await {
+            Ok((accepted, elapsed)) => println!(
+                "  appendfsync {policy:>8}: {accepted} orders accepted and notified in {elapsed:.1}s: {:.0} orders/s end to end",
+                accepted as f64 / elapsed
+            ),
+            Err(error) => {
+                result = Err(error);
+                break;
+            }
+        }
+    }
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendfsync")
+        .arg(&original)
+        .query_async(&mut redis)
+        .await?;
+    pipeline.stop().await;
+    result
 }
 
 async fn notifier() -> Result<()> {
