@@ -40,6 +40,8 @@ const PACE: Duration = Duration::from_millis(100);
 /// The processor pods are killed once this many orders were accepted, so orders are queued,
 /// in flight and still to come when it happens.
 const KILL_AFTER_ACCEPTED: usize = ORDERS / 3;
+/// How long the work queues may take to empty once every order is notified.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
 /// How long the replacement pod and the backlog may take on a small node.
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(240);
 
@@ -471,12 +473,25 @@ async fn campaign(
         .as_i64()
         .with_context(|| format!("no inventory_level in {metrics}"))?;
     let applied = stock - level;
-    // Nothing stranded: the work queues drained, nothing dead-lettered.
-    let depths = queue_depths(&cluster).await?;
+    // Nothing stranded: the work queues drain, nothing dead-lettered. A duplicate (an outcome
+    // republished after its ack was lost) may still be waiting out its backoff behind the last
+    // notification, so the queues get a bounded time to empty.
+    let drain_started = Instant::now();
+    let depths = loop {
+        let depths = queue_depths(&cluster).await?;
+        let empty = [topology::ORDERS_QUEUE, topology::NOTIFIER_QUEUE]
+            .iter()
+            .all(|queue| depths.get(*queue) == Some(&0));
+        if empty || drain_started.elapsed() >= DRAIN_DEADLINE {
+            break depths;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
     let dead_after = dead_letters(&cluster).await?;
     println!(
-        "fault [{label}]: {notified} notified; stock {stock} -> {level}: {applied} units taken for {} accepted orders; queues {depths:?}; dead letters {dead_before} -> {dead_after}",
-        accepted.len()
+        "fault [{label}]: {notified} notified; stock {stock} -> {level}: {applied} units taken for {} accepted orders; queues {depths:?} {:.1}s after the last notification; dead letters {dead_before} -> {dead_after}",
+        accepted.len(),
+        drain_started.elapsed().as_secs_f64()
     );
     ensure!(
         applied == i64::try_from(accepted.len())?,
