@@ -11,7 +11,7 @@
 //!   work again after, for the same account). Invariant of each: every order that got a 202 is
 //!   processed exactly once and notified — it ends `notified`, the SKU's stock went down by
 //!   exactly the number of accepted orders (a lost order stays `accepted`, an order applied
-//!   twice takes its quantity twice), the work queues are empty and nothing was dead-lettered.
+//!   twice takes its quantity twice), nothing waits in a work queue and nothing was dead-lettered.
 //!   Orders refused while a dependency is away get a 503 and are not counted.
 //!
 //! Both are ignored by default, like `e2e.rs`: `cargo xtask e2e` runs them with `--ignored`.
@@ -312,8 +312,9 @@ impl Login {
 /// Places [`ORDERS`] orders, runs `fault` once [`KILL_AFTER_ACCEPTED`] were accepted, and checks
 /// the invariant: every order that got a 202 ends `notified`, the stock fell by exactly one unit
 /// per accepted order (a lost order stays `accepted`, an order applied twice takes its quantity
-/// twice), the work queues are empty and no order was dead-lettered. Refused orders (a 503 while
-/// a dependency is away) are the client's to retry and count for nothing.
+/// twice), nothing waits in a work queue (each has its consumer) and no order was
+/// dead-lettered. Refused orders (a 503 while a dependency is away) are the client's to retry and
+/// count for nothing.
 async fn campaign(
     label: &str,
     fault: impl FnOnce(Cluster, Login) -> Pin<Box<dyn Future<Output = Result<String>> + Send>>
@@ -473,23 +474,27 @@ async fn campaign(
         .as_i64()
         .with_context(|| format!("no inventory_level in {metrics}"))?;
     let applied = stock - level;
-    // Nothing stranded: the work queues drain, nothing dead-lettered. A duplicate (an outcome
-    // republished after its ack was lost) may still be waiting out its backoff behind the last
-    // notification, so the queues get a bounded time to empty.
+    // Nothing stranded in a queue nobody reads: each work queue has its consumer and nothing
+    // waiting (a message a consumer holds is on its way, not stranded), within a bounded time
+    // for a duplicate outcome still in its backoff; nothing dead-lettered.
     let drain_started = Instant::now();
-    let depths = loop {
-        let depths = queue_depths(&cluster).await?;
-        let empty = [topology::ORDERS_QUEUE, topology::NOTIFIER_QUEUE]
+    let stats = loop {
+        let stats = queue_stats(&cluster).await?;
+        let drained = [topology::ORDERS_QUEUE, topology::NOTIFIER_QUEUE]
             .iter()
-            .all(|queue| depths.get(*queue) == Some(&0));
-        if empty || drain_started.elapsed() >= DRAIN_DEADLINE {
-            break depths;
+            .all(|queue| {
+                stats
+                    .get(*queue)
+                    .is_some_and(|s| s.ready == 0 && s.consumers > 0)
+            });
+        if drained || drain_started.elapsed() >= DRAIN_DEADLINE {
+            break stats;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let dead_after = dead_letters(&cluster).await?;
     println!(
-        "fault [{label}]: {notified} notified; stock {stock} -> {level}: {applied} units taken for {} accepted orders; queues {depths:?} {:.1}s after the last notification; dead letters {dead_before} -> {dead_after}",
+        "fault [{label}]: {notified} notified; stock {stock} -> {level}: {applied} units taken for {} accepted orders; queues {stats:?} {:.1}s after the last notification; dead letters {dead_before} -> {dead_after}",
         accepted.len(),
         drain_started.elapsed().as_secs_f64()
     );
@@ -499,9 +504,10 @@ async fn campaign(
         accepted.len()
     );
     for queue in [topology::ORDERS_QUEUE, topology::NOTIFIER_QUEUE] {
+        let queue_stats = stats.get(queue);
         ensure!(
-            depths.get(queue) == Some(&0),
-            "{queue} is not empty after every order was notified: {depths:?}"
+            queue_stats.is_some_and(|s| s.ready == 0 && s.consumers > 0),
+            "{queue} has messages nobody takes after every order was notified: {stats:?}"
         );
     }
     ensure!(
@@ -512,8 +518,16 @@ async fn campaign(
     Ok(())
 }
 
-/// Messages (ready and unacknowledged) per queue, as a RabbitMQ node lists them.
-async fn queue_depths(cluster: &Cluster) -> Result<BTreeMap<String, u64>> {
+/// One queue as a RabbitMQ node lists it.
+#[derive(Debug)]
+struct QueueStats {
+    ready: u64,
+    unacknowledged: u64,
+    consumers: u64,
+}
+
+/// Every queue's waiting and unacknowledged messages and its consumers.
+async fn queue_stats(cluster: &Cluster) -> Result<BTreeMap<String, QueueStats>> {
     let pod = format!("{}-0", cluster.child("rabbitmq"));
     let listed = cluster
         .exec_in(
@@ -524,7 +538,9 @@ async fn queue_depths(cluster: &Cluster) -> Result<BTreeMap<String, u64>> {
                 "-q",
                 "list_queues",
                 "name",
-                "messages",
+                "messages_ready",
+                "messages_unacknowledged",
+                "consumers",
                 "--no-table-headers",
             ],
         )
@@ -533,21 +549,29 @@ async fn queue_depths(cluster: &Cluster) -> Result<BTreeMap<String, u64>> {
         .lines()
         .filter(|line| !line.trim().is_empty())
         .map(|line| {
-            let mut fields = line.split_whitespace();
-            let (Some(name), Some(count)) = (fields.next(), fields.next()) else {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [name, ready, unacknowledged, consumers] = fields[..] else {
                 bail!("unexpected list_queues line {line:?}");
             };
-            Ok((name.to_owned(), count.parse()?))
+            Ok((
+                name.to_owned(),
+                QueueStats {
+                    ready: ready.parse()?,
+                    unacknowledged: unacknowledged.parse()?,
+                    consumers: consumers.parse()?,
+                },
+            ))
         })
         .collect()
 }
 
-/// Messages in the workload queues' dead-letter queues.
+/// Messages in the workload queues' dead-letter queues (nobody consumes them).
 async fn dead_letters(cluster: &Cluster) -> Result<u64> {
-    let depths = queue_depths(cluster).await?;
+    let stats = queue_stats(cluster).await?;
     Ok([topology::ORDERS_QUEUE, topology::NOTIFIER_QUEUE]
         .iter()
-        .filter_map(|queue| depths.get(&topology::dead_letter_queue(queue)))
+        .filter_map(|queue| stats.get(&topology::dead_letter_queue(queue)))
+        .map(|s| s.ready + s.unacknowledged)
         .sum())
 }
 
