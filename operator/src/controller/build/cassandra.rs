@@ -4,13 +4,13 @@
 //! ([`CASSANDRA_CREDENTIALS_SCRIPT`]). The two bash programs are files beside this one, so
 //! ShellCheck reads them (`cargo xtask shellcheck`); their text is the pods' command as it is.
 
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
 use pipeline_api::CASSANDRA_MINIMUM_MEMORY_LIMIT;
 
 use super::meta::{
-    Context, DEPENDENCY_USER, empty_dir, env_field, env_secret, env_value, hashed_job_name, mount,
-    pod_security, resources, restricted_container_security,
+    Context, empty_dir, env_field, env_secret, env_value, mount, resources,
+    restricted_container_security,
 };
 use super::statefulset::{DependencyPod, Managed};
 use super::{
@@ -174,31 +174,14 @@ fn credentials_job(context: &Context, image: &str, replicas: i32) -> Job {
         security_context: Some(restricted_container_security()),
         ..Container::default()
     };
-    let spec = JobSpec {
-        // Each attempt waits minutes for Cassandra itself (the script's own loop).
-        backoff_limit: Some(4),
-        ttl_seconds_after_finished: Some(3600),
-        template: PodTemplateSpec {
-            metadata: Some(context.pod_metadata(CASSANDRA_AUTH)),
-            spec: Some(PodSpec {
-                restart_policy: Some("Never".to_owned()),
-                automount_service_account_token: Some(false),
-                security_context: Some(pod_security(DEPENDENCY_USER)),
-                containers: vec![container],
-                volumes: Some(vec![empty_dir("tmp")]),
-                ..PodSpec::default()
-            }),
+    context.hashed_job(
+        CASSANDRA_AUTH,
+        PodSpec {
+            containers: vec![container],
+            volumes: Some(vec![empty_dir("tmp")]),
+            ..PodSpec::default()
         },
-        ..JobSpec::default()
-    };
-    Job {
-        metadata: context.metadata(
-            &hashed_job_name(context.name, CASSANDRA_AUTH, &spec),
-            CASSANDRA_AUTH,
-        ),
-        spec: Some(spec),
-        ..Job::default()
-    }
+    )
 }
 
 /// `bash -c <script>`: how the scripts run, as they have no shebang.

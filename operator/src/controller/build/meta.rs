@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     Capabilities, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-    PodSecurityContext, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, Secret,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pipeline_api::Resources;
 
-use k8s_openapi::api::batch::v1::JobSpec;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use sha2::{Digest, Sha256};
 
 use super::{MANAGED_BY, names};
@@ -297,6 +297,34 @@ pub(super) const JOB_HASH_LENGTH: usize = 7;
 pub(super) fn hashed_job_name(pipeline: &str, component: &str, spec: &JobSpec) -> String {
     let hash = hex::encode(Sha256::digest(serde_json::to_vec(spec).unwrap_or_default()));
     names::hashed_job(pipeline, component, &hash[..JOB_HASH_LENGTH])
+}
+
+impl Context<'_> {
+    /// A Job of the pipeline's that runs `pod` (its containers, volumes and host name) once to
+    /// completion, as the dependency user with no API token, retried 4 times and deleted an hour
+    /// after it finished, named by [`hashed_job_name`]. Each attempt may wait minutes for its
+    /// dependency (the scripts' own loops).
+    pub(super) fn hashed_job(&self, component: &str, pod: PodSpec) -> Job {
+        let spec = JobSpec {
+            backoff_limit: Some(4),
+            ttl_seconds_after_finished: Some(3600),
+            template: PodTemplateSpec {
+                metadata: Some(self.pod_metadata(component)),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".to_owned()),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(pod_security(DEPENDENCY_USER)),
+                    ..pod
+                }),
+            },
+            ..JobSpec::default()
+        };
+        Job {
+            metadata: self.metadata(&hashed_job_name(self.name, component, &spec), component),
+            spec: Some(spec),
+            ..Job::default()
+        }
+    }
 }
 
 /// A scratch volume that lives as long as the pod.

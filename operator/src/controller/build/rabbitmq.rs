@@ -11,17 +11,16 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, KeyToPath, PodSpec, PodTemplateSpec,
-    SecretVolumeSource, Volume,
+    ConfigMap, ConfigMapVolumeSource, Container, KeyToPath, PodSpec, SecretVolumeSource, Volume,
 };
 use pipeline_api::RABBITMQ_MINIMUM_MEMORY_LIMIT;
 use pipeline_contract::topology;
 
 use super::meta::{
-    Context, DEPENDENCY_USER, empty_dir, env_field, env_secret, env_value, hashed_job_name, mount,
-    pod_security, resources, restricted_container_security,
+    Context, empty_dir, env_field, env_secret, env_value, mount, resources,
+    restricted_container_security,
 };
 use super::statefulset::{DependencyPod, Managed};
 use super::{BuildError, Children, Dependency, Secrets, names};
@@ -250,31 +249,17 @@ pub(super) fn grow_job(managed: &Managed) -> Job {
         ..Container::default()
     };
     let credentials = names::credentials_secret(context.name, Dependency::Rabbitmq);
-    let spec = JobSpec {
-        // Each attempt waits up to 5 minutes for the nodes and the queues (the script's loop).
-        backoff_limit: Some(4),
-        ttl_seconds_after_finished: Some(3600),
-        template: PodTemplateSpec {
-            metadata: Some(context.pod_metadata(GROW)),
-            spec: Some(PodSpec {
-                restart_policy: Some("Never".to_owned()),
-                automount_service_account_token: Some(false),
-                security_context: Some(pod_security(DEPENDENCY_USER)),
-                hostname: Some("grow".to_owned()),
-                subdomain: Some(managed.headless.clone()),
-                init_containers: Some(vec![cookie_container(&managed.image, "tmp", "/tmp")]),
-                containers: vec![container],
-                volumes: Some(vec![empty_dir("tmp"), cookie_volume(&credentials)]),
-                ..PodSpec::default()
-            }),
+    context.hashed_job(
+        GROW,
+        PodSpec {
+            hostname: Some("grow".to_owned()),
+            subdomain: Some(managed.headless.clone()),
+            init_containers: Some(vec![cookie_container(&managed.image, "tmp", "/tmp")]),
+            containers: vec![container],
+            volumes: Some(vec![empty_dir("tmp"), cookie_volume(&credentials)]),
+            ..PodSpec::default()
         },
-        ..JobSpec::default()
-    };
-    Job {
-        metadata: context.metadata(&hashed_job_name(context.name, GROW, &spec), GROW),
-        spec: Some(spec),
-        ..Job::default()
-    }
+    )
 }
 
 /// RabbitMQ's memory high watermark in bytes for a container with this memory limit: an
