@@ -198,17 +198,10 @@ async fn every_accepted_order_is_processed_exactly_once_when_the_processor_is_ki
 #[ignore = "needs a cluster: set E2E_KUBECONFIG (cargo xtask e2e does)"]
 async fn every_accepted_order_is_processed_exactly_once_when_a_rabbitmq_node_is_deleted()
 -> Result<()> {
+    // Node 0: the first of every workload's broker list, so it holds their connections and the
+    // queues' first leaders.
     campaign("RabbitMQ node deleted", |cluster, _| {
-        Box::pin(async move {
-            // Node 0: the first of every workload's broker list, so it holds their connections
-            // and the queues' first leaders.
-            let pod = format!("{}-0", cluster.child("rabbitmq"));
-            let back = cluster.delete_pod(&pod, RECOVERY_DEADLINE).await?;
-            Ok(format!(
-                "pod {pod} deleted, Ready again {:.1}s later",
-                back.as_secs_f64()
-            ))
-        })
+        Box::pin(delete_first_pod(cluster, "rabbitmq"))
     })
     .await
 }
@@ -218,16 +211,19 @@ async fn every_accepted_order_is_processed_exactly_once_when_a_rabbitmq_node_is_
 async fn every_accepted_order_is_processed_exactly_once_when_the_redis_pod_is_deleted() -> Result<()>
 {
     campaign("Redis deleted", |cluster, _| {
-        Box::pin(async move {
-            let pod = format!("{}-0", cluster.child("redis"));
-            let back = cluster.delete_pod(&pod, RECOVERY_DEADLINE).await?;
-            Ok(format!(
-                "pod {pod} deleted, Ready again {:.1}s later",
-                back.as_secs_f64()
-            ))
-        })
+        Box::pin(delete_first_pod(cluster, "redis"))
     })
     .await
+}
+
+/// Deletes pod 0 of a dependency's StatefulSet and waits until it is back and Ready.
+async fn delete_first_pod(cluster: Cluster, component: &'static str) -> Result<String> {
+    let pod = format!("{}-0", cluster.child(component));
+    let back = cluster.delete_pod(&pod, RECOVERY_DEADLINE).await?;
+    Ok(format!(
+        "pod {pod} deleted, Ready again {:.1}s later",
+        back.as_secs_f64()
+    ))
 }
 
 /// Also: while Cassandra is away, logins fail with a 503 that says so (orders go on: a token is
