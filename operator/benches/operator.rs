@@ -24,7 +24,12 @@ use kube::{Client, Config, CustomResourceExt, ResourceExt};
 use pipeline_api::OrderPipeline;
 use serde_json::json;
 
+#[path = "../tests/support/volumes.rs"]
+mod volumes;
+
 const ADMIN_PORT: u16 = 19090;
+/// Pipelines applied one at a time, each timed to `Ready`.
+const SINGLE: usize = 5;
 const MANY: usize = 100;
 
 #[tokio::main]
@@ -52,7 +57,12 @@ async fn main() -> Result<()> {
             &serde_json::from_value(json!({"metadata": {"name": namespace}}))?,
         )
         .await?;
-    let volumes = provide_volumes(&client, &namespace, 3 * (MANY + 5)).await?;
+    let claims: Vec<String> = (0..SINGLE)
+        .map(|index| format!("single-{index}"))
+        .chain((0..MANY).map(|index| format!("many-{index}")))
+        .flat_map(|pipeline| volumes::default_claims(&pipeline))
+        .collect();
+    let volumes = volumes::provide(&client, &namespace, &claims).await?;
     let mut operator = start_operator(&kubeconfig)?;
     let result = run(&client, &namespace, &operator).await;
     let _ = Command::new("kill")
@@ -76,7 +86,7 @@ async fn run(client: &Client, namespace: &str, operator: &Child) -> Result<()> {
 
     println!("== one pipeline: apply → Ready ==");
     let mut times = Vec::new();
-    for index in 0..5 {
+    for index in 0..SINGLE {
         let name = format!("single-{index}");
         let started = Instant::now();
         pipelines
@@ -128,7 +138,7 @@ async fn run(client: &Client, namespace: &str, operator: &Child) -> Result<()> {
     );
     println!(
         "  operator resident memory with {} pipelines: {:.1} MiB (peak so far {:.1} MiB)",
-        MANY + 5,
+        MANY + SINGLE,
         rss as f64 / 1024.0,
         peak as f64 / 1024.0
     );
@@ -139,7 +149,7 @@ async fn run(client: &Client, namespace: &str, operator: &Child) -> Result<()> {
     let requests_before = api_requests(client).await?;
     // An annotation changes no spec and no child, but makes the operator reconcile each one.
     for name in names.iter().chain(
-        (0..5)
+        (0..SINGLE)
             .map(|i| format!("single-{i}"))
             .collect::<Vec<_>>()
             .iter(),
@@ -159,7 +169,7 @@ async fn run(client: &Client, namespace: &str, operator: &Child) -> Result<()> {
         .into_iter()
         .map(|p| (p.name_any(), p.resource_version().unwrap_or_default()))
         .collect();
-    let total = MANY + 5;
+    let total = MANY + SINGLE;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let done =
@@ -353,22 +363,6 @@ async fn wait_all_ready(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn provide_volumes(client: &Client, namespace: &str, count: usize) -> Result<Vec<String>> {
-    let api: Api<PersistentVolume> = Api::all(client.clone());
-    let mut names = Vec::new();
-    for index in 0..count {
-        let name = format!("{namespace}-pv-{index}");
-        let volume: PersistentVolume = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
-                     "persistentVolumeReclaimPolicy": "Delete", "hostPath": {"path": format!("/tmp/{name}")}},
-        }))?;
-        api.create(&PostParams::default(), &volume).await?;
-        names.push(name);
-    }
-    Ok(names)
 }
 
 /// Resident memory now and at its peak (VmRSS, VmHWM), in KiB.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use support::{
     chart_identity, client, install_crd, new_context, provide_volumes, remove_chart_identity,
-    wait_ready,
+    volumes, wait_ready,
 };
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -111,7 +111,8 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
         )
         .await
         .unwrap();
-    let volumes = provide_volumes(&client, &namespace, 3).await;
+    // The sample's claims once its RabbitMQ is one node (below).
+    let volumes = provide_volumes(&client, &namespace, &volumes::default_claims("shop")).await;
 
     // The operator runs as the Helm chart's ServiceAccount: a rule missing from the chart fails
     // this test. The assertions use the admin client.

@@ -19,6 +19,7 @@ use pipeline_api::OrderPipeline;
 use serde_json::json;
 use support::{
     chart_identity, client, install_crd, new_context, provide_volumes, remove_chart_identity,
+    volumes,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -110,7 +111,8 @@ async fn paused_pipelines_are_left_alone_and_stateful_scale_down_is_refused() {
     let admin = client().await;
     install_crd(&admin).await;
     let namespace = namespace(&admin).await;
-    let volumes = provide_volumes(&admin, &namespace, 2).await;
+    let claims = volumes::claims("guarded", &[("rabbitmq", 2)]);
+    let volumes = provide_volumes(&admin, &namespace, &claims).await;
     let (operator_client, operator_namespace) = chart_identity().await;
     let context = new_context(&operator_client);
     let stop = CancellationToken::new();
@@ -275,7 +277,8 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over() {
     let admin = client().await;
     install_crd(&admin).await;
     let namespace = namespace(&admin).await;
-    let volumes = provide_volumes(&admin, &namespace, 2).await;
+    let claims = volumes::claims("led", &[("rabbitmq", 2)]);
+    let volumes = provide_volumes(&admin, &namespace, &claims).await;
     // The lease lives where the chart's Role allows it: the operator's own namespace.
     let (operator_client, operator_namespace) = chart_identity().await;
     let replicas: Vec<(Arc<controller::Context>, CancellationToken)> = (0..2)

@@ -2,12 +2,13 @@
 
 #![allow(dead_code)]
 
+pub mod volumes;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::wait::{await_condition, conditions};
@@ -16,7 +17,6 @@ use order_pipeline_operator::controller::Context;
 use order_pipeline_operator::metrics::Metrics;
 use pipeline_api::OrderPipeline;
 use prometheus_client::registry::Registry;
-use serde_json::json;
 
 pub async fn client() -> Client {
     let env = testenv::Env::load();
@@ -49,31 +49,9 @@ pub async fn install_crd(client: &Client) {
     .unwrap();
 }
 
-/// Volumes for the dependencies' claims: the environment has no storage provisioner, so the test
-/// provides what a cluster's provisioner would (the controller-manager binds them).
-pub async fn provide_volumes(client: &Client, namespace: &str, count: usize) -> Vec<String> {
-    let volumes: Api<PersistentVolume> = Api::all(client.clone());
-    let mut names = Vec::new();
-    for index in 0..count {
-        let name = format!("{namespace}-pv-{index}");
-        let volume: PersistentVolume = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Delete",
-                "storageClassName": "",
-                "hostPath": {"path": format!("/tmp/{name}")},
-            },
-        }))
-        .unwrap();
-        volumes
-            .create(&PostParams::default(), &volume)
-            .await
-            .unwrap();
-        names.push(name);
-    }
-    names
+/// Volumes reserved for `claims` in `namespace` (see [`volumes`]).
+pub async fn provide_volumes(client: &Client, namespace: &str, claims: &[String]) -> Vec<String> {
+    volumes::provide(client, namespace, claims).await.unwrap()
 }
 
 pub fn new_context(client: &Client) -> Arc<Context> {
