@@ -190,6 +190,12 @@ pub mod keys {
 /// longer than any message can wait in a queue, so a redelivery always finds it.
 pub const ORDER_RECORD_TTL_SECONDS: u64 = 7 * 24 * 3600;
 
+/// How long an order id's idempotency claim ([`keys::Keys::idempotency`]) is kept: a day longer
+/// than the order's record, and the processor extends it when it applies the order, so the
+/// claim outlives the "applied" mark. While the mark exists a reuse of the id is refused at the
+/// gateway (409 or 422), never accepted and then skipped as "already applied".
+pub const IDEMPOTENCY_CLAIM_TTL_SECONDS: u64 = ORDER_RECORD_TTL_SECONDS + 24 * 3600;
+
 /// Fields of the order hash at [`keys::order`], each written by exactly one workload.
 pub mod order_fields {
     /// Written by the gateway once the broker confirmed the order: unix milliseconds.

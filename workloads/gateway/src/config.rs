@@ -47,8 +47,6 @@ pub struct GatewayConfig {
     pub bcrypt_cost: u32,
     /// bcrypt threads. They run at idle priority, so one per core costs order intake nothing.
     pub bcrypt_threads: usize,
-    /// How long an order id stays claimed for idempotency.
-    pub idempotency_ttl: Duration,
     pub login_limits: LoginLimits,
 }
 
@@ -102,7 +100,6 @@ impl GatewayConfig {
             token_lifetime: Duration::from_secs(ttl_seconds),
             bcrypt_cost,
             bcrypt_threads: cores.saturating_sub(1).max(1),
-            idempotency_ttl: Duration::from_secs(24 * 3600),
             login_limits: LoginLimits {
                 per_email: 5,
                 per_address: 20,

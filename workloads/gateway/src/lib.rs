@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod config;
 pub mod extract;
+pub mod idempotency;
 pub mod orders;
 pub mod passwords;
 pub mod problem;
@@ -43,6 +44,10 @@ use crate::tokens::{LEEWAY, TokenService};
 use crate::users::UserStore;
 use workload_runtime::http_metrics::HttpMetrics;
 
+/// Added to the broker's confirm timeout for an order's claim lease: the claim and settle steps
+/// in Redis, and opening a confirm channel.
+const PUBLISH_LEASE_MARGIN: Duration = Duration::from_secs(10);
+
 /// Request bodies above this are refused with 413 before they are read further.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 
@@ -61,7 +66,8 @@ struct Inner {
     keys: Keys,
     broker: Broker,
     limiter: LoginLimiter,
-    idempotency_ttl: Duration,
+    /// How long a request may hold an order's claim pending while it publishes.
+    publish_lease: Duration,
     http_metrics: HttpMetrics,
 }
 
@@ -131,6 +137,8 @@ pub async fn connect(
         }
     }
     let keys = config.redis.keys.clone();
+    // The publish's own bound, and time for the Redis steps around it.
+    let publish_lease = broker.confirm_timeout() + PUBLISH_LEASE_MARGIN;
     Ok(Some(AppState {
         inner: Arc::new(Inner {
             limiter: LoginLimiter::new(redis.clone(), keys.clone(), config.login_limits),
@@ -140,10 +148,28 @@ pub async fn connect(
             redis,
             keys,
             broker,
-            idempotency_ttl: config.idempotency_ttl,
+            publish_lease,
             http_metrics: metrics.http,
         }),
     }))
+}
+
+/// Serves the API on `listener` until shutdown begins, then stops accepting connections and
+/// returns once every in-flight request is answered. The broker connection stays open until
+/// then ([`Shutdown::closing`]): an order being published when the drain begins still gets its
+/// confirm and its 202. Call [`Shutdown::wait_for_tasks`] after it.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: &Shutdown,
+) -> std::io::Result<()> {
+    let token = shutdown.token();
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { token.cancelled().await })
+    .await
 }
 
 fn watch_cassandra(users: Arc<UserStore>, check: ReadinessCheck, shutdown: &Shutdown) {
@@ -181,8 +207,8 @@ impl AppState {
     pub fn login_limiter(&self) -> &LoginLimiter {
         &self.inner.limiter
     }
-    pub fn idempotency_ttl(&self) -> Duration {
-        self.inner.idempotency_ttl
+    pub fn publish_lease(&self) -> Duration {
+        self.inner.publish_lease
     }
 
     /// When the account was deleted (unix seconds), if it was within a token's lifetime.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use gateway::config::GatewayConfig;
-use gateway::{GatewayMetrics, app, connect};
+use gateway::{GatewayMetrics, connect};
 use prometheus_client::registry::Registry;
 use workload_runtime::admin::{self, Readiness};
 use workload_runtime::config::ProcessEnv;
@@ -42,17 +42,12 @@ async fn main() -> Result<()> {
     };
     tracing::info!(port = http_port, "gateway listening");
     http_ready.set(true);
-    let token = shutdown.token();
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { token.cancelled().await })
-    .await
-    .context("HTTP server failed")?;
+    gateway::serve(listener, state, &shutdown)
+        .await
+        .context("HTTP server failed")?;
 
-    // In-flight requests have finished; now close the broker connection and the admin server.
-    shutdown.trigger();
+    // In-flight requests have finished (their publishes confirmed): only now close the broker
+    // connection and the admin server.
     shutdown.wait_for_tasks(Duration::from_secs(20)).await;
     tracing::info!("gateway stopped");
     Ok(())

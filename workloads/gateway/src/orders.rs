@@ -1,9 +1,10 @@
 //! Order intake (`POST /orders`) and order status (`GET /orders/{id}`).
 //!
 //! `202 Order received` means the order is durable: the answer is sent only after RabbitMQ
-//! confirmed the message on a quorum queue. The idempotency claim (`SET NX` on a key scoped to
-//! the owner, holding the body's digest) is taken before publishing and released if publishing
-//! fails, so the client can retry a 503 with the same id; a retry of an accepted order is a
+//! confirmed the message on a quorum queue. The idempotency claim ([`idempotency`]) is taken
+//! before publishing and settled by how the publish ended: a 503 for a publish that stored
+//! nothing frees the id, a 503 for one that may have stored it says so, and a retry with the same
+//! body publishes again (the processor applies an order once); a retry of an accepted order is a
 //! `409 Duplicate order`, and the same id with another body is a 422.
 
 use std::time::Duration;
@@ -12,7 +13,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use pipeline_contract::messages::OrderPlaced;
-use pipeline_contract::{order_fields, topology};
+use pipeline_contract::{ORDER_RECORD_TTL_SECONDS, order_fields, topology};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -20,6 +21,7 @@ use utoipa::ToSchema;
 use workload_runtime::broker::Publish;
 
 use crate::extract::{AuthUser, JsonBody};
+use crate::idempotency::{self, Claim, Settled, Verdict};
 use crate::problem::{AppError, Problem};
 use crate::{AppState, now_unix_millis};
 
@@ -27,6 +29,14 @@ use crate::{AppState, now_unix_millis};
 /// the same id is safe.
 const ORDER_UNAVAILABLE: &str =
     "the order could not be stored durably right now; nothing was recorded, retry later";
+
+/// What a client is told when the publish may have stored the order: only a retry with the same
+/// body settles it, and it places the order at most once.
+const ORDER_UNCERTAIN: &str = "the order may or may not have been stored (the broker's confirm was lost); retry with the same body: it is placed at most once";
+
+/// What a retry is told while the first request for the order is still publishing it.
+const ORDER_IN_FLIGHT: &str =
+    "an earlier request with this order id is still being stored; retry with the same body shortly";
 
 pub const MAX_ID_LEN: usize = 64;
 pub const MAX_SKU_LEN: usize = 128;
@@ -111,14 +121,6 @@ pub fn validate(request: OrderRequest) -> Result<ValidOrder, AppError> {
     })
 }
 
-/// Releases an idempotency claim only if it is still ours (holds our digest).
-const RELEASE_CLAIM: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
-
 /// Place an order.
 #[utoipa::path(
     post,
@@ -142,23 +144,66 @@ pub async fn create_order(
     JsonBody(request): JsonBody<OrderRequest>,
 ) -> Result<(StatusCode, String), AppError> {
     let order = validate(request)?;
-    let digest = order.digest();
-    let keys = state.keys();
-    let claim_key = keys.idempotency(&user.email, &order.id);
-    let mut redis = state.redis();
+    // Its own task: a client that disconnects makes hyper drop this handler, which must not
+    // leave a claim taken and its order unpublished, or a publish unsettled.
+    tokio::spawn(async move { place(&state, &user.email, &order).await })
+        .await
+        .map_err(|error| AppError::internal("place an order", error))?
+}
 
-    claim(
+/// Takes the order's claim, then publishes it.
+async fn place(
+    state: &AppState,
+    owner: &str,
+    order: &ValidOrder,
+) -> Result<(StatusCode, String), AppError> {
+    let claim_key = state.keys().idempotency(owner, &order.id);
+    let mut redis = state.redis();
+    let verdict = idempotency::take(
         &mut redis,
         &claim_key,
-        &digest,
-        state.idempotency_ttl(),
-        &order.id,
+        &order.digest(),
+        state.publish_lease(),
     )
-    .await?;
+    .await
+    .map_err(|error| AppError::Unavailable {
+        reason: format!("idempotency check failed: {error}"),
+        detail: ORDER_UNAVAILABLE,
+        retry_after: Duration::from_secs(1),
+    })?;
+    let claim = match verdict {
+        Verdict::Claimed(claim) => claim,
+        Verdict::Duplicate => return Err(AppError::DuplicateOrder),
+        Verdict::Conflict => {
+            return Err(AppError::Unprocessable {
+                detail: format!(
+                    "order id {:?} was already used for a different order; use a new id",
+                    order.id
+                ),
+                field: Some("id".into()),
+            });
+        }
+        Verdict::InFlight(wait) => {
+            return Err(AppError::Unavailable {
+                reason: format!("order {} is being published by another request", order.id),
+                detail: ORDER_IN_FLIGHT,
+                retry_after: wait,
+            });
+        }
+    };
+    publish_claimed(state, owner, order, &claim).await
+}
 
+/// Publishes an order whose claim this request holds, and settles the claim by how it ended.
+async fn publish_claimed(
+    state: &AppState,
+    owner: &str,
+    order: &ValidOrder,
+    claim: &Claim,
+) -> Result<(StatusCode, String), AppError> {
     let message = OrderPlaced {
         order_id: order.id.clone(),
-        owner: user.email.clone(),
+        owner: owner.to_owned(),
         sku: order.sku.clone(),
         qty: order.qty,
         accepted_at: now_unix_millis(),
@@ -177,34 +222,55 @@ pub async fn create_order(
             .message_id(&message_id),
         )
         .await;
-    if let Err(error) = published {
-        // Not durable: give the id back so the client's retry is not a "duplicate".
-        let released: redis::RedisResult<i64> = redis::Script::new(RELEASE_CLAIM)
-            .key(&claim_key)
-            .arg(&digest)
-            .invoke_async(&mut redis)
-            .await;
-        if let Err(release_error) = released {
-            tracing::error!(order_id = %order.id, %release_error, "failed to release an idempotency claim; the id stays blocked until it expires");
+    let mut redis = state.redis();
+    let settled = match &published {
+        Ok(()) => Settled::Accepted,
+        Err(error) if error.may_have_been_stored() => Settled::Uncertain,
+        Err(_) => Settled::NotStored,
+    };
+    match claim.settle(&mut redis, settled).await {
+        Ok(true) => {}
+        // A retry took the claim over after the lease, and settles it.
+        Ok(false) => {
+            tracing::warn!(order_id = %order.id, "an order's publish outlived its claim's lease")
         }
+        // Left pending: once the lease is over, a retry with the same body publishes again.
+        Err(error) => {
+            tracing::error!(order_id = %order.id, %error, ?settled, "failed to settle an idempotency claim")
+        }
+    }
+    if let Err(error) = published {
         return Err(AppError::Unavailable {
             reason: format!("publishing order {} failed: {error}", order.id),
-            detail: ORDER_UNAVAILABLE,
+            detail: if settled == Settled::Uncertain {
+                ORDER_UNCERTAIN
+            } else {
+                ORDER_UNAVAILABLE
+            },
             retry_after: Duration::from_secs(1),
         });
     }
 
     // The order is durable now; the status record is informational, so a failure here is logged
-    // rather than turned into an error the client would retry.
-    let recorded: redis::RedisResult<()> = redis
+    // rather than turned into an error the client would retry. The processor resets its expiry
+    // when it applies the order.
+    let recorded: redis::RedisResult<()> = redis::pipe()
+        .atomic()
         .hset_multiple(
-            keys.order(&user.email, &order.id),
+            state.keys().order(owner, &order.id),
             &[
                 (order_fields::ACCEPTED_AT, message.accepted_at.to_string()),
                 (order_fields::SKU, order.sku.clone()),
                 (order_fields::QTY, order.qty.to_string()),
             ],
         )
+        .ignore()
+        .expire(
+            state.keys().order(owner, &order.id),
+            ORDER_RECORD_TTL_SECONDS as i64,
+        )
+        .ignore()
+        .query_async(&mut redis)
         .await;
     if let Err(error) = recorded {
         tracing::warn!(order_id = %order.id, %error, "order accepted but its status record was not written");
@@ -214,54 +280,6 @@ pub async fn create_order(
         StatusCode::ACCEPTED,
         format!("Order received: {}", order.id),
     ))
-}
-
-/// Takes the idempotency claim or explains why it is taken.
-async fn claim(
-    redis: &mut redis::aio::ConnectionManager,
-    key: &str,
-    digest: &str,
-    ttl: Duration,
-    order_id: &str,
-) -> Result<(), AppError> {
-    let unavailable = |error: redis::RedisError| AppError::Unavailable {
-        reason: format!("idempotency check failed: {error}"),
-        detail: ORDER_UNAVAILABLE,
-        retry_after: Duration::from_secs(1),
-    };
-    // Two rounds: the existing claim may be released or expire between SET NX and GET.
-    for _ in 0..2 {
-        let claimed: Option<String> = redis::cmd("SET")
-            .arg(key)
-            .arg(digest)
-            .arg("NX")
-            .arg("EX")
-            .arg(ttl.as_secs().max(1))
-            .query_async(redis)
-            .await
-            .map_err(unavailable)?;
-        if claimed.is_some() {
-            return Ok(());
-        }
-        let existing: Option<String> = redis.get(key).await.map_err(unavailable)?;
-        match existing {
-            Some(existing) if existing == digest => return Err(AppError::DuplicateOrder),
-            Some(_) => {
-                return Err(AppError::Unprocessable {
-                    detail: format!(
-                        "order id {order_id:?} was already used for a different order; use a new id"
-                    ),
-                    field: Some("id".into()),
-                });
-            }
-            None => continue,
-        }
-    }
-    Err(AppError::Unavailable {
-        reason: "idempotency claim kept changing".into(),
-        detail: ORDER_UNAVAILABLE,
-        retry_after: Duration::from_secs(1),
-    })
 }
 
 /// An order's progress through the pipeline.

@@ -51,6 +51,19 @@ pub enum SinkConfig {
     Webhook { url: String, timeout: Duration },
 }
 
+impl SinkConfig {
+    /// The longest one notification's send can take, retries included.
+    pub fn longest_send(&self) -> Duration {
+        match self {
+            SinkConfig::Log { delay } => *delay,
+            SinkConfig::Webhook { timeout, .. } => WebhookSink::longest_send(*timeout),
+        }
+    }
+}
+
+/// Added to the sink's longest send for the lease: the Redis steps around the send.
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct NotifierConfig {
     pub rabbitmq_urls: Vec<String>,
@@ -59,8 +72,9 @@ pub struct NotifierConfig {
     pub prefetch: u16,
     pub admin_port: u16,
     pub sink: SinkConfig,
-    /// How long one replica holds the right to send one notification; longer than a send with
-    /// all its retries can take, short enough that a crashed replica's claim soon lapses.
+    /// How long one replica holds the right to send one notification: the sink's longest send
+    /// with all its retries, plus a margin, so no second replica sends while the first still
+    /// may; no longer, so a crashed replica's claim soon lapses.
     pub lease: Duration,
 }
 
@@ -121,8 +135,10 @@ impl NotifierConfig {
             redis: RedisConfig::from_source(source)?,
             prefetch,
             admin_port: config::admin_port(source)?,
+            // Derived, never fixed: a lease shorter than a slow send let a second replica send
+            // the same notification (a fixed 30 s against a 25 s webhook timeout retried).
+            lease: sink.longest_send() + LEASE_MARGIN,
             sink,
-            lease: Duration::from_secs(30),
         })
     }
 }
@@ -487,6 +503,30 @@ mod tests {
                 .to_string()
                 .contains("NOTIFY_SINK")
         );
+    }
+
+    #[test]
+    fn the_lease_outlasts_the_slowest_send_with_every_retry() {
+        let lease = |vars: &[(&'static str, &'static str)]| {
+            let mut source = base();
+            source.extend(vars.iter().copied());
+            NotifierConfig::from_source(&source).unwrap().lease
+        };
+        // A 25 s webhook: three attempts timing out, and the backoff between them.
+        let webhook = lease(&[
+            (env::NOTIFY_SINK, "webhook"),
+            (env::NOTIFY_WEBHOOK_URL, "http://hooks.example.com/orders"),
+            (env::NOTIFY_WEBHOOK_TIMEOUT_MS, "25000"),
+        ]);
+        assert!(
+            webhook > Duration::from_secs(3 * 25) + LEASE_MARGIN,
+            "{webhook:?}"
+        );
+        assert!(webhook < Duration::from_secs(3 * 25 + 3) + LEASE_MARGIN);
+        // A slow log sink gets a lease longer than its delay, a fast one a short lease.
+        let slow = lease(&[(env::NOTIFY_LOG_DELAY_MS, "40000")]);
+        assert!(slow > Duration::from_secs(40), "{slow:?}");
+        assert_eq!(lease(&[]), LEASE_MARGIN);
     }
 
     #[test]

@@ -31,7 +31,7 @@ async fn main() -> Result<()> {
 
     run(config, sink, metrics, &readiness, &shutdown).await;
 
-    shutdown.trigger();
+    // Only now close the broker connection the in-flight notifications' acks went through.
     shutdown.wait_for_tasks(Duration::from_secs(20)).await;
     tracing::info!("notifier stopped");
     Ok(())

@@ -59,6 +59,14 @@ impl Sink for LogSink {
     }
 }
 
+/// Attempts of one webhook notification that fails transiently.
+const WEBHOOK_ATTEMPTS: u32 = 3;
+/// The wait between them.
+const WEBHOOK_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(100),
+    max: Duration::from_secs(2),
+};
+
 /// POSTs the notification as JSON.
 #[derive(Debug, Clone)]
 pub struct WebhookSink {
@@ -79,12 +87,18 @@ impl WebhookSink {
         Ok(Self {
             client,
             url,
-            attempts: 3,
-            backoff: Backoff {
-                initial: Duration::from_millis(100),
-                max: Duration::from_secs(2),
-            },
+            attempts: WEBHOOK_ATTEMPTS,
+            backoff: WEBHOOK_BACKOFF,
         })
+    }
+
+    /// The longest one [`Sink::send`] can take with this `timeout`: every attempt timing out,
+    /// with the longest backoff between them. The notifier's lease is derived from it.
+    pub fn longest_send(timeout: Duration) -> Duration {
+        let waits: Duration = (0..WEBHOOK_ATTEMPTS - 1)
+            .map(|round| WEBHOOK_BACKOFF.delay(round, 1.0))
+            .sum();
+        timeout * WEBHOOK_ATTEMPTS + waits
     }
 
     async fn post_once(&self, notification: &Notification) -> Result<(), SinkError> {

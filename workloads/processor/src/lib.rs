@@ -2,7 +2,8 @@
 //!
 //! Consumes `orders.queue` and applies each order to the inventory in one atomic Redis step (a Lua
 //! script): an order already applied is left alone, an order for more than the stock (a missing
-//! key is zero stock) is rejected, anything else decrements the stock, counts the order and
+//! key is zero stock) is rejected, so is one whose stock is not an integer (`invalid_inventory`:
+//! never a failure to retry and dead-letter), anything else decrements the stock, counts the order and
 //! records the outcome, all or nothing. Then it publishes the outcome (`order.created` or
 //! `order.rejected`) with a publisher confirm and only then acks the delivery.
 //!
@@ -17,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use pipeline_contract::keys::Keys;
 use pipeline_contract::messages::{OrderOutcome, OrderPlaced, Outcome};
-use pipeline_contract::{ORDER_RECORD_TTL_SECONDS, env, topology};
+use pipeline_contract::{IDEMPOTENCY_CLAIM_TTL_SECONDS, ORDER_RECORD_TTL_SECONDS, env, topology};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -61,25 +62,35 @@ impl ProcessorConfig {
     }
 }
 
-/// The inventory step, atomic in Redis. KEYS: order record, inventory, processed counter.
-/// ARGV: quantity, now (unix ms), record TTL (seconds). Returns {outcome, reason, processed_at,
-/// replayed (1 when the order had been applied before)}.
+/// The inventory step, atomic in Redis. KEYS: order record, inventory, processed counter, the
+/// id's idempotency claim. ARGV: quantity, now (unix ms), record TTL (seconds), claim TTL
+/// (seconds). Returns {outcome, reason, processed_at, replayed (1 when the order had been
+/// applied before)}. The claim, if still there, is extended as the record is written, so it
+/// outlives the record however long the order waited in the queue.
 const APPLY_ORDER: &str = r"
 local existing = redis.call('HGET', KEYS[1], 'outcome')
 if existing then
   return {existing, redis.call('HGET', KEYS[1], 'reason') or '',
           redis.call('HGET', KEYS[1], 'processed_at') or ARGV[2], 1}
 end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('EXPIRE', KEYS[4], ARGV[4])
+end
 local qty = tonumber(ARGV[1])
-local raw = redis.call('GET', KEYS[2])
+local kind = redis.call('TYPE', KEYS[2]).ok
 local stock = 0
-if raw then
-  stock = tonumber(raw)
-  if stock == nil or stock ~= math.floor(stock) then
+if kind ~= 'none' then
+  local raw = kind == 'string' and redis.call('GET', KEYS[2])
+  -- DECRBY takes only a canonical integer: '-' the one sign, no spaces, no leading zeros, no
+  -- '.', exponent or hex, all of which tonumber() accepts. At most 15 digits, which Lua's
+  -- numbers (doubles) hold exactly.
+  local digits = raw and string.match(raw, '^%-?([1-9]%d*)$')
+  if not (raw == '0' or (digits and #digits <= 15)) then
     redis.call('HSET', KEYS[1], 'outcome', 'rejected', 'reason', 'invalid_inventory', 'processed_at', ARGV[2])
     redis.call('EXPIRE', KEYS[1], ARGV[3])
     return {'rejected', 'invalid_inventory', ARGV[2], 0}
   end
+  stock = tonumber(raw)
 end
 if stock < qty then
   redis.call('HSET', KEYS[1], 'outcome', 'rejected', 'reason', 'out_of_stock', 'processed_at', ARGV[2])
@@ -188,9 +199,11 @@ impl Processor {
                 .key(self.keys.order(&order.owner, &order.order_id))
                 .key(self.keys.inventory(&order.sku))
                 .key(self.keys.processed_count())
+                .key(self.keys.idempotency(&order.owner, &order.order_id))
                 .arg(order.qty)
                 .arg(now_unix_millis())
                 .arg(ORDER_RECORD_TTL_SECONDS)
+                .arg(IDEMPOTENCY_CLAIM_TTL_SECONDS)
                 .invoke_async(&mut redis)
                 .await?;
         let outcome = match outcome.as_str() {

@@ -31,7 +31,7 @@ async fn main() -> Result<()> {
     // Returns once shutdown began and in-flight orders are settled.
     run(config, metrics, &readiness, &shutdown).await;
 
-    shutdown.trigger();
+    // Only now close the broker connection the in-flight orders' outcomes and acks went through.
     shutdown.wait_for_tasks(Duration::from_secs(20)).await;
     tracing::info!("processor stopped");
     Ok(())

@@ -369,13 +369,16 @@ async fn poison_and_ever_failing_messages_are_dead_lettered_with_their_reason() 
     harness
         .publish_raw(br#"{"order_id":"x","owner":"u","sku":"s"}"#)
         .await;
-    // A SKU whose inventory key holds a hash makes the inventory step fail every time.
+    // An order record that is not a hash makes the inventory step fail every time.
     let mut redis = harness.redis.clone();
     let _: () = redis
-        .hset(harness.keys.inventory("broken"), "field", "value")
+        .set(
+            harness.keys.order("customer@example.com", "doomed"),
+            "not a record",
+        )
         .await
         .unwrap();
-    harness.publish(&order("doomed", "broken", 1)).await;
+    harness.publish(&order("doomed", "case", 1)).await;
 
     let dead = harness
         .read(&topology::dead_letter_queue(topology::ORDERS_QUEUE), 3)
@@ -400,14 +403,12 @@ async fn poison_and_ever_failing_messages_are_dead_lettered_with_their_reason() 
         .unwrap_or_else(|| panic!("{reasons:?}"));
     assert!(failing.contains("WRONGTYPE"), "{failing}");
     // The doomed order was never applied.
-    let outcome: Option<String> = redis
-        .hget(
-            harness.keys.order("customer@example.com", "doomed"),
-            "outcome",
-        )
+    let record: String = redis
+        .get(harness.keys.order("customer@example.com", "doomed"))
         .await
         .unwrap();
-    assert_eq!(outcome, None);
+    assert_eq!(record, "not a record");
+    assert_eq!(harness.stock("case").await, None);
     let text = harness.metrics_text();
     assert!(
         text.contains(r#"deliveries_handled_total{outcome="dead_lettered"} 3"#),
@@ -415,6 +416,93 @@ async fn poison_and_ever_failing_messages_are_dead_lettered_with_their_reason() 
     );
     assert!(
         text.contains(r#"deliveries_handled_total{outcome="retried"} 4"#),
+        "{text}"
+    );
+    harness.stop().await;
+}
+
+/// Invariant: an order whose stock is not an integer DECRBY accepts is rejected with a reason,
+/// the stock untouched, nothing dead-lettered. `tonumber()` accepted "5.0", " 5" and "1e3", so
+/// the orders passed the check, failed in DECRBY five times and were dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_for_a_stock_that_is_not_an_integer_are_rejected_with_a_reason() {
+    let harness = Harness::start(10).await;
+    let mut redis = harness.redis.clone();
+    let odd = [
+        "5.0",
+        " 5",
+        "5 ",
+        "1e3",
+        "0x10",
+        "+5",
+        "05",
+        "-0",
+        "",
+        "five",
+        "9999999999999999",
+    ];
+    for (index, value) in odd.iter().enumerate() {
+        let _: () = redis
+            .set(harness.keys.inventory(&format!("odd-{index}")), *value)
+            .await
+            .unwrap();
+        harness
+            .publish(&order(&format!("odd-{index}"), &format!("odd-{index}"), 1))
+            .await;
+    }
+    let _: () = redis
+        .hset(harness.keys.inventory("hash"), "field", "value")
+        .await
+        .unwrap();
+    harness.publish(&order("hash", "hash", 1)).await;
+    // Valid integers at the edges: the largest taken, a negative one is simply not enough.
+    let _: () = redis
+        .set(harness.keys.inventory("large"), "999999999999999")
+        .await
+        .unwrap();
+    harness.publish(&order("large", "large", 1)).await;
+    harness.set_stock("negative", -3).await;
+    harness.publish(&order("negative", "negative", 1)).await;
+
+    let events = harness.events(odd.len() + 3).await;
+    let reason = |id: &str| {
+        let event = events.iter().find(|event| event.order_id == id).unwrap();
+        (event.outcome, event.reason.clone())
+    };
+    for (index, value) in odd.iter().enumerate() {
+        assert_eq!(
+            reason(&format!("odd-{index}")),
+            (Outcome::Rejected, Some("invalid_inventory".to_owned())),
+            "stock {value:?}"
+        );
+        let kept: String = redis
+            .get(harness.keys.inventory(&format!("odd-{index}")))
+            .await
+            .unwrap();
+        assert_eq!(&kept, value);
+    }
+    assert_eq!(
+        reason("hash"),
+        (Outcome::Rejected, Some("invalid_inventory".to_owned()))
+    );
+    assert_eq!(reason("large"), (Outcome::Processed, None));
+    assert_eq!(harness.stock("large").await, Some(999_999_999_999_998));
+    assert_eq!(
+        reason("negative"),
+        (Outcome::Rejected, Some("out_of_stock".to_owned()))
+    );
+    assert_eq!(harness.stock("negative").await, Some(-3));
+    let dead = harness
+        .depth(&topology::dead_letter_queue(topology::ORDERS_QUEUE))
+        .await;
+    println!(
+        "odd stock values: {} orders rejected invalid_inventory, dead-lettered {dead}",
+        odd.len() + 1
+    );
+    assert_eq!(dead, 0);
+    let text = harness.metrics_text();
+    assert!(
+        !text.contains(r#"outcome="retried""#) || text.contains(r#"outcome="retried"} 0"#),
         "{text}"
     );
     harness.stop().await;

@@ -119,6 +119,17 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    /// Whether the broker may hold the message despite the error. Only a publish that never
+    /// reached a channel, or that the broker returned as unroutable, certainly stored nothing; a
+    /// confirm lost with its connection or timed out, a nack (RabbitMQ does not promise the
+    /// message is gone) or a send that failed part-way may have stored it.
+    pub fn may_have_been_stored(&self) -> bool {
+        !matches!(
+            self,
+            PublishError::NotConnected | PublishError::Channel(_) | PublishError::Unroutable { .. }
+        )
+    }
+
     fn outcome(&self) -> &'static str {
         match self {
             PublishError::NotConnected => "not_connected",
@@ -311,6 +322,11 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
+    /// The longest a [`Broker::publish`] waits for the broker's confirm.
+    pub fn confirm_timeout(&self) -> Duration {
+        self.confirm_timeout
+    }
+
     /// Starts the connection supervisor as a task that shutdown waits for (it closes the
     /// connection cleanly). Returns at once; use [`Broker::wait_connected`] to hold startup until
     /// the first connection.
@@ -333,7 +349,9 @@ impl Broker {
             sender,
             metrics: metrics.clone(),
             readiness,
-            token: shutdown.token(),
+            // Not `token()`: in-flight work (a gateway's publish, a consumer's outcome and ack)
+            // still needs the connection while shutdown drains it.
+            token: shutdown.closing(),
         };
         shutdown.spawn(supervisor.run());
         Self {

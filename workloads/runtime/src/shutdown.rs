@@ -1,8 +1,11 @@
 //! Graceful shutdown: on SIGINT or SIGTERM stop taking work, let in-flight work finish (or hand it
 //! back to the broker), then exit 0.
 //!
-//! One [`CancellationToken`] is the broadcast signal every loop selects on; a [`TaskTracker`]
-//! knows which tasks still run, so `main` can wait for them with a deadline (Kubernetes sends
+//! One [`CancellationToken`] is the broadcast signal every loop selects on: stop taking work. A
+//! second one, [`Shutdown::closing`], ends what in-flight work still needs (the broker
+//! connection its publishes and acks go through); it is cancelled only by
+//! [`Shutdown::wait_for_tasks`], once the work is done. A [`TaskTracker`] knows which tasks still
+//! run, so `main` can wait for them with a deadline (Kubernetes sends
 //! SIGKILL after `terminationGracePeriodSeconds`, so waiting forever would lose the choice of what
 //! to hand back).
 
@@ -17,6 +20,7 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
     token: CancellationToken,
+    closing: CancellationToken,
     tracker: TaskTracker,
 }
 
@@ -38,6 +42,14 @@ impl Shutdown {
     /// The token every work loop selects on; cancelled when shutdown begins.
     pub fn token(&self) -> CancellationToken {
         self.token.clone()
+    }
+
+    /// Cancelled when the in-flight work is over and the process is about to exit (by
+    /// [`Self::wait_for_tasks`]), never earlier: a connection that in-flight work still uses
+    /// closes on this, not on [`Self::token`]. A gateway that closed its broker connection when
+    /// the drain began failed every order still being published with a 503.
+    pub fn closing(&self) -> CancellationToken {
+        self.closing.clone()
     }
 
     /// Starts shutdown from inside the program (a fatal error, or a test).
@@ -63,8 +75,12 @@ impl Shutdown {
         self.tracker.spawn(task)
     }
 
-    /// Waits for every tracked task, at most `grace`. Returns whether all of them finished.
+    /// Call once the in-flight work is over: cancels [`Self::closing`] (and [`Self::token`], if
+    /// shutdown had not begun) and waits for every tracked task, at most `grace`. Returns whether
+    /// all of them finished.
     pub async fn wait_for_tasks(&self, grace: Duration) -> bool {
+        self.token.cancel();
+        self.closing.cancel();
         self.tracker.close();
         let finished = tokio::time::timeout(grace, self.tracker.wait())
             .await
@@ -124,6 +140,17 @@ mod tests {
         shutdown.trigger();
         assert!(shutdown.wait_for_tasks(Duration::from_secs(5)).await);
         assert!(finished.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn what_in_flight_work_uses_closes_only_after_the_work() {
+        let shutdown = Shutdown::new();
+        let closing = shutdown.closing();
+        shutdown.trigger();
+        assert!(shutdown.is_triggered());
+        assert!(!closing.is_cancelled(), "closed when the drain began");
+        assert!(shutdown.wait_for_tasks(Duration::from_secs(5)).await);
+        assert!(closing.is_cancelled());
     }
 
     #[tokio::test]

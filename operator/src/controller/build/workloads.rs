@@ -8,7 +8,8 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Service,
+    Container, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec, PodTemplateSpec, Probe,
+    Service, SleepAction,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -86,6 +87,10 @@ fn expose(service: &mut Service, exposure: &ServiceSpec) {
     }
 }
 
+/// How long an HTTP workload keeps its listener open after its pod starts terminating (see
+/// `deployment`); within `terminationGracePeriodSeconds` (30), with the drain's 20 s after it.
+const ENDPOINT_PROPAGATION_SECONDS: i64 = 5;
+
 fn deployment(
     context: &Context,
     pipeline: &OrderPipeline,
@@ -137,6 +142,18 @@ fn deployment(
         security_context: Some(restricted_container_security()),
         liveness_probe: Some(admin_probe(probes::LIVENESS, 10, 3)),
         readiness_probe: Some(admin_probe(probes::READINESS, 5, 2)),
+        // A Service's endpoints drop a terminating pod while it is sent SIGTERM, not before:
+        // kube-proxy and ingress controllers see it a moment later. The pause keeps the
+        // listener open for connections still routed here; then the workload drains.
+        lifecycle: workload.http_port().map(|_| Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: ENDPOINT_PROPAGATION_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         ..Container::default()
     };
     Deployment {
@@ -336,6 +353,7 @@ mod tests {
         Children, DependencyImages, ReplicaOverrides, RunningImages, Secrets, Workload, build,
         config_hash,
     };
+    use super::ENDPOINT_PROPAGATION_SECONDS;
 
     #[test]
     fn services_are_cluster_internal_unless_the_spec_exposes_them() {
@@ -386,6 +404,33 @@ mod tests {
                 .iter()
                 .all(|port| port.node_port.is_none())
         );
+    }
+
+    #[test]
+    fn http_workloads_keep_listening_while_their_endpoints_are_withdrawn() {
+        let children = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
+        let pause = |name: &str| {
+            let deployment = deployment(&children, name);
+            let pod = deployment.spec.clone().unwrap().template.spec.unwrap();
+            let grace = pod.termination_grace_period_seconds.unwrap();
+            let seconds = pod.containers[0]
+                .lifecycle
+                .as_ref()
+                .and_then(|lifecycle| lifecycle.pre_stop.as_ref())
+                .and_then(|handler| handler.sleep.as_ref())
+                .map(|sleep| sleep.seconds);
+            (seconds, grace)
+        };
+        // The pause, then the workload's own drain and 20 s close, fit the grace period.
+        for name in ["shop-gateway", "shop-dashboard"] {
+            let (seconds, grace) = pause(name);
+            assert_eq!(seconds, Some(ENDPOINT_PROPAGATION_SECONDS), "{name}");
+            assert!(ENDPOINT_PROPAGATION_SECONDS + 20 < grace, "{name}");
+        }
+        // Nothing routes to the consumers: they stop at once.
+        for name in ["shop-processor", "shop-notifier"] {
+            assert_eq!(pause(name).0, None, "{name}");
+        }
     }
 
     #[test]

@@ -6,13 +6,12 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use gateway::config::GatewayConfig;
-use gateway::{AppState, GatewayMetrics, app, connect};
+use gateway::{AppState, GatewayMetrics, connect};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::ShortString;
 use lapin::{Connection, ConnectionProperties};
@@ -37,6 +36,7 @@ pub struct Gateway {
     pub state: AppState,
     pub registry: Arc<Registry>,
     shutdown: Shutdown,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Gateway {
@@ -92,15 +92,11 @@ impl Gateway {
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let token = shutdown.token();
-        let router = app(state.clone());
-        shutdown.spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
+        // Not a tracked task: like `main`, stopping waits for the drain before the tracked tasks
+        // (the broker connection) are closed.
+        let server = tokio::spawn({
+            let (state, shutdown) = (state.clone(), shutdown.clone());
+            async move { gateway::serve(listener, state, &shutdown).await }
         });
         let redis = redis::aio::ConnectionManager::new(
             redis::Client::open(environment.require("OP_REDIS_URL")).unwrap(),
@@ -116,6 +112,7 @@ impl Gateway {
             state,
             registry: Arc::new(registry),
             shutdown,
+            server,
         }
     }
 
@@ -222,8 +219,18 @@ impl Gateway {
         orders
     }
 
+    /// What SIGTERM does: stop accepting connections and drain the requests in flight.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.trigger();
+    }
+
+    /// Shuts down as `main` does: drains the requests in flight, then closes the connections.
     pub async fn stop(self) {
         self.shutdown.trigger();
+        self.server
+            .await
+            .expect("the server task")
+            .expect("the server drained");
         self.shutdown.wait_for_tasks(Duration::from_secs(10)).await;
         testenv::delete_redis_prefix(
             &testenv::Env::load().require("OP_REDIS_URL"),

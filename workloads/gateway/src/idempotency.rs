@@ -1,0 +1,181 @@
+//! The idempotency claim of an order id: what a retry of `POST /orders` is told, and when the
+//! order may be published again.
+//!
+//! The claim is one Redis string, scoped to the owner ([`Keys::idempotency`]), holding a state
+//! and the digest of the order's body:
+//!
+//! - `pending <until> <digest>`: a request is publishing the order. `<until>` (milliseconds on
+//!   Redis' clock, so every gateway replica reads the same time) bounds how long a publish can
+//!   take; a claim still pending after it was left by a request that never finished (a gateway
+//!   killed mid-publish), and the order may or may not be in the queue.
+//! - `uncertain <digest>`: the publish failed in a way that may have stored the message (its
+//!   confirm lost with the connection, timed out, or a nack).
+//! - `accepted <digest>`: the broker confirmed the order; the client was told 202.
+//!
+//! A claim that is pending (lease over) or uncertain is taken over by a retry with the same body,
+//! which publishes the order again: the processor applies an order once by its id, so a second
+//! copy in the queue changes nothing. A different body under that id stays a 422, since the first
+//! may be in the queue. A publish that certainly stored nothing (not connected, no confirm
+//! channel, unroutable) releases the claim, so the id is free for any body.
+//!
+//! Lifetime: [`CLAIM_TTL`] outlives the order's record, the processor's "applied" mark, which
+//! the processor keeps from the moment it applies the order and extends the claim along with it:
+//! a reused id is refused (409 or 422) for as long as the processor would call it applied, and
+//! after both are gone it is a new order.
+//!
+//! [`Keys::idempotency`]: pipeline_contract::keys::Keys::idempotency
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+pub use pipeline_contract::IDEMPOTENCY_CLAIM_TTL_SECONDS;
+
+/// How long a claim is kept: see the module documentation.
+pub const CLAIM_TTL: Duration = Duration::from_secs(IDEMPOTENCY_CLAIM_TTL_SECONDS);
+
+/// Takes the claim or reads why not. KEYS: the claim. ARGV: digest, lease (ms), TTL (s).
+/// Returns {verdict, detail}: `claimed` with the pending value written, `duplicate`,
+/// `conflict`, or `in_flight` with the lease's remaining milliseconds.
+const CLAIM: &str = r"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local pending = 'pending ' .. (now + tonumber(ARGV[2])) .. ' ' .. ARGV[1]
+local current = redis.call('GET', KEYS[1])
+if current then
+  local state, rest = string.match(current, '^(%l+) (.+)$')
+  if not state then
+    -- A bare digest: a claim written before the states existed, for an accepted order.
+    state, rest = 'accepted', current
+  end
+  local digest, lease_until = rest, 0
+  if state == 'pending' then
+    local until_text, pending_digest = string.match(rest, '^(%d+) (.+)$')
+    lease_until, digest = tonumber(until_text), pending_digest
+  end
+  if digest ~= ARGV[1] then
+    return {'conflict', ''}
+  end
+  if state == 'accepted' then
+    return {'duplicate', ''}
+  end
+  if state == 'pending' and now < lease_until then
+    return {'in_flight', tostring(lease_until - now)}
+  end
+end
+redis.call('SET', KEYS[1], pending, 'EX', ARGV[3])
+return {'claimed', pending}
+";
+
+/// Moves a claim on from the pending value this request wrote, only if it still holds it (a
+/// retry may have taken it over once the lease ran out). KEYS: the claim. ARGV: the pending
+/// value, the new value (empty: release), TTL (s). Returns 1 if it moved.
+const SETTLE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+end
+return 1
+";
+
+/// What [`take`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// This request holds the claim and publishes; settle it with [`Claim::settle`].
+    Claimed(Claim),
+    /// The order was accepted before: the seed's `409 Duplicate order`.
+    Duplicate,
+    /// The id holds another body.
+    Conflict,
+    /// Another request is publishing this order right now; ask again after this long.
+    InFlight(Duration),
+}
+
+/// A claim this request holds (the pending value it wrote).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    key: String,
+    digest: String,
+    pending: String,
+}
+
+/// How a publish ended, for [`Claim::settle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Confirmed: the order is accepted.
+    Accepted,
+    /// May be in the queue: a retry with the same body publishes again.
+    Uncertain,
+    /// Certainly not stored: the id is free again.
+    NotStored,
+}
+
+/// Takes the claim at `key` for an order whose body has `digest`, or says why not. `lease`
+/// bounds how long this request's publish can take.
+pub async fn take(
+    redis: &mut ConnectionManager,
+    key: &str,
+    digest: &str,
+    lease: Duration,
+) -> redis::RedisResult<Verdict> {
+    let (verdict, detail): (String, String) = redis::Script::new(CLAIM)
+        .key(key)
+        .arg(digest)
+        .arg(lease.as_millis() as u64)
+        .arg(IDEMPOTENCY_CLAIM_TTL_SECONDS)
+        .invoke_async(redis)
+        .await?;
+    Ok(match verdict.as_str() {
+        "claimed" => Verdict::Claimed(Claim {
+            key: key.to_owned(),
+            digest: digest.to_owned(),
+            pending: detail,
+        }),
+        "duplicate" => Verdict::Duplicate,
+        "conflict" => Verdict::Conflict,
+        "in_flight" => {
+            Verdict::InFlight(Duration::from_millis(detail.parse().unwrap_or(1000)).max(MIN_WAIT))
+        }
+        other => {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "unexpected idempotency verdict",
+                other.to_owned(),
+            )));
+        }
+    })
+}
+
+/// The shortest wait a client is told to take before asking again.
+const MIN_WAIT: Duration = Duration::from_secs(1);
+
+impl Claim {
+    /// Records how the publish ended. Returns whether the claim was still this request's (when
+    /// not, a retry took it over after the lease and settles it itself).
+    pub async fn settle(
+        &self,
+        redis: &mut ConnectionManager,
+        settled: Settled,
+    ) -> redis::RedisResult<bool> {
+        let next = match settled {
+            Settled::Accepted => format!("accepted {}", self.digest),
+            Settled::Uncertain => format!("uncertain {}", self.digest),
+            Settled::NotStored => String::new(),
+        };
+        let moved: i64 = redis::Script::new(SETTLE)
+            .key(&self.key)
+            .arg(&self.pending)
+            .arg(next)
+            .arg(IDEMPOTENCY_CLAIM_TTL_SECONDS)
+            .invoke_async(redis)
+            .await?;
+        Ok(moved == 1)
+    }
+}
+
+// The claim outlives the record it guards.
+const _: () = assert!(IDEMPOTENCY_CLAIM_TTL_SECONDS > pipeline_contract::ORDER_RECORD_TTL_SECONDS);

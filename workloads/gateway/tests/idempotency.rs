@@ -1,0 +1,205 @@
+//! The idempotency claim's protocol on the real Redis, and clients that give up mid-request.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use gateway::idempotency::{self, CLAIM_TTL, Settled, Verdict};
+use redis::AsyncCommands;
+use serde_json::json;
+use support::Gateway;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_moves_from_pending_to_accepted_uncertain_or_free() {
+    let gateway = Gateway::start().await;
+    let mut redis = gateway.redis.clone();
+    let key = gateway.keys.idempotency("owner@example.com", "claimed");
+    let take = |digest: &'static str, lease: Duration| {
+        let (mut redis, key) = (gateway.redis.clone(), key.clone());
+        async move {
+            idempotency::take(&mut redis, &key, digest, lease)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Pending: the same body is told to wait for the lease, another body is refused.
+    let Verdict::Claimed(first) = take("body-a", LEASE).await else {
+        panic!("a free id is claimed")
+    };
+    let ttl: i64 = redis.ttl(&key).await.unwrap();
+    assert!(ttl > (CLAIM_TTL.as_secs() - 60) as i64, "ttl {ttl}");
+    match take("body-a", LEASE).await {
+        Verdict::InFlight(wait) => assert!(wait <= LEASE && wait > LEASE / 2, "{wait:?}"),
+        other => panic!("a pending claim made a retry {other:?}"),
+    }
+    assert_eq!(take("body-b", LEASE).await, Verdict::Conflict);
+
+    // Uncertain: a retry with the same body takes it over (and publishes again); the first
+    // request can no longer settle what it no longer holds.
+    assert!(first.settle(&mut redis, Settled::Uncertain).await.unwrap());
+    assert_eq!(take("body-b", LEASE).await, Verdict::Conflict);
+    let Verdict::Claimed(retry) = take("body-a", LEASE).await else {
+        panic!("an uncertain claim is taken over by the same body")
+    };
+    assert!(!first.settle(&mut redis, Settled::NotStored).await.unwrap());
+    assert!(retry.settle(&mut redis, Settled::Accepted).await.unwrap());
+    assert_eq!(take("body-a", LEASE).await, Verdict::Duplicate);
+    assert_eq!(take("body-b", LEASE).await, Verdict::Conflict);
+
+    // A pending claim whose lease is over (its request never finished) is taken over by the
+    // same body, and only by it. A zero lease is over at once.
+    let key = gateway.keys.idempotency("owner@example.com", "abandoned");
+    let Verdict::Claimed(_abandoned) =
+        idempotency::take(&mut redis, &key, "body-a", Duration::ZERO)
+            .await
+            .unwrap()
+    else {
+        panic!("a free id is claimed")
+    };
+    assert_eq!(
+        idempotency::take(&mut redis, &key, "body-b", LEASE)
+            .await
+            .unwrap(),
+        Verdict::Conflict
+    );
+    assert!(matches!(
+        idempotency::take(&mut redis, &key, "body-a", LEASE)
+            .await
+            .unwrap(),
+        Verdict::Claimed(_)
+    ));
+
+    // Certainly not stored: the id is free for any body.
+    let key = gateway.keys.idempotency("owner@example.com", "released");
+    let Verdict::Claimed(released) = idempotency::take(&mut redis, &key, "body-a", LEASE)
+        .await
+        .unwrap()
+    else {
+        panic!("a free id is claimed")
+    };
+    assert!(
+        released
+            .settle(&mut redis, Settled::NotStored)
+            .await
+            .unwrap()
+    );
+    let exists: bool = redis.exists(&key).await.unwrap();
+    assert!(!exists);
+    assert!(matches!(
+        idempotency::take(&mut redis, &key, "body-b", LEASE)
+            .await
+            .unwrap(),
+        Verdict::Claimed(_)
+    ));
+
+    // A claim written before the states existed (a bare digest) is an accepted order.
+    let key = gateway.keys.idempotency("owner@example.com", "legacy");
+    let _: () = redis.set(&key, "body-a").await.unwrap();
+    assert_eq!(
+        idempotency::take(&mut redis, &key, "body-a", LEASE)
+            .await
+            .unwrap(),
+        Verdict::Duplicate
+    );
+    assert_eq!(
+        idempotency::take(&mut redis, &key, "body-b", LEASE)
+            .await
+            .unwrap(),
+        Verdict::Conflict
+    );
+    gateway.stop().await;
+}
+
+/// Fault: clients that abort their request almost at once, then retry with the same body until
+/// they get an answer. Invariant: every order ends accepted exactly once (a 202, or a 409 for a
+/// retry of an order the aborted request had placed), is in `orders.queue`, and no id is left
+/// claimed without its order: the handler hyper drops with the aborted connection no longer
+/// owns the publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_abort_and_retry_get_each_order_placed_once() {
+    const ORDERS: usize = 60;
+    let gateway = Gateway::start().await;
+    let (_, token) = gateway.account().await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(2))
+        .build()
+        .unwrap();
+    let orders = (0..ORDERS).map(|index| {
+        let (gateway, token, impatient) = (&gateway, &token, &impatient);
+        async move {
+            let id = format!("abort-{index}");
+            let body = json!({"id": id, "sku": "abort-sku", "qty": 1});
+            let aborted = impatient
+                .post(gateway.url("/orders"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .is_err();
+            let mut unavailable = 0;
+            loop {
+                let response = gateway
+                    .http
+                    .post(gateway.url("/orders"))
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                match response.status().as_u16() {
+                    // Still being published by the aborted request: wait as told.
+                    503 => {
+                        unavailable += 1;
+                        let wait = response
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|value| value.to_str().ok()?.parse().ok())
+                            .unwrap_or(1);
+                        tokio::time::sleep(Duration::from_secs(wait)).await;
+                    }
+                    status => return (id, aborted, status, unavailable),
+                }
+            }
+        }
+    });
+    let results = join_all(orders).await;
+    let mut copies: BTreeMap<String, usize> = BTreeMap::new();
+    for order in gateway.drain_orders().await {
+        *copies.entry(order.order_id).or_default() += 1;
+    }
+    let aborted = results.iter().filter(|result| result.1).count();
+    let accepted = results.iter().filter(|result| result.2 == 202).count();
+    let duplicate = results.iter().filter(|result| result.2 == 409).count();
+    let waited: usize = results.iter().map(|result| result.3).sum();
+    let lost = results
+        .iter()
+        .filter(|result| !copies.contains_key(&result.0))
+        .count();
+    let doubled = copies.values().filter(|&&count| count > 1).count();
+    println!(
+        "aborting clients: sent {ORDERS}, aborted {aborted}, then 202 {accepted}, 409 {duplicate}, 503 while in flight {waited}, in orders.queue {}, lost {lost}, published twice {doubled}",
+        copies.len()
+    );
+    assert!(aborted > 0, "no request was aborted");
+    assert!(
+        results
+            .iter()
+            .all(|result| result.2 == 202 || result.2 == 409),
+        "{results:?}"
+    );
+    // A 409 only where the aborted request placed the order.
+    assert!(
+        results
+            .iter()
+            .filter(|result| result.2 == 409)
+            .all(|result| result.1)
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(doubled, 0);
+    gateway.stop().await;
+}
