@@ -228,13 +228,12 @@ impl Cluster {
         })
     }
 
-    /// Deletes every running pod of a component's Deployment at once, with no grace period (the
-    /// kubelet kills the containers as a crash would), and waits until the Deployment has its
-    /// desired number of Ready pods, none of them a deleted one. Returns the deleted pods' names.
-    pub async fn kill_pods(&self, component: &str, timeout: Duration) -> Result<Vec<String>> {
+    /// A component's Deployment: its desired replicas, and the list parameters that select its
+    /// pods.
+    async fn deployment_pods(&self, component: &str) -> Result<(usize, ListParams)> {
         let name = self.child(component);
-        let deployments = self.api::<Deployment>();
-        let deployment = deployments
+        let deployment = self
+            .api::<Deployment>()
             .get(&name)
             .await
             .with_context(|| format!("failed to read deployment/{name}"))?;
@@ -246,7 +245,34 @@ impl Cluster {
             .filter(|labels| !labels.is_empty())
             .with_context(|| format!("deployment/{name} has no matchLabels"))?;
         let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let list = ListParams::default().labels(&labels.join(","));
+        Ok((desired, ListParams::default().labels(&labels.join(","))))
+    }
+
+    /// A Ready pod of a component's Deployment (the first by name).
+    pub async fn ready_pod(&self, component: &str) -> Result<String> {
+        let (_, list) = self.deployment_pods(component).await?;
+        let mut ready: Vec<String> = self
+            .api::<Pod>()
+            .list(&list)
+            .await?
+            .items
+            .iter()
+            .filter(|pod| pod_ready(pod) && pod.metadata.deletion_timestamp.is_none())
+            .map(ResourceExt::name_any)
+            .collect();
+        ready.sort();
+        ready
+            .into_iter()
+            .next()
+            .with_context(|| format!("deployment/{} has no Ready pod", self.child(component)))
+    }
+
+    /// Deletes every running pod of a component's Deployment at once, with no grace period (the
+    /// kubelet kills the containers as a crash would), and waits until the Deployment has its
+    /// desired number of Ready pods, none of them a deleted one. Returns the deleted pods' names.
+    pub async fn kill_pods(&self, component: &str, timeout: Duration) -> Result<Vec<String>> {
+        let name = self.child(component);
+        let (desired, list) = self.deployment_pods(component).await?;
         let pods = self.api::<Pod>();
         let victims: Vec<String> = pods
             .list(&list)

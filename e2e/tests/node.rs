@@ -80,7 +80,8 @@ async fn the_seed_walkthrough_works_through_the_node_ports() -> Result<()> {
 }
 
 /// The operator's status and every node itself agree: one cluster of all the nodes, and each
-/// workload queue with a member on every node.
+/// workload queue with a member on every node. And the dead-letter command works in the
+/// consumers' pods.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a cluster: set E2E_KUBECONFIG (cargo xtask e2e does)"]
 async fn the_rabbitmq_nodes_are_one_cluster_with_a_member_of_each_queue_on_every_node() -> Result<()>
@@ -174,6 +175,29 @@ async fn the_rabbitmq_nodes_are_one_cluster_with_a_member_of_each_queue_on_every
     let members = orders["members"].as_array().map_or(0, Vec::len);
     println!("{}: members {}", topology::ORDERS_QUEUE, orders["members"]);
     ensure!(members == wanted, "{orders}");
+
+    // The dead-letter command, as an operator runs it in a pod: the binary with the pod's own
+    // variables (and so its RabbitMQ credentials).
+    for (component, queue) in [
+        ("processor", topology::ORDERS_QUEUE),
+        ("notifier", topology::NOTIFIER_QUEUE),
+    ] {
+        let pod = cluster.ready_pod(component).await?;
+        let listed = cluster
+            .exec_in(
+                &pod,
+                component,
+                &[
+                    &format!("/usr/local/bin/{component}"),
+                    "dead-letters",
+                    "list",
+                ],
+            )
+            .await?;
+        println!("{pod}: {component} dead-letters list: {}", listed.trim());
+        let summary = format!("dead letter(s) in {}", topology::dead_letter_queue(queue));
+        ensure!(listed.trim_end().ends_with(&summary), "{listed}");
+    }
     Ok(())
 }
 

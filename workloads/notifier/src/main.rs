@@ -7,6 +7,7 @@ use notifier::{Metrics, NotifierConfig, build_sink, run};
 use prometheus_client::registry::Registry;
 use workload_runtime::admin::{self, Readiness};
 use workload_runtime::config::ProcessEnv;
+use workload_runtime::dead_letters;
 use workload_runtime::shutdown::Shutdown;
 use workload_runtime::telemetry;
 
@@ -15,6 +16,12 @@ async fn main() -> Result<()> {
     if std::env::args().any(|arg| arg == "--version") {
         println!("notifier {}", env!("CARGO_PKG_VERSION"));
         return Ok(());
+    }
+    // `notifier dead-letters list|redrive`: see workload_runtime::dead_letters.
+    if let Some(result) =
+        dead_letters::run_if_asked(pipeline_contract::topology::NOTIFIER_QUEUE).await
+    {
+        return result.map_err(anyhow::Error::msg);
     }
     telemetry::init(&telemetry::from_env()?);
     let config = NotifierConfig::from_source(&ProcessEnv).context("invalid configuration")?;

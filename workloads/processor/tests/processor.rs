@@ -199,6 +199,46 @@ impl Harness {
         declared.message_count()
     }
 
+    /// Waits until `queue` holds `count` messages (at most 30 s).
+    async fn wait_depth(&self, queue: &str, count: u32) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let depth = self.depth(queue).await;
+            if depth == count {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{queue} holds {depth}, not {count}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs the processor's binary as an operator would: `processor dead-letters <action>`
+    /// with this pipeline's variables. Returns its exit success and output.
+    async fn dead_letters_command(&self, action: &str) -> (bool, String) {
+        let urls = self.vhost.urls.join(",");
+        let action = action.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let output = std::process::Command::new(env!("CARGO_BIN_EXE_processor"))
+                .args(["dead-letters", &action])
+                .env(env::RABBITMQ_URLS, urls)
+                .output()
+                .unwrap();
+            (
+                output.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+            )
+        })
+        .await
+        .unwrap()
+    }
+
     /// The count of a `deliveries_handled_total` outcome.
     fn handled(&self, outcome: &str) -> u64 {
         let text = self.metrics_text();
@@ -418,6 +458,70 @@ async fn poison_and_ever_failing_messages_are_dead_lettered_with_their_reason() 
         text.contains(r#"deliveries_handled_total{outcome="retried"} 4"#),
         "{text}"
     );
+    harness.stop().await;
+}
+
+/// The dead-letter queue is not a black hole. The processor's own command, as an operator runs
+/// it: `list` shows each dead letter's id and reason and leaves it in place; once the data that
+/// failed an order is fixed, `redrive` returns it to orders.queue and the processor applies it
+/// once; a poison message re-driven is dead-lettered again, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_re_driven_by_the_processors_command() {
+    let harness = Harness::start(10).await;
+    let mut redis = harness.redis.clone();
+    harness.set_stock("case", 5).await;
+    harness.publish_raw(b"this is not json").await;
+    // An order record that is not a hash fails the inventory step every time.
+    let record = harness.keys.order("customer@example.com", "stuck");
+    let _: () = redis.set(&record, "not a record").await.unwrap();
+    harness.publish(&order("stuck", "case", 2)).await;
+    let dead_letters = topology::dead_letter_queue(topology::ORDERS_QUEUE);
+    harness.wait_depth(&dead_letters, 2).await;
+
+    let (ok, listed) = harness.dead_letters_command("list").await;
+    println!("{listed}");
+    assert!(ok, "{listed}");
+    assert!(listed.contains("not an order message"), "{listed}");
+    let stuck = listed
+        .lines()
+        .find(|line| line.contains("\"order_id\":\"stuck\""))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(
+        stuck.contains("failed 5 times") && stuck.contains("WRONGTYPE"),
+        "{stuck}"
+    );
+    assert!(
+        listed.contains("2 dead letter(s) in orders.queue.dead-letter"),
+        "{listed}"
+    );
+    harness.wait_depth(&dead_letters, 2).await;
+    assert_eq!(harness.stock("case").await, Some(5));
+
+    // The data is fixed; the order goes back and is applied.
+    let _: () = redis.del(&record).await.unwrap();
+    let (ok, redriven) = harness.dead_letters_command("redrive").await;
+    assert!(ok, "{redriven}");
+    assert!(
+        redriven.contains("re-drove 2 message(s) from orders.queue.dead-letter to orders.queue"),
+        "{redriven}"
+    );
+    let events = harness.events(1).await;
+    assert_eq!(
+        (events[0].order_id.as_str(), events[0].outcome),
+        ("stuck", Outcome::Processed)
+    );
+    assert_eq!(harness.stock("case").await, Some(3));
+    // The poison message failed again and is back, with nothing else.
+    harness.wait_depth(&dead_letters, 1).await;
+    let (_, listed) = harness.dead_letters_command("list").await;
+    assert!(
+        listed.contains("not an order message")
+            && listed.contains("1 dead letter(s) in orders.queue.dead-letter"),
+        "{listed}"
+    );
+
+    let (ok, refused) = harness.dead_letters_command("purge").await;
+    assert!(!ok && refused.contains("usage"), "{refused}");
     harness.stop().await;
 }
 

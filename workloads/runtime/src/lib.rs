@@ -9,6 +9,7 @@ pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod consumer;
+pub mod dead_letters;
 pub mod http_metrics;
 pub mod redis_connection;
 pub mod shutdown;
