@@ -232,3 +232,39 @@ pub async fn delete_redis_prefix(redis_url: &str, prefix: &str) {
         cursor = next;
     }
 }
+
+/// Runs the environment's `node-ctl` (written by `cargo xtask env up`) on RabbitMQ node `index`
+/// (0-based, as in `OP_RABBITMQ_URLS`): `stop`, `kill`, `start`, `status`, `alarm-on` or
+/// `alarm-off`. Blocks until it is done; panics unless it succeeds. Tests that use it run alone
+/// in their test binary: the cluster is shared.
+pub fn rabbitmq_node_ctl(index: usize, action: &str) {
+    let ctl = Env::load().require("OP_RABBITMQ_NODE_CTL");
+    let status = std::process::Command::new(&ctl)
+        .arg((index + 1).to_string())
+        .arg(action)
+        .status()
+        .unwrap_or_else(|error| panic!("failed to run {ctl}: {error}"));
+    assert!(status.success(), "{ctl} {} {action} failed", index + 1);
+}
+
+/// Undoes a node fault when dropped, so a test that fails mid-fault still leaves the shared
+/// cluster whole: runs `node-ctl <index> <undo>` (`start`, `alarm-off`).
+#[derive(Debug)]
+pub struct UndoNodeFault {
+    index: usize,
+    undo: &'static str,
+}
+
+impl UndoNodeFault {
+    /// Runs `fault` on node `index` now and `undo` when dropped.
+    pub fn new(index: usize, fault: &str, undo: &'static str) -> Self {
+        rabbitmq_node_ctl(index, fault);
+        Self { index, undo }
+    }
+}
+
+impl Drop for UndoNodeFault {
+    fn drop(&mut self) {
+        rabbitmq_node_ctl(self.index, self.undo);
+    }
+}

@@ -91,7 +91,9 @@ pub async fn register(
             .await
             .map_err(|error| AppError::Unavailable {
                 reason: error.to_string(),
-                detail: "the account store (Cassandra) is unavailable right now; no account was created, retry later",
+                // Not "nothing was created": the insert may have been applied with its answer
+                // lost, and then the retry finds the account (409), with this password.
+                detail: "the account store (Cassandra) is unavailable right now; retry later (a retry answered 409 means this request created the account, with this password)",
                 retry_after: Duration::from_secs(1),
             })?;
     if !created {

@@ -135,7 +135,7 @@ pub fn validate(request: OrderRequest) -> Result<ValidOrder, AppError> {
         (status = 409, description = "Duplicate order", body = String, content_type = "text/plain"),
         (status = 415, description = "Content-Type is not application/json", body = Problem),
         (status = 422, description = "The id was already used for a different order", body = Problem),
-        (status = 503, description = "Could not store the order; nothing recorded, retry", body = Problem),
+        (status = 503, description = "Not stored right now (the detail says whether the order may have been), or an earlier request for it is still being stored; retry with the same body, which places it at most once", body = Problem),
     )
 )]
 pub async fn create_order(

@@ -3,6 +3,9 @@
 //! emails), for the end-to-end tests and the benchmark. Each workload runs through the same
 //! library entry point its `main.rs` calls.
 
+pub mod campaign;
+pub mod process;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,6 +31,9 @@ pub struct Options {
     pub processor_prefetch: u16,
     pub notifier_prefetch: u16,
     pub bcrypt_cost: u32,
+    /// Where the workloads reach Redis, when not the environment's (a fault proxy in front of
+    /// it); the test's own reads and writes go to the environment's Redis directly.
+    pub redis_addr: Option<String>,
 }
 
 impl Default for Options {
@@ -37,6 +43,7 @@ impl Default for Options {
             processor_prefetch: 32,
             notifier_prefetch: 256,
             bcrypt_cost: 4,
+            redis_addr: None,
         }
     }
 }
@@ -75,7 +82,13 @@ impl Pipeline {
         let keys = Keys::new(format!("{}:", testenv::unique("pipe")));
         let variables: BTreeMap<String, String> = [
             (env::RABBITMQ_URLS, vhost.urls.join(",")),
-            (env::REDIS_ADDR, environment.require("OP_REDIS_ADDR")),
+            (
+                env::REDIS_ADDR,
+                options
+                    .redis_addr
+                    .clone()
+                    .unwrap_or_else(|| environment.require("OP_REDIS_ADDR")),
+            ),
             (env::REDIS_KEY_PREFIX, keys.prefix().to_owned()),
             (
                 env::CASSANDRA_ADDR,
@@ -178,20 +191,24 @@ impl Pipeline {
         Ok(pipeline)
     }
 
+    /// The readiness checks the in-process workloads fail now, as `<workload>/<check>`.
+    pub fn failing(&self) -> Vec<String> {
+        self.readiness
+            .iter()
+            .flat_map(|(name, readiness)| {
+                readiness
+                    .failing()
+                    .into_iter()
+                    .map(move |check| format!("{name}/{check}"))
+            })
+            .collect()
+    }
+
     /// Waits until every in-process workload reports ready.
     pub async fn wait_ready(&self, within: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let failing: Vec<String> = self
-                .readiness
-                .iter()
-                .flat_map(|(name, readiness)| {
-                    readiness
-                        .failing()
-                        .into_iter()
-                        .map(move |check| format!("{name}/{check}"))
-                })
-                .collect();
+            let failing = self.failing();
             if failing.is_empty() {
                 return Ok(());
             }
@@ -252,6 +269,26 @@ impl Pipeline {
             .query_async::<()>(&mut redis)
             .await?;
         Ok(())
+    }
+
+    /// A SKU's stock (0 when it has none).
+    pub async fn stock(&self, sku: &str) -> Result<i64> {
+        let mut redis = self.redis.clone();
+        let stock: Option<i64> = redis::cmd("GET")
+            .arg(self.keys.inventory(sku))
+            .query_async(&mut redis)
+            .await?;
+        Ok(stock.unwrap_or(0))
+    }
+
+    /// The processor's count of processed orders (`orders.processed.count`).
+    pub async fn processed_counter(&self) -> Result<i64> {
+        let mut redis = self.redis.clone();
+        let count: Option<i64> = redis::cmd("GET")
+            .arg(self.keys.processed_count())
+            .query_async(&mut redis)
+            .await?;
+        Ok(count.unwrap_or(0))
     }
 
     /// The order's record fields, as written by the gateway, processor and notifier.

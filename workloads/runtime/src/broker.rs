@@ -51,7 +51,7 @@ pub struct BrokerConfig {
     /// Bound on one connection attempt, so a node that accepts TCP but never answers AMQP does
     /// not stall failover.
     pub connect_timeout: Duration,
-    /// Bound on waiting for one publisher confirm.
+    /// Bound on one publish: sending it (which a blocked connection holds) and its confirm.
     pub confirm_timeout: Duration,
 }
 
@@ -114,7 +114,7 @@ pub enum PublishError {
     },
     #[error("lost the connection before the broker confirmed the message: {0}")]
     ConfirmLost(#[source] lapin::Error),
-    #[error("no confirm from the broker within {0:?}")]
+    #[error("not sent and confirmed within {0:?}")]
     ConfirmTimeout(Duration),
 }
 
@@ -407,23 +407,27 @@ impl Broker {
             properties = properties.with_headers(headers.clone());
         }
         let started = Instant::now();
-        let confirm = channel
-            .basic_publish(
-                ShortString::from(message.exchange),
-                ShortString::from(message.routing_key),
-                BasicPublishOptions {
-                    mandatory: message.mandatory,
-                    ..BasicPublishOptions::default()
-                },
-                message.payload,
-                properties,
-            )
+        // The timeout bounds the send as well as the confirm: a connection the broker blocked
+        // (a resource alarm) holds the send itself, for as long as the alarm lasts.
+        let sent_and_confirmed = async {
+            let confirm = channel
+                .basic_publish(
+                    ShortString::from(message.exchange),
+                    ShortString::from(message.routing_key),
+                    BasicPublishOptions {
+                        mandatory: message.mandatory,
+                        ..BasicPublishOptions::default()
+                    },
+                    message.payload,
+                    properties,
+                )
+                .await
+                .map_err(PublishError::Send)?;
+            confirm.await.map_err(PublishError::ConfirmLost)
+        };
+        let confirmation = tokio::time::timeout(self.confirm_timeout, sent_and_confirmed)
             .await
-            .map_err(PublishError::Send)?;
-        let confirmation = tokio::time::timeout(self.confirm_timeout, confirm)
-            .await
-            .map_err(|_| PublishError::ConfirmTimeout(self.confirm_timeout))?
-            .map_err(PublishError::ConfirmLost)?;
+            .map_err(|_| PublishError::ConfirmTimeout(self.confirm_timeout))??;
         self.metrics
             .confirm_latency
             .observe(started.elapsed().as_secs_f64());

@@ -100,7 +100,8 @@ pub async fn connect(config: &RedisConfig, shutdown: &Shutdown) -> Option<Connec
     }
 }
 
-/// Keeps `check` in step with whether Redis answers PING, every `period`, until shutdown.
+/// Keeps `check` in step with whether Redis answers PING within `period`, every `period`, until
+/// shutdown.
 pub fn watch_readiness(
     connection: ConnectionManager,
     check: ReadinessCheck,
@@ -115,9 +116,15 @@ pub fn watch_readiness(
             tokio::select! {
                 () = token.cancelled() => return,
                 _ = interval.tick() => {
-                    let pong: redis::RedisResult<String> =
-                        redis::cmd("PING").query_async(&mut connection).await;
-                    check.set(pong.is_ok());
+                    // Bounded: while Redis is away the manager's reconnect attempts can hold a
+                    // command far longer than one period, and a probe that hangs never reports
+                    // the outage.
+                    let pong = tokio::time::timeout(
+                        period,
+                        redis::cmd("PING").query_async::<String>(&mut connection),
+                    )
+                    .await;
+                    check.set(matches!(pong, Ok(Ok(_))));
                 }
             }
         }

@@ -787,6 +787,9 @@ const NODE_CTL_TEMPLATE: &str = r#"#!/bin/sh
 #   node-ctl <1|2|3> start    start the node as `cargo xtask env up` does and wait until it runs
 #                             (and so has rejoined the cluster)
 #   node-ctl <1|2|3> status   exit 0 when the node runs
+#   node-ctl <1|2|3> alarm-on   raise the node's memory alarm (a watermark of 1 byte): the
+#                               whole cluster blocks publishing connections
+#   node-ctl <1|2|3> alarm-off  clear it (the default watermark again)
 set -eu
 
 # The same fixed PATH as the nodes: the script must behave the same from any caller.
@@ -798,7 +801,7 @@ START_TIMEOUT=@START_TIMEOUT@
 STOP_TIMEOUT=@STOP_TIMEOUT@
 
 usage() {
-    echo "usage: $0 <1|2|3> stop|start|kill|status" >&2
+    echo "usage: $0 <1|2|3> stop|start|kill|status|alarm-on|alarm-off" >&2
     exit 2
 }
 
@@ -899,6 +902,16 @@ case "$2" in
             echo "$NODE is not running"
             exit 1
         fi
+        ;;
+    alarm-on)
+        cli rabbitmqctl --quiet set_vm_memory_high_watermark absolute 1 >/dev/null \
+            || fail "could not raise the memory alarm"
+        echo "$NODE memory alarm raised"
+        ;;
+    alarm-off)
+        cli rabbitmqctl --quiet set_vm_memory_high_watermark 0.4 >/dev/null \
+            || fail "could not clear the memory alarm"
+        echo "$NODE memory alarm cleared"
         ;;
     *) usage ;;
 esac
