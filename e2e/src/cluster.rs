@@ -248,18 +248,23 @@ impl Cluster {
         Ok((desired, ListParams::default().labels(&labels.join(","))))
     }
 
-    /// A Ready pod of a component's Deployment (the first by name).
-    pub async fn ready_pod(&self, component: &str) -> Result<String> {
-        let (_, list) = self.deployment_pods(component).await?;
-        let mut ready: Vec<String> = self
+    /// The names of the pods `list` selects that are Ready and not terminating.
+    async fn ready_pods(&self, list: &ListParams) -> Result<Vec<String>> {
+        Ok(self
             .api::<Pod>()
-            .list(&list)
+            .list(list)
             .await?
             .items
             .iter()
             .filter(|pod| pod_ready(pod) && pod.metadata.deletion_timestamp.is_none())
             .map(ResourceExt::name_any)
-            .collect();
+            .collect())
+    }
+
+    /// A Ready pod of a component's Deployment (the first by name).
+    pub async fn ready_pod(&self, component: &str) -> Result<String> {
+        let (_, list) = self.deployment_pods(component).await?;
+        let mut ready = self.ready_pods(&list).await?;
         ready.sort();
         ready
             .into_iter()
@@ -296,14 +301,7 @@ impl Cluster {
         }
         let started = Instant::now();
         loop {
-            let ready: Vec<String> = pods
-                .list(&list)
-                .await?
-                .items
-                .iter()
-                .filter(|pod| pod_ready(pod) && pod.metadata.deletion_timestamp.is_none())
-                .map(ResourceExt::name_any)
-                .collect();
+            let ready = self.ready_pods(&list).await?;
             if ready.len() >= desired && ready.iter().all(|pod| !victims.contains(pod)) {
                 return Ok(victims);
             }

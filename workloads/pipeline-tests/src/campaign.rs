@@ -197,6 +197,48 @@ async fn place_one(
     }
 }
 
+/// How long a client keeps retrying one order in [`under_fault`].
+pub const GIVE_UP: Duration = Duration::from_secs(120);
+/// How long [`under_fault`] waits for the pipeline to become idle.
+pub const SETTLE: Duration = Duration::from_secs(120);
+
+/// One fault test: places `load` at `per_second` while `fault` runs, then [`check`]s.
+pub async fn under_fault(
+    pipeline: &Pipeline,
+    load: &Load,
+    per_second: u32,
+    fault: impl std::future::Future<Output = ()>,
+) -> Result<Counts> {
+    let (placed, ()) = tokio::join!(
+        load.place(&pipeline.http, &pipeline.gateway, per_second, GIVE_UP),
+        fault
+    );
+    check(pipeline, load, &placed, SETTLE).await
+}
+
+/// A fault of the environment's RabbitMQ node `index`: `after` into the load, `fault` (a
+/// `node-ctl` action: `kill`, `alarm-on`), undone by `undo` (`start`, `alarm-off`) `hold`
+/// later, or when the test fails.
+pub async fn rabbitmq_node_fault(
+    index: usize,
+    after: Duration,
+    fault: &'static str,
+    hold: Duration,
+    undo: &'static str,
+) {
+    tokio::time::sleep(after).await;
+    let applied =
+        tokio::task::spawn_blocking(move || testenv::UndoNodeFault::new(index, fault, undo))
+            .await
+            .expect("node-ctl");
+    println!("rabbitmq node {}: {fault}", index + 1);
+    tokio::time::sleep(hold).await;
+    tokio::task::spawn_blocking(move || drop(applied))
+        .await
+        .expect("node-ctl");
+    println!("rabbitmq node {}: {undo}", index + 1);
+}
+
 /// What [`check`] counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {

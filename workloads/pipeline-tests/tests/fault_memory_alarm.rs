@@ -16,27 +16,14 @@ use pipeline_tests::{Options, Pipeline};
 async fn a_memory_alarm_loses_and_doubles_nothing() {
     let pipeline = Pipeline::start(Options::default()).await.unwrap();
     let load = Load::new(&pipeline, "alarm", 400).await.unwrap();
-    let placing = load.place(
-        &pipeline.http,
-        &pipeline.gateway,
-        25,
-        Duration::from_secs(120),
+    let fault = campaign::rabbitmq_node_fault(
+        0,
+        Duration::from_secs(4),
+        "alarm-on",
+        Duration::from_secs(14),
+        "alarm-off",
     );
-    let fault = async {
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        let alarm =
-            tokio::task::spawn_blocking(|| testenv::UndoNodeFault::new(0, "alarm-on", "alarm-off"))
-                .await
-                .unwrap();
-        println!("memory alarm raised");
-        tokio::time::sleep(Duration::from_secs(14)).await;
-        tokio::task::spawn_blocking(move || drop(alarm))
-            .await
-            .unwrap();
-        println!("memory alarm cleared");
-    };
-    let (placed, ()) = tokio::join!(placing, fault);
-    let counts = campaign::check(&pipeline, &load, &placed, Duration::from_secs(120))
+    let counts = campaign::under_fault(&pipeline, &load, 25, fault)
         .await
         .unwrap();
     // Publishes outlived their confirm timeout: the uncertain path was taken.

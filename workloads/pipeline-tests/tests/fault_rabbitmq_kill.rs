@@ -14,27 +14,14 @@ use pipeline_tests::{Options, Pipeline};
 async fn the_connected_rabbitmq_node_killed_loses_and_doubles_nothing() {
     let pipeline = Pipeline::start(Options::default()).await.unwrap();
     let load = Load::new(&pipeline, "mqkill", 600).await.unwrap();
-    let placing = load.place(
-        &pipeline.http,
-        &pipeline.gateway,
-        30,
-        Duration::from_secs(90),
+    let fault = campaign::rabbitmq_node_fault(
+        0,
+        Duration::from_secs(4),
+        "kill",
+        Duration::from_secs(5),
+        "start",
     );
-    let fault = async {
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        let killed =
-            tokio::task::spawn_blocking(|| testenv::UndoNodeFault::new(0, "kill", "start"))
-                .await
-                .unwrap();
-        println!("rabbit1 killed");
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        tokio::task::spawn_blocking(move || drop(killed))
-            .await
-            .unwrap();
-        println!("rabbit1 running again");
-    };
-    let (placed, ()) = tokio::join!(placing, fault);
-    campaign::check(&pipeline, &load, &placed, Duration::from_secs(120))
+    campaign::under_fault(&pipeline, &load, 30, fault)
         .await
         .unwrap();
     pipeline.stop().await;

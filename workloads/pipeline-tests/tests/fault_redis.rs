@@ -18,12 +18,6 @@ async fn redis_stopped_for_10_seconds_loses_and_doubles_nothing() {
     .await
     .unwrap();
     let load = Load::new(&pipeline, "redis", 600).await.unwrap();
-    let placing = load.place(
-        &pipeline.http,
-        &pipeline.gateway,
-        30,
-        Duration::from_secs(90),
-    );
     let fault = async {
         tokio::time::sleep(Duration::from_secs(4)).await;
         proxy.cut();
@@ -45,8 +39,7 @@ async fn redis_stopped_for_10_seconds_loses_and_doubles_nothing() {
         proxy.restore();
         println!("Redis back");
     };
-    let (placed, ()) = tokio::join!(placing, fault);
-    campaign::check(&pipeline, &load, &placed, Duration::from_secs(120))
+    campaign::under_fault(&pipeline, &load, 30, fault)
         .await
         .unwrap();
     pipeline.stop().await;
