@@ -23,6 +23,7 @@
 
 use std::fmt::Write as _;
 
+use lapin::message::BasicGetMessage;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueueDeclareOptions,
@@ -153,6 +154,16 @@ async fn connect(urls: &[String]) -> Result<Connection, String> {
     ))
 }
 
+/// The oldest message of the dead-letter queue `dead_letters`, taken unacknowledged.
+async fn next_dead_letter(
+    channel: &Channel,
+    dead_letters: &str,
+) -> lapin::Result<Option<BasicGetMessage>> {
+    channel
+        .basic_get(ShortString::from(dead_letters), BasicGetOptions::default())
+        .await
+}
+
 /// Up to `limit` dead letters of `queue`, oldest first, all left in place.
 pub async fn list(
     connection: &Connection,
@@ -163,13 +174,7 @@ pub async fn list(
     let dead_letters = topology::dead_letter_queue(queue);
     let mut letters = Vec::new();
     while letters.len() < limit {
-        let Some(message) = channel
-            .basic_get(
-                ShortString::from(dead_letters.as_str()),
-                BasicGetOptions::default(),
-            )
-            .await?
-        else {
+        let Some(message) = next_dead_letter(&channel, &dead_letters).await? else {
             break;
         };
         letters.push(DeadLetter {
@@ -224,13 +229,7 @@ async fn redrive_on(
     let limit = limit.min(waiting);
     let mut moved = 0;
     while moved < limit {
-        let Some(message) = channel
-            .basic_get(
-                ShortString::from(dead_letters.as_str()),
-                BasicGetOptions::default(),
-            )
-            .await?
-        else {
+        let Some(message) = next_dead_letter(&channel, &dead_letters).await? else {
             break;
         };
         let delivery = &message.delivery;
