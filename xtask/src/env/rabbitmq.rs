@@ -57,6 +57,8 @@ const PASSWORD: &str = "guest";
 const START_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// How long a graceful stop may take before the VM is killed.
+/// How many failed boots `up` starts again (see [`Cluster::wait_running`]).
+const BOOT_RESTARTS: u32 = 2;
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Starts a program with a node's env file as its whole environment: `sh -c LAUNCH sh <env file>
@@ -317,15 +319,39 @@ impl Cluster {
     }
 
     /// Waits until the RabbitMQ application runs on the node, which for a clustered node also
-    /// means it has synced with its peers. Fails as soon as any node dies: the others would wait
-    /// for it at boot, and the error must name the node that died and show its log.
-    fn wait_running(&self, node: Node) -> Result<()> {
+    /// means it has synced with its peers.
+    ///
+    /// A node whose boot failed is started again, at most [`BOOT_RESTARTS`] times over the whole
+    /// `up`: nodes that boot together race in RabbitMQ 3.10. A node syncing its feature flags
+    /// with a peer whose flag registry is being rebuilt gets `{badmap,undefined}` back from that
+    /// peer and stops with `incompatible_feature_flags`. Started again once the peer is up, it
+    /// boots. Any other death, or a boot that keeps failing, ends the wait: the others would wait
+    /// for the dead node at boot, and the error must name it and show its log.
+    fn wait_running(&self, node: Node, restarts: &mut u32) -> Result<()> {
         let daemon = self.daemon(node);
         let mut dead = None;
         let waited = wait_until(&daemon.name, START_TIMEOUT, &daemon.log_file, || {
             dead = Node::ALL.into_iter().find(|&any| !self.node_alive(any));
             if let Some(dead) = dead {
-                return Probe::Fatal(format!("{} exited", dead.name()));
+                let log = self.daemon(dead).log_file;
+                let Some(reason) = boot_failure(&tail(&log, 200)) else {
+                    return Probe::Fatal(format!("{} exited", dead.name()));
+                };
+                if *restarts >= BOOT_RESTARTS {
+                    return Probe::Fatal(format!(
+                        "{} failed to boot ({reason}) after {restarts} restarts",
+                        dead.name()
+                    ));
+                }
+                *restarts += 1;
+                println!(
+                    "  {} failed to boot ({reason}); starting it again ({restarts}/{BOOT_RESTARTS})",
+                    dead.name()
+                );
+                if let Err(error) = self.spawn(dead) {
+                    return Probe::Fatal(format!("{error:#}"));
+                }
+                return Probe::NotYet(format!("{} restarted", dead.name()));
             }
             // The CLI tools take half a second of CPU per call; while the VM has not even opened
             // its distribution port they cannot reach it, and would only slow the boot down.
@@ -521,8 +547,9 @@ pub fn up(layout: &Layout) -> Result<BTreeMap<&'static str, String>> {
     for &node in &stopped {
         cluster.spawn(node)?;
     }
+    let mut restarts = 0;
     for node in Node::ALL {
-        cluster.wait_running(node)?;
+        cluster.wait_running(node, &mut restarts)?;
     }
     cluster.form()?;
     cluster.enable_feature_flags()?;
@@ -756,6 +783,32 @@ fn cli_error_summary(stderr: &str) -> &str {
         .find(|line| line.starts_with("epmd reports:"))
         .or(first)
         .unwrap_or("failed without a message")
+}
+
+/// What stopped a node's boot, from the end of its server log: RabbitMQ prints `BOOT FAILED`
+/// and then `Error during startup: {error, {reason, ...`; this returns `reason`. `None` when the
+/// log does not end in a failed boot (the node was killed, or died later).
+fn boot_failure(log_tail: &str) -> Option<String> {
+    let failed = log_tail.rfind("BOOT FAILED")?;
+    let after = &log_tail[failed..];
+    if after.contains("Starting broker") {
+        // The node was started again after that failure.
+        return None;
+    }
+    let startup = after.find("Error during startup:")?;
+    let reason: String = after[startup + "Error during startup:".len()..]
+        .trim_start()
+        .trim_start_matches("{error,")
+        .trim_start()
+        .trim_start_matches('{')
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    Some(if reason.is_empty() {
+        "no reason printed".to_owned()
+    } else {
+        reason
+    })
 }
 
 /// The state of feature flag `name` in `rabbitmqctl list_feature_flags --no-table-headers name
@@ -1026,6 +1079,33 @@ mod tests {
         assert!(json_string_array(r#"{"a":["x"#, "a").is_err());
         assert!(json_string_array(r#"{"a":[1]}"#, "a").is_err());
         assert!(json_string_array(r#"{"b":[]}"#, "a").is_err());
+    }
+
+    #[test]
+    fn reads_the_reason_of_a_failed_boot() {
+        let log = "  Starting broker...\nBOOT FAILED\n===========\nError during startup: {error,\n                       {incompatible_feature_flags,\n                        {badrpc,\n";
+        assert_eq!(
+            boot_failure(log).as_deref(),
+            Some("incompatible_feature_flags")
+        );
+        assert_eq!(
+            boot_failure("BOOT FAILED\nError during startup: {error,timeout_waiting_for_tables}")
+                .as_deref(),
+            Some("timeout_waiting_for_tables")
+        );
+        // A node killed after it booted has no failed boot at the end of its log.
+        assert_eq!(
+            boot_failure("  Starting broker... completed with 5 plugins.\n"),
+            None
+        );
+        let booted_after_failure =
+            format!("{log}\n  Starting broker... completed with 5 plugins.\n");
+        assert_eq!(boot_failure(&booted_after_failure), None);
+        assert_eq!(
+            boot_failure("BOOT FAILED\n").as_deref(),
+            None,
+            "a boot failure without its reason yet is not read as one"
+        );
     }
 
     #[test]
