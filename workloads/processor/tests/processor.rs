@@ -239,6 +239,25 @@ impl Harness {
         .unwrap()
     }
 
+    /// Waits until the `deliveries_handled_total` count of `outcome` reaches `count` (at most
+    /// 30 s) and returns it. A delivery is acked after its outcome event is confirmed, so a
+    /// consumer of the events can see the last one before its ack is counted.
+    async fn wait_handled(&self, outcome: &str, count: u64) -> u64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let handled = self.handled(outcome);
+            if handled >= count {
+                return handled;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{outcome}: {handled} of {count} after 30 s\n{}",
+                self.metrics_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The count of a `deliveries_handled_total` outcome.
     fn handled(&self, outcome: &str) -> u64 {
         let text = self.metrics_text();
@@ -673,12 +692,12 @@ async fn a_redis_outage_holds_orders_until_redis_is_back_and_dead_letters_none()
         Some(2),
         "10 - 4 x 2, each once"
     );
+    let acked = harness.wait_handled("acked", orders).await;
     println!(
-        "Redis back: {} events, stock 10 -> 2, {} acked",
-        events.len(),
-        harness.handled("acked")
+        "Redis back: {} events, stock 10 -> 2, {acked} acked",
+        events.len()
     );
-    assert_eq!(harness.handled("acked"), orders);
+    assert_eq!(acked, orders, "each order acked once");
     assert_eq!(
         harness
             .depth(&topology::dead_letter_queue(topology::ORDERS_QUEUE))
