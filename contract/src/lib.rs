@@ -16,6 +16,11 @@ pub mod env {
     /// Comma-separated AMQP URLs of the RabbitMQ nodes, tried in order for failover (the seed's
     /// variable).
     pub const RABBITMQ_URLS: &str = "RABBITMQ_URLS";
+    /// The RabbitMQ user, when the URLs carry no credentials. The workload percent-encodes it,
+    /// with [`RABBITMQ_PASSWORD`], into every URL, so any character may appear in either.
+    pub const RABBITMQ_USERNAME: &str = "RABBITMQ_USERNAME";
+    /// The RabbitMQ user's password (with [`RABBITMQ_USERNAME`]).
+    pub const RABBITMQ_PASSWORD: &str = "RABBITMQ_PASSWORD";
     /// `host:port` of Redis (the seed's variable).
     pub const REDIS_ADDR: &str = "REDIS_ADDR";
     /// Optional Redis password (the seed had none; managed and cloud Redis usually do).
@@ -40,6 +45,23 @@ pub mod env {
     pub const JWT_TTL_SECONDS: &str = "JWT_TTL_SECONDS";
     /// bcrypt cost for new password hashes (default 12).
     pub const BCRYPT_COST: &str = "BCRYPT_COST";
+    /// Comma-separated addresses and CIDR ranges of the reverse proxies (ingress, load balancer)
+    /// in front of the gateway, whose `X-Forwarded-For` is believed (empty by default: the
+    /// header is ignored and the TCP peer is the client).
+    pub const TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
+    /// Registrations allowed from one client address per window (default 10).
+    pub const REGISTER_LIMIT_PER_ADDRESS: &str = "REGISTER_LIMIT_PER_ADDRESS";
+    /// The registration limit's window in seconds (default 60).
+    pub const REGISTER_LIMIT_WINDOW_SECONDS: &str = "REGISTER_LIMIT_WINDOW_SECONDS";
+    /// How long a client may take to send a request's headers, in milliseconds, on the gateway's
+    /// and dashboard's business port (default 10000). It also bounds how long an idle keep-alive
+    /// connection is kept.
+    pub const HTTP_HEADER_READ_TIMEOUT_MS: &str = "HTTP_HEADER_READ_TIMEOUT_MS";
+    /// How long one request may take from its headers to its answer, body upload included, in
+    /// milliseconds (default 30000); then it is answered 503.
+    pub const HTTP_REQUEST_TIMEOUT_MS: &str = "HTTP_REQUEST_TIMEOUT_MS";
+    /// Connections served at once on the business port (default 1024); more wait to be accepted.
+    pub const HTTP_MAX_CONNECTIONS: &str = "HTTP_MAX_CONNECTIONS";
     /// RabbitMQ prefetch per consumer (the seed: 10).
     pub const PREFETCH: &str = "PREFETCH";
     /// The notifier's sink: `log` (the seed's stub, the default) or `webhook`.
@@ -174,14 +196,19 @@ pub mod keys {
             format!("{}account:deleted:{email}", self.prefix)
         }
 
-        /// Failed-login counter per account, for rate limiting.
+        /// Login attempts per account that failed or are still running, for rate limiting.
         pub fn failed_logins_by_email(&self, email: &str) -> String {
             format!("{}ratelimit:login:email:{email}", self.prefix)
         }
 
-        /// Failed-login counter per client address, for rate limiting.
+        /// Login attempts per client address that failed or are still running, for rate limiting.
         pub fn failed_logins_by_address(&self, address: &str) -> String {
             format!("{}ratelimit:login:addr:{address}", self.prefix)
+        }
+
+        /// Registration counter per client address, for rate limiting.
+        pub fn registrations_by_address(&self, address: &str) -> String {
+            format!("{}ratelimit:register:addr:{address}", self.prefix)
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use pipeline_contract::{env, ports};
 use workload_runtime::config::{self, ConfigError, Source};
+use workload_runtime::http_server::HttpLimits;
 use workload_runtime::redis_connection::RedisConfig;
 
 #[derive(Debug, Clone)]
@@ -11,6 +12,8 @@ pub struct DashboardConfig {
     pub http_port: u16,
     pub admin_port: u16,
     pub redis: RedisConfig,
+    /// The business port's timeouts and connection limit.
+    pub http: HttpLimits,
 }
 
 impl DashboardConfig {
@@ -19,6 +22,7 @@ impl DashboardConfig {
             http_port: config::parsed_or(source, env::HTTP_PORT, ports::DASHBOARD_HTTP)?,
             admin_port: config::admin_port(source)?,
             redis: RedisConfig::from_source(source)?,
+            http: HttpLimits::from_source(source)?,
         })
     }
 }
@@ -40,6 +44,7 @@ mod tests {
             config.redis.keys.processed_count(),
             "orders.processed.count"
         );
+        assert_eq!(config.http, HttpLimits::default());
     }
 
     #[test]
@@ -59,6 +64,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("HTTP_PORT"), "{error}");
+
+        let bad_timeout = BTreeMap::from([
+            (env::REDIS_ADDR, "redis:6379"),
+            (env::HTTP_HEADER_READ_TIMEOUT_MS, "0"),
+        ]);
+        let error = DashboardConfig::from_source(&bad_timeout)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("HTTP_HEADER_READ_TIMEOUT_MS"), "{error}");
 
         let missing: BTreeMap<&str, &str> = BTreeMap::new();
         assert_eq!(

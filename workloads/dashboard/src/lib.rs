@@ -8,7 +8,7 @@
 //! error instead of a made-up number.
 //!
 //! [`app`] builds the router from an [`AppState`] so tests drive it directly; [`connect`] waits
-//! for Redis; `main.rs` only wires.
+//! for Redis; [`serve`] serves it with the business port's limits; `main.rs` only wires.
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +26,7 @@ use axum::{Json, Router};
 use pipeline_contract::keys::Keys;
 use redis::aio::ConnectionManager;
 use workload_runtime::admin::ReadinessCheck;
+use workload_runtime::http_server::{self, HttpLimits};
 use workload_runtime::redis_connection::{self, RedisConfig};
 use workload_runtime::shutdown::Shutdown;
 
@@ -73,6 +74,18 @@ pub async fn connect(
     let redis = redis_connection::connect(config, shutdown).await?;
     redis_connection::watch_readiness(redis.clone(), redis_ready, READINESS_PERIOD, shutdown);
     Some(AppState::new(redis, config.keys.clone(), http_metrics))
+}
+
+/// Serves [`app`] on `listener` within `limits` (header and request timeouts, connection limit:
+/// [`workload_runtime::http_server`]) until shutdown begins, then returns once every in-flight
+/// request is answered.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    limits: HttpLimits,
+    shutdown: &Shutdown,
+) -> std::io::Result<()> {
+    http_server::serve(listener, app(state), limits, shutdown.token()).await
 }
 
 /// The dashboard's routes.

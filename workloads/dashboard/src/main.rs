@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use dashboard::config::DashboardConfig;
-use dashboard::{REDIS_CHECK, app, connect};
+use dashboard::{REDIS_CHECK, connect};
 use prometheus_client::registry::Registry;
 use workload_runtime::admin::{self, Readiness};
 use workload_runtime::config::ProcessEnv;
@@ -36,6 +36,7 @@ async fn main() -> Result<()> {
         .context("failed to bind the admin port")?;
 
     let http_port = config.http_port;
+    let http_limits = config.http;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], http_port)))
         .await
         .with_context(|| format!("failed to bind port {http_port}"))?;
@@ -45,9 +46,7 @@ async fn main() -> Result<()> {
     };
     tracing::info!(port = http_port, "dashboard listening");
     http_ready.set(true);
-    let token = shutdown.token();
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move { token.cancelled().await })
+    dashboard::serve(listener, state, http_limits, &shutdown)
         .await
         .context("HTTP server failed")?;
 

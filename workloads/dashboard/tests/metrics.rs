@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use dashboard::config::DashboardConfig;
-use dashboard::{REDIS_CHECK, app, connect};
+use dashboard::{REDIS_CHECK, connect};
 use futures::StreamExt;
 use pipeline_contract::env;
 use prometheus_client::registry::Registry;
@@ -17,6 +17,7 @@ use support::{Answer, Dashboard, admin_router, request, variables};
 use testenv::Env;
 use workload_runtime::admin::Readiness;
 use workload_runtime::http_metrics::HttpMetrics;
+use workload_runtime::http_server::HttpLimits;
 use workload_runtime::shutdown::Shutdown;
 
 const JSON: Option<&str> = Some("application/json");
@@ -410,12 +411,9 @@ async fn serves_over_tcp_and_shuts_down_gracefully() {
         .await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let token = dashboard.shutdown.token();
-    let router = app(dashboard.state.clone());
+    let (state, shutdown) = (dashboard.state.clone(), dashboard.shutdown.clone());
     dashboard.shutdown.spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
+        dashboard::serve(listener, state, HttpLimits::default(), &shutdown).await
     });
 
     let response = reqwest::get(format!("http://{address}/metrics?sku=mag-safe-phone-case"))
@@ -446,4 +444,65 @@ async fn serves_over_tcp_and_shuts_down_gracefully() {
             .is_err(),
         "the listener is closed after shutdown"
     );
+}
+
+/// Reads until the server closes the connection (a reset counts); returns what it sent.
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closed the connection within 20 s");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_a_connection_beyond_the_limit_waits() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    use tokio::time::Instant;
+
+    let dashboard = Dashboard::start().await;
+    let mut variables = variables(&Env::load());
+    variables.insert(env::HTTP_HEADER_READ_TIMEOUT_MS.into(), "300".into());
+    variables.insert(env::HTTP_MAX_CONNECTIONS.into(), "1".into());
+    let limits = DashboardConfig::from_source(&variables).unwrap().http;
+    let header_timeout = Duration::from_millis(300);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (state, shutdown) = (dashboard.state.clone(), dashboard.shutdown.clone());
+    dashboard
+        .shutdown
+        .spawn(async move { dashboard::serve(listener, state, limits, &shutdown).await });
+
+    // Slowloris: the one slot is held by headers that never end...
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(address).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: dashboard\r\nAcc")
+        .await
+        .unwrap();
+    // ...so a complete request waits until the header timeout closes it.
+    let mut next = TcpStream::connect(address).await.unwrap();
+    next.write_all(b"GET /metrics HTTP/1.1\r\nHost: dashboard\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let cut = read_to_close(&mut slow).await;
+    let cut_after = started.elapsed();
+    let answer = read_to_close(&mut next).await;
+    let answered_after = started.elapsed();
+    println!(
+        "dashboard, 1 slot: partial header closed after {cut_after:?}, the waiting request answered after {answered_after:?}"
+    );
+    assert!(cut.is_empty(), "{cut}");
+    assert!(cut_after >= header_timeout, "{cut_after:?}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"processed_orders_count":0}"#),
+        "{answer}"
+    );
+    assert!(
+        answered_after >= header_timeout,
+        "served while the only slot was held: {answered_after:?}"
+    );
+    dashboard.stop().await;
 }

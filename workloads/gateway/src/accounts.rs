@@ -1,15 +1,16 @@
 //! Accounts: `POST /register`, `POST /login`, `DELETE /delete-user`, with the seed's answers.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::client_address::{self, ClientAddress};
 use crate::extract::{AuthUser, JsonBody};
+use crate::passwords::Refused;
 use crate::problem::{AppError, Problem};
 use crate::{AppState, now_unix_seconds};
 
@@ -71,14 +72,21 @@ fn check_password(password: &str) -> Result<(), AppError> {
         (status = 201, description = "User registered successfully", body = String, content_type = "text/plain"),
         (status = 400, description = "Invalid email or password", body = Problem),
         (status = 409, description = "An account with this email exists", body = Problem),
+        (status = 429, description = "Too many registrations from this address; see Retry-After", body = Problem),
     )
 )]
 pub async fn register(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     JsonBody(credentials): JsonBody<Credentials>,
 ) -> Result<(StatusCode, &'static str), AppError> {
     let email = normalize_email(&credentials.email)?;
     check_password(&credentials.password)?;
+    // Before the hash: each registration costs one, whatever its outcome.
+    state
+        .rate_limiter()
+        .reserve_registration(&client_address::limit_key(address))
+        .await?;
     let hash = state
         .passwords()
         .hash(credentials.password)
@@ -119,15 +127,16 @@ pub async fn register(
 )]
 pub async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(address): ClientAddress,
     JsonBody(credentials): JsonBody<Credentials>,
 ) -> Result<Json<TokenResponse>, AppError> {
     let invalid = || AppError::Unauthorized("invalid email or password".into());
     // A malformed email cannot match an account; answer like any other failure.
     let email = normalize_email(&credentials.email).unwrap_or_else(|_| credentials.email.clone());
-    let address = peer.ip().to_string();
-    let limiter = state.login_limiter();
-    limiter.check(&email, &address).await?;
+    let limiter = state.rate_limiter();
+    let address = client_address::limit_key(address);
+    // Cheap and read-only: a client over its limit costs no account lookup.
+    limiter.check_login(&email, &address).await?;
     let stored =
         state
             .users()
@@ -138,17 +147,28 @@ pub async fn login(
                 detail: "the account store (Cassandra) is unavailable right now; nobody can log in until it is back, retry later",
                 retry_after: Duration::from_secs(1),
             })?;
-    // Runs bcrypt whether or not the account exists, so timing does not reveal which.
-    let matched = state
+    // The slot is taken, atomically, when a bcrypt thread is ready for this password: concurrent
+    // guesses cannot all pass a check made before any of them failed, and a slot is held for the
+    // hash, not for the wait in the pool's queue. Runs bcrypt whether or not the account exists,
+    // so timing does not reveal which.
+    let verified = state
         .passwords()
-        .verify(credentials.password, stored)
-        .await
-        .map_err(|error| AppError::internal("verify password", error))?;
+        .verify_admitted(
+            credentials.password,
+            stored,
+            limiter.reserve_login(&email, &address),
+        )
+        .await;
+    let (attempt, matched) = match verified {
+        Ok(verified) => verified,
+        Err(Refused::NotAdmitted(error)) => return Err(error),
+        Err(Refused::Failed(error)) => return Err(AppError::internal("verify password", error)),
+    };
     if !matched {
-        limiter.record_failure(&email, &address).await?;
+        attempt.failed();
         return Err(invalid());
     }
-    limiter.record_success(&email).await?;
+    attempt.succeeded().await;
     let token = state
         .tokens()
         .issue(&email, now_unix_seconds())

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use pipeline_contract::{env, ports};
 use workload_runtime::config::{self, ConfigError, Source};
+use workload_runtime::http_server::HttpLimits;
 use workload_runtime::redis_connection::RedisConfig;
 
+use crate::client_address::TrustedProxies;
 use crate::tokens::MIN_SECRET_BYTES;
 use crate::users::CassandraConfig;
 
@@ -26,13 +28,31 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Failed-login limits: at most `per_email` failures for one account and `per_address` from one
-/// client address within `window`.
+/// Login limits: at most `per_email` failed (or still running) attempts for one account and
+/// `per_address` from one client address within `window` ([`crate::ratelimit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoginLimits {
     pub per_email: u32,
     pub per_address: u32,
     pub window: Duration,
+}
+
+/// Registration limit: at most `per_address` registrations from one client address within
+/// `window`, each costing a bcrypt hash (`REGISTER_LIMIT_PER_ADDRESS`, default 10;
+/// `REGISTER_LIMIT_WINDOW_SECONDS`, default 60).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistrationLimits {
+    pub per_address: u32,
+    pub window: Duration,
+}
+
+impl Default for RegistrationLimits {
+    fn default() -> Self {
+        Self {
+            per_address: 10,
+            window: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +68,11 @@ pub struct GatewayConfig {
     /// bcrypt threads. They run at idle priority, so one per core costs order intake nothing.
     pub bcrypt_threads: usize,
     pub login_limits: LoginLimits,
+    pub registration_limits: RegistrationLimits,
+    /// Whose `X-Forwarded-For` names the client (`TRUSTED_PROXIES`, none by default).
+    pub trusted_proxies: TrustedProxies,
+    /// The business port's timeouts and connection limit.
+    pub http: HttpLimits,
 }
 
 impl GatewayConfig {
@@ -90,6 +115,13 @@ impl GatewayConfig {
             replication_factor: config::parsed_or(source, env::CASSANDRA_REPLICATION_FACTOR, 1u32)?,
         };
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let trusted_proxies = TrustedProxies::parse(
+            &source.get(env::TRUSTED_PROXIES).unwrap_or_default(),
+        )
+        .map_err(|problem| ConfigError::Invalid {
+            variable: env::TRUSTED_PROXIES,
+            problem,
+        })?;
         Ok(Self {
             http_port: config::parsed_or(source, env::HTTP_PORT, ports::GATEWAY_HTTP)?,
             admin_port: config::admin_port(source)?,
@@ -105,8 +137,41 @@ impl GatewayConfig {
                 per_address: 20,
                 window: Duration::from_secs(60),
             },
+            registration_limits: registration_limits(source)?,
+            trusted_proxies,
+            http: HttpLimits::from_source(source)?,
         })
     }
+}
+
+fn registration_limits(source: &impl Source) -> Result<RegistrationLimits, ConfigError> {
+    let defaults = RegistrationLimits::default();
+    let per_address = config::parsed_or(
+        source,
+        env::REGISTER_LIMIT_PER_ADDRESS,
+        defaults.per_address,
+    )?;
+    if per_address == 0 {
+        return Err(ConfigError::Invalid {
+            variable: env::REGISTER_LIMIT_PER_ADDRESS,
+            problem: "must be at least 1 (0 would refuse every registration)".into(),
+        });
+    }
+    let window_seconds = config::parsed_or(
+        source,
+        env::REGISTER_LIMIT_WINDOW_SECONDS,
+        defaults.window.as_secs(),
+    )?;
+    if !(1..=24 * 3600).contains(&window_seconds) {
+        return Err(ConfigError::Invalid {
+            variable: env::REGISTER_LIMIT_WINDOW_SECONDS,
+            problem: format!("{window_seconds} is outside 1..=86400 (seconds)"),
+        });
+    }
+    Ok(RegistrationLimits {
+        per_address,
+        window: Duration::from_secs(window_seconds),
+    })
 }
 
 #[cfg(test)]
@@ -136,6 +201,58 @@ mod tests {
         assert_eq!(config.token_lifetime, Duration::from_secs(3600));
         assert_eq!(config.bcrypt_cost, 12);
         assert!(!format!("{config:?}").contains("0123456789abcdef"));
+        assert!(config.trusted_proxies.is_empty(), "off by default");
+        assert_eq!(config.registration_limits, RegistrationLimits::default());
+        assert_eq!(config.http, HttpLimits::default());
+    }
+
+    #[test]
+    fn abuse_limits_are_configurable_and_bad_values_name_their_variable() {
+        let mut source = base();
+        source.insert(env::TRUSTED_PROXIES, "10.0.0.0/8, 192.168.0.7");
+        source.insert(env::REGISTER_LIMIT_PER_ADDRESS, "3");
+        source.insert(env::REGISTER_LIMIT_WINDOW_SECONDS, "3600");
+        source.insert(env::HTTP_HEADER_READ_TIMEOUT_MS, "500");
+        let config = GatewayConfig::from_source(&source).unwrap();
+        assert!(
+            config
+                .trusted_proxies
+                .is_trusted("10.20.30.40".parse().unwrap())
+        );
+        assert!(
+            config
+                .trusted_proxies
+                .is_trusted("192.168.0.7".parse().unwrap())
+        );
+        assert_eq!(
+            config.registration_limits,
+            RegistrationLimits {
+                per_address: 3,
+                window: Duration::from_secs(3600)
+            }
+        );
+        assert_eq!(config.http.header_read_timeout, Duration::from_millis(500));
+
+        for (variable, value) in [
+            (env::TRUSTED_PROXIES, "10.0.0.0/40"),
+            (env::TRUSTED_PROXIES, "0.0.0.0/0"),
+            (env::TRUSTED_PROXIES, "ingress-nginx"),
+            (env::REGISTER_LIMIT_PER_ADDRESS, "0"),
+            (env::REGISTER_LIMIT_PER_ADDRESS, "many"),
+            (env::REGISTER_LIMIT_WINDOW_SECONDS, "0"),
+            (env::HTTP_REQUEST_TIMEOUT_MS, "0"),
+            (env::HTTP_MAX_CONNECTIONS, "none"),
+        ] {
+            let mut source = base();
+            source.insert(variable, value);
+            let error = GatewayConfig::from_source(&source)
+                .expect_err(value)
+                .to_string();
+            assert!(
+                error.starts_with(&format!("environment variable {variable} is invalid")),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod client_address;
 pub mod config;
 pub mod extract;
 pub mod idempotency;
@@ -32,14 +33,16 @@ use redis::aio::ConnectionManager;
 use utoipa::OpenApi;
 use workload_runtime::admin::{Readiness, ReadinessCheck};
 use workload_runtime::broker::{Backoff, Broker, BrokerConfig, BrokerMetrics, DeclareTopology};
+use workload_runtime::http_server::{self, HttpLimits};
 use workload_runtime::redis_connection;
 use workload_runtime::shutdown::Shutdown;
 use workload_runtime::topology;
 
+use crate::client_address::TrustedProxies;
 use crate::config::GatewayConfig;
-use crate::passwords::Passwords;
+use crate::passwords::{PasswordMetrics, Passwords};
 use crate::problem::AppError;
-use crate::ratelimit::LoginLimiter;
+use crate::ratelimit::RateLimiter;
 use crate::tokens::{LEEWAY, TokenService};
 use crate::users::UserStore;
 use workload_runtime::http_metrics::HttpMetrics;
@@ -65,10 +68,12 @@ struct Inner {
     redis: ConnectionManager,
     keys: Keys,
     broker: Broker,
-    limiter: LoginLimiter,
+    limiter: RateLimiter,
+    trusted_proxies: TrustedProxies,
     /// How long a request may hold an order's claim pending while it publishes.
     publish_lease: Duration,
     http_metrics: HttpMetrics,
+    http_limits: HttpLimits,
 }
 
 /// The gateway's metrics, registered before anything connects so `/metrics` serves from the start.
@@ -76,6 +81,7 @@ struct Inner {
 pub struct GatewayMetrics {
     pub broker: BrokerMetrics,
     pub http: HttpMetrics,
+    pub passwords: PasswordMetrics,
 }
 
 impl GatewayMetrics {
@@ -83,6 +89,7 @@ impl GatewayMetrics {
         Self {
             broker: BrokerMetrics::register(registry),
             http: HttpMetrics::register(registry),
+            passwords: PasswordMetrics::register(registry),
         }
     }
 }
@@ -126,7 +133,8 @@ pub async fn connect(
         }
     };
     watch_cassandra(users.clone(), cassandra_check, shutdown);
-    let passwords = Passwords::new(config.bcrypt_cost, config.bcrypt_threads).await?;
+    let passwords =
+        Passwords::new(config.bcrypt_cost, config.bcrypt_threads, metrics.passwords).await?;
     tracing::info!("waiting for the first RabbitMQ connection");
     tokio::select! {
         () = shutdown.triggered() => return Ok(None),
@@ -141,7 +149,13 @@ pub async fn connect(
     let publish_lease = broker.confirm_timeout() + PUBLISH_LEASE_MARGIN;
     Ok(Some(AppState {
         inner: Arc::new(Inner {
-            limiter: LoginLimiter::new(redis.clone(), keys.clone(), config.login_limits),
+            limiter: RateLimiter::new(
+                redis.clone(),
+                keys.clone(),
+                config.login_limits,
+                config.registration_limits,
+            ),
+            trusted_proxies: config.trusted_proxies,
             tokens,
             passwords,
             users,
@@ -150,6 +164,7 @@ pub async fn connect(
             broker,
             publish_lease,
             http_metrics: metrics.http,
+            http_limits: config.http,
         }),
     }))
 }
@@ -157,19 +172,16 @@ pub async fn connect(
 /// Serves the API on `listener` until shutdown begins, then stops accepting connections and
 /// returns once every in-flight request is answered. The broker connection stays open until
 /// then ([`Shutdown::closing`]): an order being published when the drain begins still gets its
-/// confirm and its 202. Call [`Shutdown::wait_for_tasks`] after it.
+/// confirm and its 202. Call [`Shutdown::wait_for_tasks`] after it. The configuration's
+/// [`HttpLimits`] apply (header and request timeouts, connection limit:
+/// [`workload_runtime::http_server`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: &Shutdown,
 ) -> std::io::Result<()> {
-    let token = shutdown.token();
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { token.cancelled().await })
-    .await
+    let limits = state.inner.http_limits;
+    http_server::serve(listener, app(state), limits, shutdown.token()).await
 }
 
 fn watch_cassandra(users: Arc<UserStore>, check: ReadinessCheck, shutdown: &Shutdown) {
@@ -204,8 +216,11 @@ impl AppState {
     pub fn broker(&self) -> &Broker {
         &self.inner.broker
     }
-    pub fn login_limiter(&self) -> &LoginLimiter {
+    pub fn rate_limiter(&self) -> &RateLimiter {
         &self.inner.limiter
+    }
+    pub fn trusted_proxies(&self) -> &TrustedProxies {
+        &self.inner.trusted_proxies
     }
     pub fn publish_lease(&self) -> Duration {
         self.inner.publish_lease

@@ -113,7 +113,7 @@ impl AppError {
             AppError::DuplicateOrder => ("Duplicate order".to_owned(), None),
             AppError::TooManyRequests { retry_after } => (
                 format!(
-                    "too many failed attempts; retry after {} seconds",
+                    "too many attempts; retry after {} seconds",
                     retry_after.as_secs().max(1)
                 ),
                 None,

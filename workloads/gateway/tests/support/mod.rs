@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,8 @@ pub const SECRET: &str = "integration-test-secret-of-at-least-32-bytes";
 
 pub struct Gateway {
     pub base: String,
+    /// Where it listens, for tests that speak raw HTTP.
+    pub address: SocketAddr,
     pub http: reqwest::Client,
     pub keys: Keys,
     pub redis: redis::aio::ConnectionManager,
@@ -69,6 +72,9 @@ impl Gateway {
             (env::JWT_SECRET, SECRET.to_owned()),
             // The cheapest cost keeps tests quick; the cost changes nothing in the logic.
             (env::BCRYPT_COST, "4".to_owned()),
+            // Tests register dozens of accounts a minute from 127.0.0.1; the limit's own tests
+            // (abuse.rs) set it low.
+            (env::REGISTER_LIMIT_PER_ADDRESS, "100000".to_owned()),
         ]
         .into_iter()
         .map(|(key, value)| (key.to_owned(), value))
@@ -105,6 +111,7 @@ impl Gateway {
         .unwrap();
         Self {
             base: format!("http://{address}"),
+            address,
             http: reqwest::Client::new(),
             keys,
             redis,
@@ -118,6 +125,16 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The value of one sample of `/metrics` (`name{labels}` as Prometheus prints it), if any.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        text.lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok())?
+        })
     }
 
     pub async fn register(&self, email: &str, password: &str) -> reqwest::Response {
