@@ -101,33 +101,20 @@ pub fn queue_of(workload: Workload) -> Option<&'static str> {
     }
 }
 
-/// The vhost of an AMQP URL (`amqp://host:5672/%2f` is `/`), percent-decoded.
-pub fn vhost_of(amqp_url: &str) -> String {
-    let path = amqp_url
-        .split_once("://")
-        .map(|(_, rest)| rest)
-        .and_then(|rest| rest.split_once('/'))
-        .map(|(_, path)| path.split('?').next().unwrap_or(""))
-        .unwrap_or("");
-    if path.is_empty() {
-        return "/".to_owned();
+/// The vhost of an AMQP URL as the workloads' client (lapin) reads it: the path after the
+/// first `/`, percent-decoded (`amqp://host:5672/%2f` is `/`), or `/` when the URL has no path.
+/// `None` when the endpoint is not an AMQP URL (the build refuses such a pipeline).
+pub fn vhost_of(amqp_url: &str) -> Option<String> {
+    let url = url::Url::parse(amqp_url).ok()?;
+    if !matches!(url.scheme(), "amqp" | "amqps") {
+        return None;
     }
-    let bytes = path.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        if bytes[index] == b'%'
-            && index + 2 < bytes.len()
-            && let Ok(byte) = u8::from_str_radix(&path[index + 1..index + 3], 16)
-        {
-            decoded.push(byte);
-            index += 3;
-        } else {
-            decoded.push(bytes[index]);
-            index += 1;
-        }
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
+    Some(match url.path().get(1..) {
+        None => "/".to_owned(),
+        Some(path) => percent_encoding::percent_decode_str(path)
+            .decode_utf8_lossy()
+            .into_owned(),
+    })
 }
 
 /// Reads a queue's depth (ready plus unacknowledged messages); a queue not declared yet has
@@ -219,9 +206,17 @@ mod tests {
 
     #[test]
     fn vhosts_are_read_from_amqp_urls() {
-        assert_eq!(vhost_of("amqp://host:5672/%2f"), "/");
-        assert_eq!(vhost_of("amqp://host:5672"), "/");
-        assert_eq!(vhost_of("amqps://u:p@host/prod"), "prod");
-        assert_eq!(vhost_of("amqp://host/a%2Fb?heartbeat=10"), "a/b");
+        let vhost = |url| vhost_of(url).unwrap();
+        assert_eq!(vhost("amqp://host:5672/%2f"), "/");
+        assert_eq!(vhost("amqp://host:5672"), "/");
+        assert_eq!(vhost("amqps://u:p@host/prod"), "prod");
+        assert_eq!(vhost("amqp://host/a%2Fb?heartbeat=10"), "a/b");
+        // A multi-byte character right after '%' panicked the hand-written decoder, and with it
+        // the operator, for every pipeline.
+        assert_eq!(vhost("amqp://h:5672/%a€"), "%a€");
+        assert_eq!(vhost("amqp://h:5672/%"), "%");
+        assert_eq!(vhost("amqp://h:5672/%E2%82%AC"), "€");
+        assert_eq!(vhost_of("http://h/x"), None);
+        assert_eq!(vhost_of("not a url €"), None);
     }
 }

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context as _, Result};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
-use order_pipeline_operator::controller::Context;
-use order_pipeline_operator::controller::build::DependencyImages;
+use order_pipeline_operator::controller::build::{Access, DependencyImages};
+use order_pipeline_operator::controller::{Context, Scope};
 use order_pipeline_operator::leader::{self, LeaseSettings};
 use order_pipeline_operator::metrics::{Metrics, serve_admin};
 use prometheus_client::registry::Registry;
@@ -90,13 +90,25 @@ async fn main() -> Result<()> {
     // Once, at startup: the images new managed dependencies run (the chart's dependencyImages).
     let dependency_images = DependencyImages::from_env();
     tracing::info!(?dependency_images, "default images of managed dependencies");
+    let operator_namespace =
+        std::env::var("OPERATOR_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let scope = Scope::parse(&std::env::var("WATCH_NAMESPACES").unwrap_or_default())
+        .map_err(|problem| anyhow::anyhow!("WATCH_NAMESPACES is invalid: {problem}"))?;
+    tracing::info!(?scope, "watching OrderPipelines");
     let context = Arc::new(
         Context::new(client, recorder, metrics, env!("CARGO_PKG_VERSION"))
-            .with_dependency_images(dependency_images),
+            .with_dependency_images(dependency_images)
+            .with_access(Access {
+                operator_namespace: Some(operator_namespace.clone()),
+                metrics_namespace: std::env::var("METRICS_NAMESPACE")
+                    .ok()
+                    .filter(|namespace| !namespace.trim().is_empty()),
+            })
+            .with_scope(scope),
     );
     let lease = LeaseSettings {
         name: NAME.into(),
-        namespace: std::env::var("OPERATOR_NAMESPACE").unwrap_or_else(|_| "default".into()),
+        namespace: operator_namespace,
         identity,
         duration_seconds: 15,
         grace_seconds: 5,

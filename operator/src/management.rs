@@ -112,17 +112,15 @@ fn members(queue: &serde_json::Value) -> i32 {
     })
 }
 
+/// What a path segment keeps unencoded: RFC 3986's unreserved characters but `~`.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.');
+
 /// Percent-encodes a path segment (a vhost `/` is `%2F`).
 fn encode(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
-                (byte as char).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(segment, PATH_SEGMENT).to_string()
 }
 
 /// With `replicas` nodes wanted, what keeps the cluster from being whole, if anything: a node

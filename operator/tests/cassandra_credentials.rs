@@ -24,10 +24,9 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use order_pipeline_operator::controller::build::{
-    self, CASSANDRA_CREDENTIALS_SCRIPT, CASSANDRA_ROLE, DependencyImages, MANAGER,
-    ReplicaOverrides, RunningImages,
+    self, CASSANDRA_CREDENTIALS_SCRIPT, CASSANDRA_ROLE, MANAGER, ReplicaOverrides, RunningImages,
 };
 use order_pipeline_operator::controller::dereference;
 use pipeline_api::OrderPipeline;
@@ -521,7 +520,7 @@ async fn passwords_are_generated_once_and_the_job_applies_as_the_api_server_allo
             secrets,
             &ReplicaOverrides::new(),
             running,
-            &DependencyImages::default(),
+            &build::Settings::default(),
             "0.1.0",
         )
         .unwrap()
@@ -553,18 +552,24 @@ async fn passwords_are_generated_once_and_the_job_applies_as_the_api_server_allo
         Some(&superuser)
     );
 
-    // A Secret from before the application role (the image's cassandra/cassandra) gets a new
-    // role password; the superuser password it lacked is generated.
-    secrets_api
+    // A Secret from before the application role (the image's cassandra/cassandra), as an older
+    // operator wrote it (owned by the pipeline), gets a new role password; the superuser
+    // password it lacked is generated. The test replaces it as an administrator: the operator
+    // itself may not delete Secrets.
+    let admin_secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    admin_secrets
         .delete("shop-cassandra-credentials", &DeleteParams::default())
         .await
         .unwrap();
     let older: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "shop-cassandra-credentials"},
+        "metadata": {
+            "name": "shop-cassandra-credentials",
+            "ownerReferences": [pipeline.controller_owner_ref(&()).unwrap()],
+        },
         "stringData": {"username": "cassandra", "password": "cassandra"},
     }))
     .unwrap();
-    secrets_api
+    admin_secrets
         .create(&PostParams::default(), &older)
         .await
         .unwrap();

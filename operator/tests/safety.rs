@@ -23,6 +23,11 @@ use support::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// Held by each test for as long as it runs an operator. A cluster-wide operator reconciles every
+/// namespace's pipelines, other tests' included; one at a time, each test sees only its own
+/// operator's doing (the namespaced test asserts what its operator never touched).
+static OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// External Redis and Cassandra (nothing listens there; these tests never run the workloads'
 /// code) keep the test to one managed dependency: RabbitMQ, with two nodes (the one dependency
 /// the operator runs as a cluster). kwok runs no RabbitMQ, so its cluster is never seen whole and
@@ -108,6 +113,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_pipelines_are_left_alone_and_stateful_scale_down_is_refused() {
+    let _one_operator = OPERATOR.lock().await;
     let admin = client().await;
     install_crd(&admin).await;
     let namespace = namespace(&admin).await;
@@ -274,6 +280,7 @@ async fn paused_pipelines_are_left_alone_and_stateful_scale_down_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_reconciles_and_the_standby_takes_over() {
+    let _one_operator = OPERATOR.lock().await;
     let admin = client().await;
     install_crd(&admin).await;
     let namespace = namespace(&admin).await;
@@ -365,4 +372,301 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over() {
         task.await.unwrap().unwrap();
     }
     cleanup(&admin, &namespace, volumes, &operator_namespace).await;
+}
+
+/// A pipeline whose dependencies are all external: only the four workloads, which kwok runs, so
+/// it can become `Ready`.
+fn external_pipeline(name: &str, rabbitmq: serde_json::Value) -> OrderPipeline {
+    serde_json::from_value(json!({
+        "apiVersion": "orderpipeline.dev/v1alpha1",
+        "kind": "OrderPipeline",
+        "metadata": {"name": name},
+        "spec": {
+            "rabbitmq": {"external": rabbitmq},
+            "cassandra": {"external": {"endpoints": ["cassandra.example.invalid:9042"]}},
+            "redis": {"external": {"endpoints": ["redis.example.invalid:6379"]}},
+        },
+    }))
+    .unwrap()
+}
+
+fn degraded_with(pipeline: Option<&OrderPipeline>, reason: &str) -> Option<String> {
+    pipeline?
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == reason)
+        .map(|c| c.message.clone())
+}
+
+/// Invariants: an object of a child's name that the pipeline does not control is never changed
+/// (no field, no owner reference, so the garbage collector never takes it with the pipeline),
+/// a pre-created `<name>-jwt` never becomes the signing key, each such pipeline is `Degraded`
+/// naming the object, and neither it nor a spec that used to panic the operator (a multi-byte
+/// character after `%` in the vhost, read by the autoscaler) keeps a good pipeline from `Ready`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_objects_are_left_alone_and_a_broken_pipeline_blocks_no_other() {
+    let _one_operator = OPERATOR.lock().await;
+    use k8s_openapi::api::core::v1::{Secret, Service};
+    let admin = client().await;
+    install_crd(&admin).await;
+    let namespace = namespace(&admin).await;
+    let (operator_client, operator_namespace) = chart_identity().await;
+    let services: Api<Service> = Api::namespaced(admin.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &namespace);
+    // A user's own Service and Secret, with the names the pipelines' children would have.
+    let foreign_service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "squatter-gateway", "labels": {"team": "payments"}},
+        "spec": {"ports": [{"port": 443, "targetPort": 8443}], "selector": {"app": "payments"}},
+    }))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &foreign_service)
+        .await
+        .unwrap();
+    let planted_key = "planted-signing-key-chosen-by-whoever-could-create-a-secret";
+    let planted: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "planted-jwt"},
+        "stringData": {"secret": planted_key},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &planted)
+        .await
+        .unwrap();
+    let before = services.get("squatter-gateway").await.unwrap();
+
+    let context = new_context(&operator_client);
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(controller::run(
+        context.clone(),
+        stop.clone().cancelled_owned(),
+    ));
+    let pipelines: Api<OrderPipeline> = Api::namespaced(admin.clone(), &namespace);
+    let plain = json!({"endpoints": ["amqp://rabbitmq.example.invalid:5672/%2f"]});
+    // Autoscaled on an external broker whose vhost the autoscaler decodes: nothing answers at
+    // the management URL, so the autoscaler only warns, but it reads the vhost first.
+    let mut panicky = external_pipeline(
+        "panicky",
+        json!({
+            "endpoints": ["amqp://rabbitmq.example.invalid:5672/%a€"],
+            "managementUrl": "http://127.0.0.1:9",
+        }),
+    );
+    panicky.spec.processor.autoscaling =
+        Some(serde_json::from_value(json!({"minReplicas": 1, "maxReplicas": 2})).unwrap());
+    for pipeline in [
+        external_pipeline("squatter", plain.clone()),
+        external_pipeline("planted", plain.clone()),
+        panicky,
+        external_pipeline("good", plain),
+    ] {
+        pipelines
+            .create(&PostParams::default(), &pipeline)
+            .await
+            .unwrap();
+    }
+    support::wait_ready(&pipelines, "good", Duration::from_secs(90)).await;
+    support::wait_ready(&pipelines, "panicky", Duration::from_secs(60)).await;
+    for (name, object) in [
+        ("squatter", "Service squatter-gateway"),
+        ("planted", "Secret planted-jwt"),
+    ] {
+        let wanted = object.to_owned();
+        wait_for(
+            &pipelines,
+            name,
+            "the ForeignObject condition",
+            move |p: Option<&OrderPipeline>| {
+                degraded_with(p, "ForeignObject").is_some_and(|message| message.contains(&wanted))
+            },
+        )
+        .await;
+        let message = degraded_with(pipelines.get(name).await.ok().as_ref(), "ForeignObject");
+        println!("{name}: Degraded: {}", message.unwrap_or_default());
+    }
+    // A reconcile of its own (not only the controller's) refuses again, naming the object.
+    let refused = controller::reconcile(
+        Arc::new(pipelines.get("squatter").await.unwrap()),
+        context.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("Service squatter-gateway"),
+        "{refused}"
+    );
+
+    let after = services.get("squatter-gateway").await.unwrap();
+    assert_eq!(
+        after.metadata.owner_references, before.metadata.owner_references,
+        "the operator adopted a Service it does not own"
+    );
+    assert_eq!(
+        after.spec, before.spec,
+        "the operator changed a foreign Service"
+    );
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "the operator wrote to a foreign Service"
+    );
+    let planted_now = secrets.get("planted-jwt").await.unwrap();
+    assert!(planted_now.metadata.owner_references.is_none());
+    // Nothing of the refused pipeline's was applied, so no pod could sign with the planted key.
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &namespace);
+    for name in ["planted-gateway", "squatter-gateway"] {
+        assert!(
+            deployments.get_opt(name).await.unwrap().is_none(),
+            "{name} was applied"
+        );
+    }
+    let events: Api<Event> = Api::namespaced(admin.clone(), &namespace);
+    let warnings: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|event| event.reason.as_deref() == Some("ForeignObject"))
+        .filter_map(|event| event.note)
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|note| note.contains("Service squatter-gateway"))
+            && warnings
+                .iter()
+                .any(|note| note.contains("Secret planted-jwt")),
+        "ForeignObject events: {warnings:?}"
+    );
+    assert!(
+        !warnings.iter().any(|note| note.contains(planted_key)),
+        "an Event carries the planted key"
+    );
+
+    stop.cancel();
+    running.await.unwrap();
+    cleanup(&admin, &namespace, Vec::new(), &operator_namespace).await;
+}
+
+/// Invariants of the chart's namespaced mode (`watchNamespaces`), under its rendered Roles: the
+/// operator reconciles a pipeline in a watched namespace to `Ready`, never touches one in
+/// another namespace, and its token is refused everywhere else (Secrets, Jobs and Pods in
+/// kube-system included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespaced_operator_works_in_its_namespaces_and_is_refused_elsewhere() {
+    let _one_operator = OPERATOR.lock().await;
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    let admin = client().await;
+    install_crd(&admin).await;
+    let watched = namespace(&admin).await;
+    let ignored = namespace(&admin).await;
+    let (operator_client, operator_namespace) =
+        support::chart_identity_watching(&[watched.as_str()]).await;
+    let context = Arc::new(
+        Arc::unwrap_or_clone(new_context(&operator_client))
+            .with_scope(controller::Scope::Namespaces(vec![watched.clone()])),
+    );
+    let plain = json!({"endpoints": ["amqp://rabbitmq.example.invalid:5672/%2f"]});
+    let elsewhere: Api<OrderPipeline> = Api::namespaced(admin.clone(), &ignored);
+    elsewhere
+        .create(
+            &PostParams::default(),
+            &external_pipeline("elsewhere", plain.clone()),
+        )
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(controller::run(
+        context.clone(),
+        stop.clone().cancelled_owned(),
+    ));
+    let pipelines: Api<OrderPipeline> = Api::namespaced(admin.clone(), &watched);
+    pipelines
+        .create(&PostParams::default(), &external_pipeline("here", plain))
+        .await
+        .unwrap();
+    support::wait_ready(&pipelines, "here", Duration::from_secs(90)).await;
+    // The other pipeline existed before the operator started; a watch that saw it would have
+    // reconciled it before the one created after.
+    let untouched = elsewhere.get("elsewhere").await.unwrap();
+    assert!(untouched.status.is_none(), "{:?}", untouched.status);
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ignored);
+    assert!(
+        deployments
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    let forbidden = |result: Result<(), kube::Error>, what: &str| match result {
+        Err(kube::Error::Api(status)) if status.code == 403 => println!("{what}: 403"),
+        other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
+    };
+    let as_operator = |namespace: &str| -> (Api<Secret>, Api<Job>, Api<Pod>, Api<OrderPipeline>) {
+        (
+            Api::namespaced(operator_client.clone(), namespace),
+            Api::namespaced(operator_client.clone(), namespace),
+            Api::namespaced(operator_client.clone(), namespace),
+            Api::namespaced(operator_client.clone(), namespace),
+        )
+    };
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "escalate"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "x", "image": "busybox"}]}}},
+    }))
+    .unwrap();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "escalate"},
+        "spec": {"containers": [{"name": "x", "image": "busybox"}]},
+    }))
+    .unwrap();
+    for namespace in ["kube-system", ignored.as_str()] {
+        let (secrets, jobs, pods, pipelines) = as_operator(namespace);
+        forbidden(
+            secrets.list(&ListParams::default()).await.map(|_| ()),
+            &format!("list Secrets in {namespace}"),
+        );
+        forbidden(
+            secrets.get("anything").await.map(|_| ()),
+            &format!("get a Secret in {namespace}"),
+        );
+        forbidden(
+            jobs.create(&PostParams::default(), &job).await.map(|_| ()),
+            &format!("create a Job in {namespace}"),
+        );
+        forbidden(
+            pods.create(&PostParams::default(), &pod).await.map(|_| ()),
+            &format!("create a Pod in {namespace}"),
+        );
+        forbidden(
+            pipelines.list(&ListParams::default()).await.map(|_| ()),
+            &format!("list OrderPipelines in {namespace}"),
+        );
+    }
+    forbidden(
+        Api::<OrderPipeline>::all(operator_client.clone())
+            .list(&ListParams::default())
+            .await
+            .map(|_| ()),
+        "list OrderPipelines in every namespace",
+    );
+    // Even where it works, it creates no Pods itself.
+    let (_, _, pods, _) = as_operator(&watched);
+    forbidden(
+        pods.create(&PostParams::default(), &pod).await.map(|_| ()),
+        &format!("create a Pod in {watched}"),
+    );
+
+    stop.cancel();
+    running.await.unwrap();
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .delete(&ignored, &DeleteParams::default())
+        .await;
+    cleanup(&admin, &watched, Vec::new(), &operator_namespace).await;
 }

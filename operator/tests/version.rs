@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use kube::core::ObjectMeta;
 use order_pipeline_operator::controller::build::{
-    DependencyImages, ReplicaOverrides, RunningImages, Secrets, WORKLOAD_IMAGE_REPOSITORY,
-    Workload, build,
+    DependencyImages, ReplicaOverrides, RunningImages, Secrets, Settings,
+    WORKLOAD_IMAGE_REPOSITORY, Workload, build,
 };
 use pipeline_api::{OrderPipeline, OrderPipelineSpec};
 
@@ -111,7 +111,7 @@ fn default_workload_images_are_the_ones_xtask_builds() {
         &secrets,
         &ReplicaOverrides::new(),
         &RunningImages::new(),
-        &DependencyImages::default(),
+        &Settings::default(),
         OPERATOR_VERSION,
     )
     .unwrap();

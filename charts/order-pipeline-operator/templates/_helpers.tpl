@@ -80,3 +80,49 @@ The metrics Service: the full name with a suffix, still within a Service name's 
 {{- define "order-pipeline-operator.metricsServiceName" -}}
 {{- printf "%s-metrics" (include "order-pipeline-operator.fullname" . | trunc 55 | trimSuffix "-") }}
 {{- end }}
+
+{{/*
+What the operator does in a namespace it reconciles, and nothing more: one rule per API call the
+code makes (kept in step with operator/src and asserted by operator/api/tests/chart.rs). Bound
+cluster-wide by the ClusterRole, or namespace by namespace by a Role when watchNamespaces is set.
+Server-side apply needs create (for a new object) and patch; no child is ever updated with PUT.
+*/}}
+{{- define "order-pipeline-operator.rules" -}}
+# The custom resource: watched (list and watch, never a single get); only its status is written
+# (read fresh before a write, then merge-patched).
+- apiGroups: ["orderpipeline.dev"]
+  resources: ["orderpipelines"]
+  verbs: ["list", "watch"]
+- apiGroups: ["orderpipeline.dev"]
+  resources: ["orderpipelines/status"]
+  verbs: ["get", "patch"]
+# Children the controller watches (list, watch), reads by name (get: ownership before an apply,
+# replica counts, generated Secrets read back) and applies. Never deleted: the garbage collector
+# takes them with the pipeline.
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["services", "secrets"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Children that are applied but not watched: their names are checked before an apply (get).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch"]
+# Jobs (Cassandra's credentials, RabbitMQ's queue growth) carry a hash of their spec in their
+# name, so they are created and never updated; the TTL controller deletes them.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "create", "patch"]
+# Disruption budgets are also listed and deleted: one a component no longer needs is pruned.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+# kube-runtime's event Recorder writes events.k8s.io/v1 Events (patch for repeated ones).
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}

@@ -18,6 +18,11 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The pipeline's name names its Services, whose names must be RFC 1035 labels; a name the API
+/// server accepts for an OrderPipeline (any DNS subdomain, dots and a leading digit included)
+/// could never produce them.
+const NAME_IS_A_DNS_LABEL: &str = "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+
 pub const GROUP: &str = "orderpipeline.dev";
 pub const VERSION: &str = "v1alpha1";
 
@@ -37,7 +42,8 @@ pub const VERSION: &str = "v1alpha1";
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Gateway", type_ = "string", json_path = ".status.endpoints.gateway", description = "In-cluster URL of the gateway"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.metadata.name.size() <= 40").message("metadata.name must be at most 40 characters (child names are derived from it)")
+    validation = Rule::new("self.metadata.name.size() <= 40").message("metadata.name must be at most 40 characters (child names are derived from it)"),
+    validation = Rule::new(NAME_IS_A_DNS_LABEL).message("metadata.name must be a DNS label that starts with a letter: lowercase letters, digits and '-', ending with a letter or digit (it names the pipeline's Services, which need such a name)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OrderPipelineSpec {
@@ -621,6 +627,7 @@ mod tests {
                 .iter()
                 .any(|rule| rule.contains("metadata.name.size()"))
         );
+        assert!(rules(&schema).contains(&NAME_IS_A_DNS_LABEL.to_owned()));
         // The memory limits RabbitMQ and Cassandra derive settings from; Redis needs none.
         for (dependency, minimum) in [
             ("rabbitmq", RABBITMQ_MINIMUM_MEMORY_LIMIT),

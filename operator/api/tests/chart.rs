@@ -17,9 +17,11 @@ const CHART_NAME: &str = "order-pipeline-operator";
 /// The Lease the operator elects its leader with (fixed in the operator).
 const LEASE_NAME: &str = "order-pipeline-operator";
 /// Every verb the operator uses on the children it owns.
-const CHILD_VERBS: &[&str] = &[
-    "create", "delete", "get", "list", "patch", "update", "watch",
-];
+/// Children the operator watches, reads by name and applies (server-side apply: create and
+/// patch).
+const WATCHED_CHILD_VERBS: &[&str] = &["create", "get", "list", "patch", "watch"];
+/// Children it applies without watching them; their names are checked before an apply.
+const APPLIED_CHILD_VERBS: &[&str] = &["create", "get", "patch"];
 
 fn repository_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -145,6 +147,8 @@ struct Installation<'a> {
     tools: &'a Tools,
     /// Both the namespace and the release name.
     name: String,
+    /// Namespaces made for the installation besides its own (the watched ones), deleted with it.
+    others: Vec<String>,
 }
 
 impl Installation<'_> {
@@ -170,14 +174,13 @@ impl Drop for Installation<'_> {
     fn drop(&mut self) {
         // Never panic here: a panic while unwinding would abort and hide the test's own failure.
         let label = format!("app.kubernetes.io/instance={}", self.name);
+        let mut namespaces = vec![self.name.as_str()];
+        namespaces.extend(self.others.iter().map(String::as_str));
+        let mut delete_namespaces = vec!["delete", "namespace"];
+        delete_namespaces.extend(namespaces);
+        delete_namespaces.extend(["--ignore-not-found", "--wait=false"]);
         for args in [
-            vec![
-                "delete",
-                "namespace",
-                self.name.as_str(),
-                "--ignore-not-found",
-                "--wait=false",
-            ],
+            delete_namespaces,
             vec![
                 "delete",
                 "clusterrolebinding,clusterrole",
@@ -273,43 +276,52 @@ fn parse_permission(line: &str) -> Option<Permission> {
     Some((resource, urls, names, verbs))
 }
 
-/// What the operator's ServiceAccount may do everywhere (the ClusterRole), beyond what every
-/// service account may.
-fn cluster_wide_permissions() -> BTreeSet<Permission> {
+/// What the operator's ServiceAccount may do in a namespace it reconciles (everywhere with the
+/// ClusterRole, in each watched namespace with a Role), beyond what every service account may:
+/// one grant per API call the code makes.
+fn reconciling_permissions() -> BTreeSet<Permission> {
     let mut expected = BTreeSet::from([
-        permission(
-            "orderpipelines.orderpipeline.dev",
-            &[],
-            &["get", "list", "watch"],
-        ),
+        permission("orderpipelines.orderpipeline.dev", &[], &["list", "watch"]),
         permission(
             "orderpipelines.orderpipeline.dev/status",
             &[],
-            &["get", "patch", "update"],
+            &["get", "patch"],
         ),
-        permission(
-            "persistentvolumeclaims",
-            &[],
-            &["get", "list", "watch", "delete"],
-        ),
-        permission("pods", &[], &["get", "list", "watch"]),
         permission("events.events.k8s.io", &[], &["create", "patch"]),
-        // A managed Cassandra's credentials Job, applied only.
-        permission("jobs.batch", &[], &["create", "patch"]),
+        permission(
+            "poddisruptionbudgets.policy",
+            &[],
+            &["create", "delete", "get", "list", "patch"],
+        ),
     ]);
     for resource in [
         "deployments.apps",
         "statefulsets.apps",
         "services",
-        "configmaps",
         "secrets",
-        "serviceaccounts",
-        "poddisruptionbudgets.policy",
+    ] {
+        expected.insert(permission(resource, &[], WATCHED_CHILD_VERBS));
+    }
+    for resource in [
+        "configmaps",
+        "jobs.batch",
         "networkpolicies.networking.k8s.io",
     ] {
-        expected.insert(permission(resource, &[], CHILD_VERBS));
+        expected.insert(permission(resource, &[], APPLIED_CHILD_VERBS));
     }
     expected
+}
+
+/// The leader-election grants, in the release namespace only.
+fn lease_permissions() -> [Permission; 2] {
+    [
+        permission("leases.coordination.k8s.io", &[], &["create"]),
+        permission(
+            "leases.coordination.k8s.io",
+            &[LEASE_NAME],
+            &["get", "update", "patch"],
+        ),
+    ]
 }
 
 /// Renders the chart; panics with helm's output when it cannot.
@@ -378,6 +390,12 @@ fn schema_rejects_bad_values() {
             "/dependencyImages/cassandra",
         ),
         ("dependencyImages.mongodb=mongo", "dependencyImages"),
+        ("watchNamespaces={Shop}", "/watchNamespaces/0"),
+        ("watchNamespaces={a,a}", "/watchNamespaces"),
+        (
+            "metrics.scrapeNamespace=Monitoring",
+            "/metrics/scrapeNamespace",
+        ),
     ] {
         let outcome = tools
             .helm(&["template", "bad", &chart, "--set", setting])
@@ -432,6 +450,19 @@ fn passes_the_dependency_images_to_the_operator() {
         env_value(&stand_ins, "CASSANDRA_IMAGE"),
         Some("\"localhost/order-pipeline-deps/cassandra:5.0.9-1\"")
     );
+    // Cluster-wide by default, and no namespace may scrape the pipelines' admin ports.
+    assert_eq!(env_value(&defaults, "WATCH_NAMESPACES"), Some("\"\""));
+    assert_eq!(env_value(&defaults, "METRICS_NAMESPACE"), Some("\"\""));
+    let monitored = render(
+        &tools,
+        "test",
+        "op-system",
+        &["--set", "metrics.scrapeNamespace=monitoring"],
+    );
+    assert_eq!(
+        env_value(&monitored, "METRICS_NAMESPACE"),
+        Some("\"monitoring\"")
+    );
 }
 
 #[test]
@@ -477,6 +508,7 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
     let installation = Installation {
         tools: &tools,
         name: testenv::unique("chart"),
+        others: Vec::new(),
     };
     let namespace = installation.namespace().to_owned();
     let fullname = installation.fullname();
@@ -503,8 +535,13 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
         ])
         .expect_success();
 
+    // The CRD is shared with the other tests, which apply it as their own field managers; an
+    // upgrade takes it over as a user upgrading the CRD would (helm never upgrades CRDs).
     let applied = tools
-        .kubectl_with_input(&["apply", "--server-side", "-f", "-"], &manifests)
+        .kubectl_with_input(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            &manifests,
+        )
         .expect_success();
     assert!(
         !applied.stderr.contains("PodSecurity"),
@@ -556,7 +593,7 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
 
     let lease = format!("leases.coordination.k8s.io/{LEASE_NAME}");
     let granted: &[&[&str]] = &[
-        &["get", "orderpipelines.orderpipeline.dev", "-n", "default"],
+        &["list", "orderpipelines.orderpipeline.dev", "-n", "default"],
         &["watch", "orderpipelines.orderpipeline.dev", "-A"],
         &[
             "patch",
@@ -565,25 +602,17 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
             "-n",
             "default",
         ],
-        &[
-            "update",
-            "orderpipelines.orderpipeline.dev",
-            "--subresource=status",
-            "-A",
-        ],
         &["patch", "deployments.apps", "-A"],
-        &["delete", "statefulsets.apps", "-n", "default"],
+        &["get", "statefulsets.apps", "-n", "default"],
         &["create", "services", "-n", "default"],
-        &["update", "configmaps", "-A"],
+        &["patch", "configmaps", "-A"],
         &["create", "secrets", "-n", "default"],
         &["watch", "secrets", "-A"],
-        &["patch", "serviceaccounts", "-A"],
         &["create", "poddisruptionbudgets.policy", "-n", "default"],
-        &["delete", "networkpolicies.networking.k8s.io", "-A"],
-        &["delete", "persistentvolumeclaims", "-n", "default"],
-        &["list", "persistentvolumeclaims", "-A"],
-        &["watch", "pods", "-A"],
+        &["delete", "poddisruptionbudgets.policy", "-n", "default"],
+        &["patch", "networkpolicies.networking.k8s.io", "-A"],
         &["create", "jobs.batch", "-n", "default"],
+        &["get", "jobs.batch", "-n", "default"],
         &["patch", "jobs.batch", "-A"],
         &["create", "events.events.k8s.io", "-n", "default"],
         &["patch", "events.events.k8s.io", "-A"],
@@ -602,6 +631,26 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
         ],
         &["patch", "orderpipelines.orderpipeline.dev", "-A"],
         &["delete", "orderpipelines.orderpipeline.dev", "-A"],
+        &[
+            "update",
+            "orderpipelines.orderpipeline.dev",
+            "--subresource=status",
+            "-A",
+        ],
+        // Children are applied, never replaced with PUT nor deleted (the garbage collector
+        // takes them with the pipeline); only disruption budgets are pruned.
+        &["update", "deployments.apps", "-A"],
+        &["delete", "statefulsets.apps", "-n", "default"],
+        &["delete", "secrets", "-n", "default"],
+        &["update", "configmaps", "-A"],
+        &["list", "configmaps", "-A"],
+        &["delete", "networkpolicies.networking.k8s.io", "-A"],
+        // Unused kinds.
+        &["get", "serviceaccounts", "-n", "default"],
+        &["patch", "serviceaccounts", "-A"],
+        &["list", "persistentvolumeclaims", "-A"],
+        &["delete", "persistentvolumeclaims", "-n", "default"],
+        &["watch", "pods", "-A"],
         // Leases: only the operator's own, only in its own namespace.
         &["create", "leases.coordination.k8s.io", "-n", "default"],
         &["get", &lease, "-n", "default"],
@@ -621,8 +670,8 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
         &["create", "pods", "--subresource=exec", "-n", "default"],
         &["create", "events", "-n", "default"],
         &["deletecollection", "secrets", "-A"],
-        // Jobs are applied, never read, updated or deleted by the operator; nor are CronJobs.
-        &["get", "jobs.batch", "-n", "default"],
+        // Jobs are applied (their name checked first), never listed, updated or deleted by the
+        // operator; nor are CronJobs.
         &["list", "jobs.batch", "-A"],
         &["watch", "jobs.batch", "-A"],
         &["update", "jobs.batch", "-A"],
@@ -667,19 +716,117 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
             .cloned()
             .collect()
     };
-    let mut in_own_namespace = cluster_wide_permissions();
-    in_own_namespace.insert(permission("leases.coordination.k8s.io", &[], &["create"]));
-    in_own_namespace.insert(permission(
-        "leases.coordination.k8s.io",
-        &[LEASE_NAME],
-        &["get", "update", "patch"],
-    ));
+    let mut in_own_namespace = reconciling_permissions();
+    in_own_namespace.extend(lease_permissions());
     assert_same_permissions(&user, &namespace, &extra(&namespace), &in_own_namespace);
     assert_same_permissions(
         &user,
         "default",
         &extra("default"),
-        &cluster_wide_permissions(),
+        &reconciling_permissions(),
+    );
+}
+
+/// Namespaced mode: with `watchNamespaces` the chart grants the operator's rules in those
+/// namespaces only, through Roles, and nothing cluster-wide; the release namespace gets the
+/// Lease grants and nothing more, and kube-system nothing at all.
+#[test]
+fn namespaced_install_grants_only_in_the_watched_namespaces() {
+    let tools = Tools::load();
+    let name = testenv::unique("chartns");
+    let watched = [format!("{name}-a"), format!("{name}-b")];
+    let installation = Installation {
+        tools: &tools,
+        name: name.clone(),
+        others: watched.to_vec(),
+    };
+    let user = installation.service_account_user();
+    let setting = format!("watchNamespaces={{{}}}", watched.join(","));
+    let manifests = render(&tools, &name, &name, &["--set", &setting]);
+    assert!(
+        !manifests.contains("kind: ClusterRole"),
+        "namespaced mode grants nothing cluster-wide:\n{manifests}"
+    );
+    let mut lines = manifests.lines().map(str::trim);
+    assert!(
+        lines.any(|line| line == "- name: WATCH_NAMESPACES")
+            && lines.next() == Some(format!("value: \"{}\"", watched.join(",")).as_str()),
+        "the operator is told what to watch:\n{manifests}"
+    );
+    for namespace in [&name, &watched[0], &watched[1]] {
+        tools
+            .kubectl(&["create", "namespace", namespace])
+            .expect_success();
+    }
+    tools
+        .kubectl_with_input(&["apply", "--server-side", "-f", "-"], &manifests)
+        .expect_success();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !can_i(
+        &tools,
+        &user,
+        &[
+            "list",
+            "orderpipelines.orderpipeline.dev",
+            "-n",
+            &watched[1],
+        ],
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "{user} still cannot list OrderPipelines in {} 30s after its RoleBinding",
+            watched[1]
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    let denied: &[&[&str]] = &[
+        &["get", "secrets", "-n", "kube-system"],
+        &["list", "secrets", "-n", "kube-system"],
+        &["create", "jobs.batch", "-n", "kube-system"],
+        &["create", "pods", "-n", "kube-system"],
+        &["create", "deployments.apps", "-n", "kube-system"],
+        &["list", "orderpipelines.orderpipeline.dev", "-A"],
+        &["watch", "secrets", "-A"],
+        &["get", "secrets", "-n", "default"],
+        &["create", "pods", "-n", &watched[0]],
+        &["create", "pods", "--subresource=exec", "-n", &watched[0]],
+    ];
+    let wrong: Vec<String> = denied
+        .iter()
+        .filter(|check| can_i(&tools, &user, check))
+        .map(|check| format!("can-i {} answered yes", check.join(" ")))
+        .collect();
+    assert!(wrong.is_empty(), "{user}:\n{}", wrong.join("\n"));
+
+    let nobody = format!("system:serviceaccount:{name}:nobody");
+    let extra = |in_namespace: &str| -> BTreeSet<Permission> {
+        let baseline = permissions(&tools, &nobody, in_namespace);
+        permissions(&tools, &user, in_namespace)
+            .difference(&baseline)
+            .cloned()
+            .collect()
+    };
+    for namespace in &watched {
+        assert_same_permissions(
+            &user,
+            namespace,
+            &extra(namespace),
+            &reconciling_permissions(),
+        );
+    }
+    assert_same_permissions(
+        &user,
+        &name,
+        &extra(&name),
+        &BTreeSet::from(lease_permissions()),
+    );
+    for namespace in ["kube-system", "default"] {
+        assert_same_permissions(&user, namespace, &extra(namespace), &BTreeSet::new());
+    }
+    println!(
+        "namespaced mode: {} grants in each of {watched:?}, 2 in {name}, none in kube-system or default",
+        reconciling_permissions().len()
     );
 }
 

@@ -234,6 +234,18 @@ fn invalid_cases() -> Vec<InvalidCase> {
             spec: json!({}),
             expected: &["metadata.name must be at most 40 characters"],
         },
+        // Both are names the API server takes for any object (DNS subdomains), but neither can
+        // name a Service.
+        InvalidCase {
+            name: "1-leading-digit",
+            spec: json!({}),
+            expected: &["metadata.name must be a DNS label that starts with a letter"],
+        },
+        InvalidCase {
+            name: "shop.prod",
+            spec: json!({}),
+            expected: &["metadata.name must be a DNS label that starts with a letter"],
+        },
     ]
 }
 

@@ -10,8 +10,8 @@ use kube::{Client, ResourceExt};
 use pipeline_api::OrderPipeline;
 use rand::distr::{Alphanumeric, SampleString};
 
-use super::Error;
 use super::build::{CASSANDRA_ROLE, Dependency, Secrets, names};
+use super::{Error, ownership};
 
 /// Generated passwords are alphanumeric, so they can sit in a URL without escaping.
 const PASSWORD_LENGTH: usize = 32;
@@ -28,8 +28,16 @@ pub async fn secrets(pipeline: &OrderPipeline, client: &Client) -> Result<Secret
     let spec = &pipeline.spec;
     match &spec.auth.jwt_secret_ref {
         None => {
-            secrets.jwt =
-                Some(existing_or_new(&api, &names::jwt_secret(&name), "secret", JWT_LENGTH).await?);
+            secrets.jwt = Some(
+                existing_or_new(
+                    &api,
+                    pipeline,
+                    &names::jwt_secret(&name),
+                    "secret",
+                    JWT_LENGTH,
+                )
+                .await?,
+            );
         }
         Some(reference) => {
             let data = read(&api, &reference.name)
@@ -40,8 +48,9 @@ pub async fn secrets(pipeline: &OrderPipeline, client: &Client) -> Result<Secret
     }
     if spec.rabbitmq.managed.is_some() {
         // One read for both: the password and the Erlang cookie live in one Secret.
-        let existing = read(
+        let existing = read_generated(
             &api,
+            pipeline,
             &names::credentials_secret(&name, Dependency::Rabbitmq),
         )
         .await?;
@@ -56,6 +65,7 @@ pub async fn secrets(pipeline: &OrderPipeline, client: &Client) -> Result<Secret
         secrets.redis_password = Some(
             existing_or_new(
                 &api,
+                pipeline,
                 &names::credentials_secret(&name, Dependency::Redis),
                 "password",
                 PASSWORD_LENGTH,
@@ -64,8 +74,9 @@ pub async fn secrets(pipeline: &OrderPipeline, client: &Client) -> Result<Secret
         );
     }
     if spec.cassandra.managed.is_some() {
-        let existing = read(
+        let existing = read_generated(
             &api,
+            pipeline,
             &names::credentials_secret(&name, Dependency::Cassandra),
         )
         .await?;
@@ -88,31 +99,52 @@ pub async fn secrets(pipeline: &OrderPipeline, client: &Client) -> Result<Secret
     Ok(secrets)
 }
 
+/// A Secret the spec references: the user's, read as it is.
 async fn read(api: &Api<Secret>, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
-    let secret = api
-        .get_opt(name)
+    Ok(get(api, name).await?.map(data))
+}
+
+/// A Secret the operator generates for the pipeline, read back so nothing is rotated. One that
+/// exists without the pipeline's controller reference is not read: a pre-created `<name>-jwt`
+/// would otherwise become the gateway's signing key, chosen by whoever could create a Secret.
+async fn read_generated(
+    api: &Api<Secret>,
+    pipeline: &OrderPipeline,
+    name: &str,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
+    let Some(secret) = get(api, name).await? else {
+        return Ok(None);
+    };
+    ownership::check("Secret", &secret.metadata, pipeline)?;
+    Ok(Some(data(secret)))
+}
+
+async fn get(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, Error> {
+    api.get_opt(name)
         .await
         .map_err(|source| Error::Dereference {
             what: format!("Secret {name}"),
             source,
-        })?;
-    Ok(secret.map(|secret| {
-        secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(key, value)| (key, value.0))
-            .collect()
-    }))
+        })
+}
+
+fn data(secret: Secret) -> BTreeMap<String, Vec<u8>> {
+    secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(key, value)| (key, value.0))
+        .collect()
 }
 
 async fn existing_or_new(
     api: &Api<Secret>,
+    pipeline: &OrderPipeline,
     name: &str,
     key: &str,
     length: usize,
 ) -> Result<String, Error> {
-    let existing = read(api, name).await?;
+    let existing = read_generated(api, pipeline, name).await?;
     Ok(value(existing.as_ref(), key)
         .unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), length)))
 }

@@ -9,6 +9,7 @@
 pub mod build;
 pub mod dereference;
 pub mod ledger;
+pub mod ownership;
 pub mod status;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use build::Workload;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -46,13 +47,16 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The workload images' default tag.
     pub version: String,
-    /// The images new managed dependencies run when their spec names none.
-    pub dependency_images: build::DependencyImages,
+    /// The images new managed dependencies run when their spec names none, and who outside a
+    /// pipeline may reach its private ports.
+    pub settings: build::Settings,
     /// For RabbitMQ's management API (queue depths).
     pub http: reqwest::Client,
     pub windows: Arc<autoscale::Windows>,
     /// What was last applied to each pipeline.
     pub ledger: Arc<ledger::Ledger>,
+    /// Where pipelines are watched.
+    pub scope: Scope,
 }
 
 impl Context {
@@ -67,17 +71,30 @@ impl Context {
             recorder,
             metrics,
             version: version.into(),
-            dependency_images: build::DependencyImages::default(),
+            settings: build::Settings::default(),
             http: reqwest::Client::new(),
             windows: Arc::default(),
             ledger: Arc::default(),
+            scope: Scope::Cluster,
         }
+    }
+
+    /// The same context watching only `scope`.
+    pub fn with_scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
     }
 
     /// The same context with other default images for the managed dependencies (by default the
     /// official ones compiled in).
     pub fn with_dependency_images(mut self, images: build::DependencyImages) -> Self {
-        self.dependency_images = images;
+        self.settings.images = images;
+        self
+    }
+
+    /// The same context with `access` to the pipelines' private ports.
+    pub fn with_access(mut self, access: build::Access) -> Self {
+        self.settings.access = access;
         self
     }
 }
@@ -86,7 +103,7 @@ impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
             .field("version", &self.version)
-            .field("dependency_images", &self.dependency_images)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -102,6 +119,15 @@ pub enum Error {
     },
     #[error("Secret {0} referenced by the spec does not exist")]
     MissingSecret(String),
+    #[error(
+        "{kind} {name} already exists and is not this pipeline's ({owner}); the operator does not \
+         change or delete it: rename or remove it, or give the pipeline another name"
+    )]
+    Foreign {
+        kind: &'static str,
+        name: String,
+        owner: String,
+    },
     #[error("invalid OrderPipeline: {0}")]
     Build(#[from] build::BuildError),
     #[error("failed to apply {kind} {name}: {source}")]
@@ -134,7 +160,9 @@ pub enum Error {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Dereference { .. } | Error::MissingSecret(_) => ErrorKind::Dereference,
+            Error::Dereference { .. } | Error::MissingSecret(_) | Error::Foreign { .. } => {
+                ErrorKind::Dereference
+            }
             Error::Build(_) | Error::ScaleDownRefused { .. } => ErrorKind::Build,
             Error::Apply { .. } | Error::Prune { .. } => ErrorKind::Apply,
             Error::Status(_) => ErrorKind::Status,
@@ -145,6 +173,7 @@ impl Error {
         match self {
             Error::Dereference { .. } => "DereferenceFailed",
             Error::MissingSecret(_) => "SecretMissing",
+            Error::Foreign { .. } => "ForeignObject",
             Error::Build(_) => "InvalidSpec",
             Error::ScaleDownRefused { .. } => "ScaleDownRefused",
             Error::Apply { .. } => "ApplyFailed",
@@ -203,7 +232,7 @@ async fn reconcile_steps(pipeline: &OrderPipeline, context: &Context) -> Result<
         &secrets,
         &overrides,
         &running,
-        &context.dependency_images,
+        &context.settings,
         &context.version,
     )?;
     let applied = apply_or_observe(pipeline, &namespace, children, context).await?;
@@ -380,7 +409,7 @@ fn management(pipeline: &OrderPipeline, secrets: &build::Secrets) -> Option<auto
     };
     Some(autoscale::Management {
         url,
-        vhost: autoscale::vhost_of(external.endpoints.first()?),
+        vhost: autoscale::vhost_of(external.endpoints.first()?)?,
         username: field("username"),
         password: field("password"),
     })
@@ -465,6 +494,7 @@ async fn apply_or_observe(
         }
     }
     context.metrics.full_applies.inc();
+    ownership::check_children(&context.client, namespace, pipeline, &children).await?;
     let wanted_budgets: Vec<String> = children
         .disruption_budgets
         .iter()
@@ -569,8 +599,12 @@ async fn apply_all(
     namespace: &str,
     children: build::Children,
 ) -> Result<Applied, Error> {
-    // Configuration and credentials first, so pods never start without them; stateful
-    // dependencies before the workloads that need them.
+    // The NetworkPolicies first, so nothing runs unprotected even if a later apply fails; then
+    // configuration and credentials, so pods never start without them; stateful dependencies
+    // before the workloads that need them.
+    for policy in &children.network_policies {
+        apply::<NetworkPolicy>(client, namespace, policy).await?;
+    }
     for secret in &children.secrets {
         apply::<Secret>(client, namespace, secret).await?;
     }
@@ -598,9 +632,6 @@ async fn apply_all(
     }
     for budget in &children.disruption_budgets {
         apply::<PodDisruptionBudget>(client, namespace, budget).await?;
-    }
-    for policy in &children.network_policies {
-        apply::<NetworkPolicy>(client, namespace, policy).await?;
     }
     Ok(applied)
 }
@@ -668,26 +699,100 @@ pub fn error_policy(pipeline: Arc<OrderPipeline>, error: &Error, context: Arc<Co
     Action::requeue(Duration::from_secs(15))
 }
 
-/// Runs the controller until `stop` resolves.
+/// Where the operator reconciles OrderPipelines.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Every namespace (the chart's ClusterRole).
+    #[default]
+    Cluster,
+    /// Only these namespaces (the chart's Roles, one in each): nothing elsewhere is watched, so
+    /// the operator needs no grant outside them.
+    Namespaces(Vec<String>),
+}
+
+impl Scope {
+    /// From `WATCH_NAMESPACES`: a comma-separated list of namespace names, empty for every
+    /// namespace.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let mut namespaces: Vec<String> = Vec::new();
+        for name in value
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+        {
+            let label = name.len() <= 63
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !name.starts_with('-')
+                && !name.ends_with('-');
+            if !label {
+                return Err(format!("{name:?} is not a namespace name"));
+            }
+            if !namespaces.iter().any(|known| known == name) {
+                namespaces.push(name.to_owned());
+            }
+        }
+        Ok(if namespaces.is_empty() {
+            Scope::Cluster
+        } else {
+            Scope::Namespaces(namespaces)
+        })
+    }
+}
+
+/// An API of `K` in `namespace`, or in every namespace.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller until `stop` resolves: one for the whole cluster, or one per namespace of
+/// a namespaced [`Scope`], all sharing the context (and so the ledger and metrics).
 pub async fn run(
     context: Arc<Context>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     // A replica that leads again may have missed another leader's changes: start from nothing.
     context.ledger.clear();
+    let stop = stop.shared();
+    let namespaces: Vec<Option<String>> = match &context.scope {
+        Scope::Cluster => vec![None],
+        Scope::Namespaces(namespaces) => namespaces.iter().cloned().map(Some).collect(),
+    };
+    futures::future::join_all(
+        namespaces
+            .into_iter()
+            .map(|namespace| run_in(context.clone(), namespace, stop.clone())),
+    )
+    .await;
+}
+
+async fn run_in(
+    context: Arc<Context>,
+    namespace: Option<String>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = context.client.clone();
+    let namespace = namespace.as_deref();
     let children = watcher::Config::default().labels(&format!(
         "app.kubernetes.io/managed-by={}",
         build::MANAGED_BY
     ));
     Controller::new(
-        Api::<OrderPipeline>::all(client.clone()),
+        scoped::<OrderPipeline>(&client, namespace),
         watcher::Config::default(),
     )
-    .owns(Api::<Deployment>::all(client.clone()), children.clone())
-    .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
-    .owns(Api::<Service>::all(client.clone()), children.clone())
-    .owns(Api::<Secret>::all(client.clone()), children)
+    .owns(scoped::<Deployment>(&client, namespace), children.clone())
+    .owns(scoped::<StatefulSet>(&client, namespace), children.clone())
+    .owns(scoped::<Service>(&client, namespace), children.clone())
+    .owns(scoped::<Secret>(&client, namespace), children)
     .with_config(controller::Config::default().concurrency(CONCURRENT_RECONCILES))
     .graceful_shutdown_on(stop)
     .run(reconcile, error_policy, context)
@@ -698,4 +803,25 @@ pub async fn run(
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_namespaces_are_a_list_of_names_or_nothing() {
+        assert_eq!(Scope::parse(""), Ok(Scope::Cluster));
+        assert_eq!(Scope::parse(" , "), Ok(Scope::Cluster));
+        assert_eq!(
+            Scope::parse("shop, shop-staging,shop"),
+            Ok(Scope::Namespaces(vec![
+                "shop".into(),
+                "shop-staging".into()
+            ]))
+        );
+        for bad in ["Shop", "shop.prod", "-shop", "a/b"] {
+            assert!(Scope::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

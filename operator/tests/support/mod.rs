@@ -104,6 +104,13 @@ pub async fn wait_ready(
 /// the client and the namespace the account lives in (delete it when done; the cluster-wide
 /// role and binding are named after it).
 pub async fn chart_identity() -> (Client, String) {
+    chart_identity_watching(&[]).await
+}
+
+/// [`chart_identity`] of the chart installed in namespaced mode, watching `namespaces` only:
+/// a Role in each and nothing cluster-wide. The client then proves its access by listing
+/// OrderPipelines in the first of them.
+pub async fn chart_identity_watching(namespaces: &[&str]) -> (Client, String) {
     let env = testenv::Env::load();
     let (helm, kubectl, kubeconfig) = (
         env.require("OP_HELM"),
@@ -143,30 +150,33 @@ pub async fn chart_identity() -> (Client, String) {
         String::from_utf8(output.stdout).unwrap()
     };
     run(&kubectl, &["create", "namespace", &namespace], None);
-    let rbac = run(
-        &helm,
-        &[
-            "template",
-            &namespace,
-            chart,
-            "--namespace",
-            &namespace,
-            "--show-only",
-            "templates/serviceaccount.yaml",
-            "--show-only",
-            "templates/clusterrole.yaml",
-            "--show-only",
-            "templates/clusterrolebinding.yaml",
-            "--show-only",
-            "templates/role.yaml",
-            "--show-only",
-            "templates/rolebinding.yaml",
-        ],
-        None,
-    );
+    let watch = format!("watchNamespaces={{{}}}", namespaces.join(","));
+    let mut template = vec!["template", &namespace, chart, "--namespace", &namespace];
+    if !namespaces.is_empty() {
+        template.extend(["--set", watch.as_str()]);
+    }
+    // The identity and its grants only: the operator runs in the test, not as a pod.
+    let rendered = run(&helm, &template, None);
+    let rbac = rendered
+        .split("\n---")
+        .filter(|document| {
+            document.lines().any(|line| {
+                matches!(
+                    line,
+                    "kind: ServiceAccount"
+                        | "kind: ClusterRole"
+                        | "kind: ClusterRoleBinding"
+                        | "kind: Role"
+                        | "kind: RoleBinding"
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("\n---");
     run(
         &kubectl,
-        &["apply", "--server-side", "-n", &namespace, "-f", "-"],
+        // Every namespaced object of the chart names its namespace.
+        &["apply", "--server-side", "-f", "-"],
         Some(&rbac),
     );
     let account = rbac
@@ -199,7 +209,10 @@ pub async fn chart_identity() -> (Client, String) {
     };
     // RBAC bindings take a moment to reach the authorizer's cache.
     let client = Client::try_from(config).unwrap();
-    let pipelines: Api<OrderPipeline> = Api::all(client.clone());
+    let pipelines: Api<OrderPipeline> = match namespaces.first() {
+        Some(first) => Api::namespaced(client.clone(), first),
+        None => Api::all(client.clone()),
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while pipelines.list(&Default::default()).await.is_err() {
         assert!(
@@ -218,7 +231,8 @@ pub fn remove_chart_identity(namespace: &str) {
     for args in [
         vec![
             "delete",
-            "clusterrole,clusterrolebinding",
+            "clusterrole,clusterrolebinding,role,rolebinding",
+            "-A",
             "-l",
             &format!("app.kubernetes.io/instance={namespace}"),
         ],

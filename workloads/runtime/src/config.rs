@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use pipeline_contract::env;
 
 /// A configuration problem, naming the variable so the operator's user sees at once what to fix.
@@ -94,18 +95,68 @@ pub fn list(source: &impl Source, variable: &'static str) -> Result<Vec<String>,
     Ok(items)
 }
 
-/// The RabbitMQ node URLs from `RABBITMQ_URLS`, each checked to be an AMQP URL.
+/// The RabbitMQ node URLs from `RABBITMQ_URLS`, each an amqp:// or amqps:// URL with a host.
+///
+/// When `RABBITMQ_USERNAME` is set, its value and `RABBITMQ_PASSWORD`'s are percent-encoded into
+/// every URL (which must then carry no credentials of its own): a password may hold `/`, `@`
+/// or `:` and still reach RabbitMQ intact, and [`redact_url`] still finds it. Errors never
+/// echo a URL's password.
 pub fn rabbitmq_urls(source: &impl Source) -> Result<Vec<String>, ConfigError> {
     let urls = list(source, env::RABBITMQ_URLS)?;
-    for url in &urls {
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-            return Err(ConfigError::Invalid {
-                variable: env::RABBITMQ_URLS,
-                problem: format!("{} is not an amqp:// or amqps:// URL", redact_url(url)),
-            });
-        }
+    let username = source
+        .get(env::RABBITMQ_USERNAME)
+        .filter(|user| !user.is_empty());
+    // Not trimmed: a password's spaces are part of it.
+    let password = source
+        .get(env::RABBITMQ_PASSWORD)
+        .filter(|password| !password.is_empty());
+    if password.is_some() && username.is_none() {
+        return Err(ConfigError::Missing {
+            variable: env::RABBITMQ_USERNAME,
+        });
     }
-    Ok(urls)
+    let invalid = |problem: String| ConfigError::Invalid {
+        variable: env::RABBITMQ_URLS,
+        problem,
+    };
+    urls.iter()
+        .map(|raw| {
+            let mut url = url::Url::parse(raw)
+                .map_err(|error| invalid(format!("{} is not a URL ({error})", redact_url(raw))))?;
+            if !matches!(url.scheme(), "amqp" | "amqps") {
+                return Err(invalid(format!(
+                    "{} is not an amqp:// or amqps:// URL",
+                    redact_url(raw)
+                )));
+            }
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err(invalid(format!("{} has no host", redact_url(raw))));
+            }
+            if let Some(username) = &username {
+                if !url.username().is_empty() || url.password().is_some() {
+                    return Err(invalid(format!(
+                        "{} carries credentials while {} is set; give them once",
+                        redact_url(raw),
+                        env::RABBITMQ_USERNAME
+                    )));
+                }
+                // Encoded here, '%' included (the URL standard leaves '%' in userinfo as it is,
+                // and lapin decodes it), exactly as lapin decodes: every byte but letters and
+                // digits. Neither setter fails on a URL with a host.
+                let encode = |value: &str| utf8_percent_encode(value, NON_ALPHANUMERIC).to_string();
+                let set = url
+                    .set_username(&encode(username))
+                    .and_then(|()| url.set_password(password.as_deref().map(encode).as_deref()));
+                if set.is_err() {
+                    return Err(invalid(format!(
+                        "{} cannot take credentials",
+                        redact_url(raw)
+                    )));
+                }
+            }
+            Ok(url.to_string())
+        })
+        .collect()
 }
 
 /// `host:port` from a variable, checked for shape (the port must be a number).
@@ -132,20 +183,21 @@ pub fn admin_port(source: &impl Source) -> Result<u16, ConfigError> {
     parsed_or(source, env::ADMIN_PORT, pipeline_contract::ports::ADMIN)
 }
 
-/// A URL with any password replaced, safe to log.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    // Userinfo ends at the last '@' before the first '/' of the path.
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{path}")
+/// A URL with any password replaced, safe to log. A string that does not parse as a URL is
+/// shown as its scheme only: where its password would end cannot be known.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                // Setting a password fails only on URLs that cannot have one, and this one has.
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
         }
-        None => url.to_owned(),
+        Err(_) => match raw.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://<not a valid URL>"),
+            None => "<not a valid URL>".to_owned(),
+        },
     }
 }
 
@@ -196,6 +248,76 @@ mod tests {
         let empty_item =
             rabbitmq_urls(&source(&[(env::RABBITMQ_URLS, "amqp://x:5672/,,")])).unwrap_err();
         assert!(empty_item.to_string().contains("empty item"));
+    }
+
+    #[test]
+    fn rabbitmq_credentials_are_percent_encoded_into_every_url() {
+        // Every character a URL gives a meaning to, and an escape that must not be decoded.
+        let password = "p/ss@w:rd %41%?#";
+        let urls = rabbitmq_urls(&source(&[
+            (
+                env::RABBITMQ_URLS,
+                "amqp://mq-0:5672/%2f,amqps://mq-1:5671/prod",
+            ),
+            (env::RABBITMQ_USERNAME, "order gateway"),
+            (env::RABBITMQ_PASSWORD, password),
+        ]))
+        .unwrap();
+        for url in &urls {
+            let parsed = url::Url::parse(url).unwrap();
+            assert_eq!(percent_decode(parsed.username()), "order gateway", "{url}");
+            let decoded = percent_decode(parsed.password().unwrap());
+            assert_eq!(decoded, password, "{url}");
+            let redacted = redact_url(url);
+            assert!(
+                !redacted.contains("ss@w") && !redacted.contains("p%2Fss"),
+                "{redacted}"
+            );
+        }
+        assert!(urls[0].ends_with("@mq-0:5672/%2f"), "{}", urls[0]);
+        assert!(urls[1].starts_with("amqps://"), "{}", urls[1]);
+
+        let twice = rabbitmq_urls(&source(&[
+            (env::RABBITMQ_URLS, "amqp://u:secret@mq:5672/"),
+            (env::RABBITMQ_USERNAME, "u"),
+            (env::RABBITMQ_PASSWORD, "other"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(twice.contains("give them once"), "{twice}");
+        assert!(!twice.contains("secret"), "password leaked: {twice}");
+
+        let orphan_password = rabbitmq_urls(&source(&[
+            (env::RABBITMQ_URLS, "amqp://mq:5672/"),
+            (env::RABBITMQ_PASSWORD, "secret"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            orphan_password,
+            ConfigError::Missing {
+                variable: env::RABBITMQ_USERNAME
+            }
+        );
+    }
+
+    /// What lapin (amq-protocol-uri) does to a URL's user and password.
+    fn percent_decode(value: &str) -> String {
+        percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .unwrap()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_is_never_echoed() {
+        // A raw '/' in the password: the authority ends there, so no parser finds the password.
+        let raw = "amqp://user:pa/ss@mq:5672/";
+        let redacted = redact_url(raw);
+        assert_eq!(redacted, "amqp://<not a valid URL>");
+        let error = rabbitmq_urls(&source(&[(env::RABBITMQ_URLS, raw)]))
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("ss@mq"), "password leaked: {error}");
     }
 
     #[test]

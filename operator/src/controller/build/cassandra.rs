@@ -276,7 +276,7 @@ mod tests {
     use super::super::test_support::*;
     use super::super::{
         BuildError, CASSANDRA_IMAGE, CASSANDRA_ROLE, CASSANDRA_SUPERUSER, Children, Dependency,
-        DependencyImages, MANAGED_BY, ReplicaOverrides, RunningImages, Secrets, build,
+        MANAGED_BY, ReplicaOverrides, RunningImages, Secrets, Settings, build,
     };
     use super::{CASSANDRA_CONFIG_SCRIPT, CASSANDRA_CREDENTIALS_SCRIPT, GATEWAY_KEYSPACE};
     use crate::controller::build::meta::{DEPENDENCY_USER, JOB_HASH_LENGTH};
@@ -411,7 +411,7 @@ mod tests {
                 &secrets(),
                 &ReplicaOverrides::new(),
                 &running,
-                &DependencyImages::default(),
+                &Settings::default(),
                 "0.1.0",
             )
             .unwrap();
@@ -552,7 +552,7 @@ mod tests {
                 &secrets(),
                 &ReplicaOverrides::new(),
                 running,
-                &DependencyImages::default(),
+                &Settings::default(),
                 "0.1.0",
             )
             .unwrap()
@@ -585,7 +585,7 @@ mod tests {
             &secrets(),
             &ReplicaOverrides::new(),
             &RunningImages::new(),
-            &DependencyImages::default(),
+            &Settings::default(),
             "0.1.0",
         )
         .unwrap();

@@ -28,6 +28,12 @@ use super::{MANAGED_BY, names};
 /// path is a volume, made writable for the group by `fsGroup`.
 pub(super) const DEPENDENCY_USER: i64 = 999;
 
+/// Every child and pod of a pipeline carries this label with the pipeline's name. The
+/// `app.kubernetes.io/*` labels are shared conventions (a Helm release called `shop` sets
+/// `app.kubernetes.io/instance: shop` too), so what grants access, the NetworkPolicies, selects
+/// on this one: only this operator sets a label of its API group.
+pub(crate) const PIPELINE_LABEL: &str = "orderpipeline.dev/pipeline";
+
 /// The pipeline a build is for: what every child's metadata carries.
 pub(super) struct Context<'a> {
     pub(super) name: &'a str,
@@ -54,6 +60,7 @@ impl Context<'_> {
                 "app.kubernetes.io/managed-by".to_owned(),
                 MANAGED_BY.to_owned(),
             ),
+            (PIPELINE_LABEL.to_owned(), self.name.to_owned()),
         ])
     }
 
@@ -78,13 +85,29 @@ impl Context<'_> {
         }
     }
 
-    /// The pods of this pipeline, whatever their component.
-    pub(super) fn instance_selector(&self) -> LabelSelector {
+    /// The pods of this pipeline, whatever their component, by [`PIPELINE_LABEL`].
+    pub(super) fn pipeline_pods(&self) -> LabelSelector {
         LabelSelector {
             match_labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/instance".to_owned(),
+                PIPELINE_LABEL.to_owned(),
                 self.name.to_owned(),
             )])),
+            ..LabelSelector::default()
+        }
+    }
+
+    /// The pods of one component of this pipeline, by [`PIPELINE_LABEL`]: what a NetworkPolicy
+    /// applies to. (Workload selectors, immutable in Deployments and StatefulSets, stay on
+    /// [`Self::selector`].)
+    pub(super) fn pipeline_component(&self, component: &str) -> LabelSelector {
+        LabelSelector {
+            match_labels: Some(BTreeMap::from([
+                (PIPELINE_LABEL.to_owned(), self.name.to_owned()),
+                (
+                    "app.kubernetes.io/component".to_owned(),
+                    component.to_owned(),
+                ),
+            ])),
             ..LabelSelector::default()
         }
     }

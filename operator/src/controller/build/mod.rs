@@ -20,6 +20,8 @@ use pipeline_api::{DependencySpec, OrderPipeline, Resources, ServiceSpec, Worklo
 use pipeline_contract::ports;
 use sha2::{Digest, Sha256};
 
+#[cfg(test)]
+mod arbitrary;
 mod cassandra;
 mod meta;
 pub(crate) mod names;
@@ -245,6 +247,12 @@ pub enum BuildError {
     Unnamed,
     #[error("{0} is neither managed nor external")]
     NoDependencyMode(&'static str),
+    #[error("spec.{dependency}.external.endpoints: {endpoint:?} is {problem}")]
+    InvalidEndpoint {
+        dependency: &'static str,
+        endpoint: String,
+        problem: String,
+    },
     #[error("secret value for {0} is missing; the dereference step must provide it")]
     MissingSecret(&'static str),
     /// A managed dependency whose resources it cannot run with. The API server refuses these
@@ -271,6 +279,24 @@ pub type ReplicaOverrides = BTreeMap<Workload, i32>;
 /// dependency keeps its image: an operator upgrade with newer defaults must not restart
 /// RabbitMQ, Redis or Cassandra by surprise. New pipelines get the new defaults.
 pub type RunningImages = BTreeMap<Dependency, String>;
+
+/// What the operator's installation decides for every pipeline it builds (read once at startup).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Settings {
+    pub images: DependencyImages,
+    pub access: Access,
+}
+
+/// Who outside a pipeline may reach its pods' private ports (the NetworkPolicies).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Access {
+    /// The operator's own namespace: its pods, and no other, may read a managed RabbitMQ's
+    /// management API (queue depths, cluster membership). `None`: nobody outside the pipeline.
+    pub operator_namespace: Option<String>,
+    /// The namespace Prometheus scrapes from: its pods may reach every pod's admin port
+    /// (`/metrics`). `None`: only the pipeline's own pods.
+    pub metrics_namespace: Option<String>,
+}
 
 /// The images new managed dependencies run when the spec names none: the official images
 /// compiled in, unless the operator's environment names others ([`DependencyImages::ENV`], set
@@ -341,7 +367,7 @@ pub fn build(
     secrets: &Secrets,
     overrides: &ReplicaOverrides,
     running: &RunningImages,
-    images: &DependencyImages,
+    settings: &Settings,
     operator_version: &str,
 ) -> Result<Children, BuildError> {
     let name = pipeline.metadata.name.clone().ok_or(BuildError::Unnamed)?;
@@ -378,11 +404,21 @@ pub fn build(
                 managed,
                 running
                     .get(&dependency)
-                    .map_or_else(|| images.get(dependency), String::as_str),
+                    .map_or_else(|| settings.images.get(dependency), String::as_str),
                 secrets,
                 &mut children,
             )?,
-            (None, Some(_)) => {}
+            (None, Some(external)) => {
+                for endpoint in &external.endpoints {
+                    check_endpoint(dependency, endpoint).map_err(|problem| {
+                        BuildError::InvalidEndpoint {
+                            dependency: dependency.name(),
+                            endpoint: endpoint.clone(),
+                            problem,
+                        }
+                    })?;
+                }
+            }
             _ => return Err(BuildError::NoDependencyMode(dependency.name())),
         }
     }
@@ -399,8 +435,45 @@ pub fn build(
             &mut children,
         );
     }
-    children.network_policies = network_policy::network_policies(&context, pipeline);
+    children.network_policies =
+        network_policy::network_policies(&context, pipeline, &settings.access);
     Ok(children)
+}
+
+/// Whether an external dependency's endpoint is one its workloads can use: an `amqp://` or
+/// `amqps://` URL with a host and without credentials (they come from the Secret, encoded by the
+/// workload) for RabbitMQ, `host:port` for Redis and Cassandra. Otherwise every workload pod
+/// would fail at start; refused here, the pipeline reports which endpoint and why.
+fn check_endpoint(dependency: Dependency, endpoint: &str) -> Result<(), String> {
+    match dependency {
+        Dependency::Rabbitmq => {
+            let url = url::Url::parse(endpoint).map_err(|error| format!("not a URL: {error}"))?;
+            if !matches!(url.scheme(), "amqp" | "amqps") {
+                return Err("not an amqp:// or amqps:// URL".to_owned());
+            }
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err("no host".to_owned());
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(
+                    "carries credentials; put them in the Secret of credentialsSecretRef"
+                        .to_owned(),
+                );
+            }
+            Ok(())
+        }
+        Dependency::Redis | Dependency::Cassandra => {
+            let (host, port) = endpoint
+                .rsplit_once(':')
+                .ok_or_else(|| "not host:port".to_owned())?;
+            if host.is_empty() || host.contains(['/', '@', ' ']) {
+                return Err("not host:port".to_owned());
+            }
+            port.parse::<u16>()
+                .map(|_| ())
+                .map_err(|_| format!("port {port:?} is not a number from 0 to 65535"))
+        }
+    }
 }
 
 /// Hash of what the workloads' behaviour depends on outside their own pod template: token
@@ -572,7 +645,10 @@ mod tests {
                 &secrets(),
                 &ReplicaOverrides::new(),
                 running,
-                &stand_ins,
+                &Settings {
+                    images: stand_ins.clone(),
+                    access: Access::default(),
+                },
                 "0.1.0",
             )
             .unwrap()

@@ -1,6 +1,13 @@
 //! The NetworkPolicies: only the gateway and dashboard take traffic from outside the pipeline;
 //! each managed dependency only from the pipeline's workloads (and, for clustered ones, its own
-//! peers).
+//! peers). Every policy selects pods by [`super::meta::PIPELINE_LABEL`], which only this operator sets, not by
+//! the shared `app.kubernetes.io/instance`. Two ports are opened to named namespaces only: the
+//! admin port (`/metrics`) to the one Prometheus scrapes from, and RabbitMQ's management API to
+//! the operator's pods in the operator's namespace.
+//!
+//! They are applied before every other child, so no dependency ever runs unprotected, not even
+//! when a later apply fails. (Ingress only: egress rules need the addresses of external
+//! dependencies and webhooks, which are not known here.)
 
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -12,20 +19,56 @@ use pipeline_api::OrderPipeline;
 use pipeline_contract::ports;
 
 use super::meta::Context;
-use super::{Dependency, MANAGED_BY, Workload, names, rabbitmq};
+use super::{Access, Dependency, Workload, names, rabbitmq};
+
+/// What the chart labels the operator's pods with, whatever the release is called.
+const OPERATOR_POD_LABELS: &[(&str, &str)] = &[
+    ("app.kubernetes.io/part-of", "order-pipeline"),
+    ("app.kubernetes.io/component", "operator"),
+];
+
+/// The label every namespace carries with its own name (set by the API server).
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Pods labelled `labels` in the namespace called `namespace` (all pods when `labels` is empty).
+fn in_namespace(namespace: &str, labels: &[(&str, &str)]) -> NetworkPolicyPeer {
+    // An empty selector (all pods) is `{}`, as the API server returns it: no empty matchLabels.
+    let selector = |pairs: &[(&str, &str)]| LabelSelector {
+        match_labels: (!pairs.is_empty()).then(|| {
+            pairs
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect()
+        }),
+        ..LabelSelector::default()
+    };
+    NetworkPolicyPeer {
+        namespace_selector: Some(selector(&[(NAMESPACE_NAME_LABEL, namespace)])),
+        pod_selector: Some(selector(labels)),
+        ..NetworkPolicyPeer::default()
+    }
+}
 
 /// One policy per workload, then one per managed dependency.
-pub(super) fn network_policies(context: &Context, pipeline: &OrderPipeline) -> Vec<NetworkPolicy> {
+pub(super) fn network_policies(
+    context: &Context,
+    pipeline: &OrderPipeline,
+    access: &Access,
+) -> Vec<NetworkPolicy> {
     let mut policies = Vec::new();
-    let pipeline_pods = || {
-        Some(vec![NetworkPolicyPeer {
-            pod_selector: Some(context.instance_selector()),
-            ..NetworkPolicyPeer::default()
-        }])
+    let pipeline_pods = || NetworkPolicyPeer {
+        pod_selector: Some(context.pipeline_pods()),
+        ..NetworkPolicyPeer::default()
     };
-    let admin = || NetworkPolicyIngressRule {
-        from: pipeline_pods(),
-        ports: Some(vec![tcp(ports::ADMIN)]),
+    let admin = || {
+        let mut from = vec![pipeline_pods()];
+        if let Some(namespace) = &access.metrics_namespace {
+            from.push(in_namespace(namespace, &[]));
+        }
+        NetworkPolicyIngressRule {
+            from: Some(from),
+            ports: Some(vec![tcp(ports::ADMIN)]),
+        }
     };
     for workload in Workload::ALL {
         let ingress = match workload.http_port() {
@@ -51,22 +94,15 @@ pub(super) fn network_policies(context: &Context, pipeline: &OrderPipeline) -> V
             continue;
         }
         let mut ingress = vec![NetworkPolicyIngressRule {
-            from: pipeline_pods(),
+            from: Some(vec![pipeline_pods()]),
             ..NetworkPolicyIngressRule::default()
         }];
-        if dependency == Dependency::Rabbitmq {
-            // The operator, wherever it runs, reads queue depths from the management API.
+        if dependency == Dependency::Rabbitmq
+            && let Some(namespace) = &access.operator_namespace
+        {
+            // The operator reads queue depths and cluster membership from the management API.
             ingress.push(NetworkPolicyIngressRule {
-                from: Some(vec![NetworkPolicyPeer {
-                    namespace_selector: Some(LabelSelector::default()),
-                    pod_selector: Some(LabelSelector {
-                        match_labels: Some(
-                            [("app.kubernetes.io/name".to_owned(), MANAGED_BY.to_owned())].into(),
-                        ),
-                        ..LabelSelector::default()
-                    }),
-                    ..NetworkPolicyPeer::default()
-                }]),
+                from: Some(vec![in_namespace(namespace, OPERATOR_POD_LABELS)]),
                 ports: Some(vec![tcp(rabbitmq::MANAGEMENT_PORT)]),
             });
         }
@@ -90,7 +126,7 @@ fn policy(
     NetworkPolicy {
         metadata: context.metadata(name, component),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(context.label_selector(component)),
+            pod_selector: Some(context.pipeline_component(component)),
             policy_types: Some(vec!["Ingress".to_owned()]),
             ingress: Some(ingress),
             ..NetworkPolicySpec::default()
@@ -113,6 +149,101 @@ mod tests {
     use serde_json::json;
 
     use super::super::test_support::*;
+
+    use super::super::{Access, Settings, build};
+    use super::super::{ReplicaOverrides, RunningImages};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+    fn policies(access: Access) -> Vec<NetworkPolicy> {
+        build(
+            &pipeline(json!({})),
+            &secrets(),
+            &ReplicaOverrides::new(),
+            &RunningImages::new(),
+            &Settings {
+                access,
+                ..Settings::default()
+            },
+            "0.1.0",
+        )
+        .unwrap()
+        .network_policies
+    }
+
+    fn json_of(policy: &NetworkPolicy) -> serde_json::Value {
+        serde_json::to_value(policy.spec.as_ref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn policies_select_by_the_pipeline_label_and_open_private_ports_to_named_namespaces_only() {
+        let closed = policies(Access::default());
+        for policy in &closed {
+            let spec = json_of(policy);
+            // A Helm release also called `shop` sets app.kubernetes.io/instance=shop: never
+            // what a policy selects pods by, nor admits peers by.
+            assert_eq!(
+                spec["podSelector"]["matchLabels"]["orderpipeline.dev/pipeline"], "shop",
+                "{spec}"
+            );
+            assert!(
+                !spec.to_string().contains("app.kubernetes.io/instance"),
+                "{spec}"
+            );
+            // Nothing outside the pipeline reaches a private port without an Access naming it.
+            assert!(!spec.to_string().contains("namespaceSelector"), "{spec}");
+        }
+        let open = policies(Access {
+            operator_namespace: Some("operators".into()),
+            metrics_namespace: Some("monitoring".into()),
+        });
+        let rabbitmq = open
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some("shop-rabbitmq"))
+            .map(json_of)
+            .unwrap();
+        let management = rabbitmq["ingress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|rule| rule["ports"][0]["port"] == 15672)
+            .unwrap();
+        assert_eq!(
+            management["from"],
+            json!([{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "operators"}},
+                "podSelector": {"matchLabels": {
+                    "app.kubernetes.io/component": "operator",
+                    "app.kubernetes.io/part-of": "order-pipeline",
+                }},
+            }])
+        );
+        let gateway = open
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some("shop-gateway"))
+            .map(json_of)
+            .unwrap();
+        let admin = gateway["ingress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|rule| rule["ports"][0]["port"] == 9090)
+            .unwrap();
+        assert_eq!(
+            admin["from"][1],
+            json!({
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                "podSelector": {},
+            })
+        );
+        // The business port stays open to everyone.
+        assert!(
+            gateway["ingress"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|rule| rule["ports"][0]["port"] == 8080 && rule.get("from").is_none())
+        );
+    }
 
     #[test]
     fn the_credentials_job_pod_reaches_cassandra_without_being_taken_for_it() {

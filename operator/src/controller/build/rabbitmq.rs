@@ -428,7 +428,7 @@ mod tests {
         let urls = gateway[env::RABBITMQ_URLS]["value"].as_str().unwrap();
         for index in 0..3 {
             assert!(urls.contains(&format!(
-                "@shop-rabbitmq-{index}.shop-rabbitmq-headless.store.svc:5672/"
+                "amqp://shop-rabbitmq-{index}.shop-rabbitmq-headless.store.svc:5672/"
             )));
         }
 

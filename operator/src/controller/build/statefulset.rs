@@ -261,8 +261,8 @@ mod tests {
     use super::super::test_support::*;
     use super::super::{
         BuildError, CASSANDRA_CONFIG_SCRIPT, CASSANDRA_CREDENTIALS_SCRIPT, Children, Dependency,
-        DependencyImages, RABBITMQ_COOKIE_SCRIPT, RABBITMQ_GROW_SCRIPT, RABBITMQ_IMAGE,
-        ReplicaOverrides, RunningImages, build,
+        RABBITMQ_COOKIE_SCRIPT, RABBITMQ_GROW_SCRIPT, RABBITMQ_IMAGE, ReplicaOverrides,
+        RunningImages, Settings, build,
     };
 
     #[test]
@@ -290,7 +290,7 @@ mod tests {
             &secrets(),
             &ReplicaOverrides::new(),
             &running,
-            &DependencyImages::default(),
+            &Settings::default(),
             "9.9.9",
         )
         .unwrap();
@@ -308,7 +308,7 @@ mod tests {
             &secrets(),
             &ReplicaOverrides::new(),
             &running,
-            &DependencyImages::default(),
+            &Settings::default(),
             "9.9.9",
         )
         .unwrap();

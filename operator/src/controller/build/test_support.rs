@@ -9,9 +9,7 @@ use kube::core::ObjectMeta;
 use pipeline_api::{OrderPipeline, OrderPipelineSpec};
 use serde_json::Value;
 
-use super::{
-    BuildError, Children, DependencyImages, ReplicaOverrides, RunningImages, Secrets, build,
-};
+use super::{BuildError, Children, ReplicaOverrides, RunningImages, Secrets, Settings, build};
 
 pub(super) fn pipeline(spec: serde_json::Value) -> OrderPipeline {
     let spec: OrderPipelineSpec = serde_json::from_value(spec).unwrap();
@@ -35,7 +33,7 @@ pub(super) fn build_default(
         secrets,
         &ReplicaOverrides::new(),
         &RunningImages::new(),
-        &DependencyImages::default(),
+        &Settings::default(),
         version,
     )
 }

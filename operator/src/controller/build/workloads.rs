@@ -208,12 +208,10 @@ fn rabbitmq_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
     match (&spec.managed, &spec.external) {
         (Some(managed), _) => {
             let credentials = names::credentials_secret(context.name, Dependency::Rabbitmq);
-            // Kubernetes expands $(VAR) from variables defined earlier, so the password never
-            // appears in the pod spec.
             let urls: Vec<String> = (0..managed.replicas)
                 .map(|index| {
                     format!(
-                        "amqp://$(RABBITMQ_USERNAME):$(RABBITMQ_PASSWORD)@{}:{}/%2f",
+                        "amqp://{}:{}/%2f",
                         names::pod_host(
                             context.name,
                             Dependency::Rabbitmq,
@@ -225,8 +223,8 @@ fn rabbitmq_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
                 })
                 .collect();
             vec![
-                env_secret("RABBITMQ_USERNAME", &credentials, "username"),
-                env_secret("RABBITMQ_PASSWORD", &credentials, "password"),
+                env_secret(env::RABBITMQ_USERNAME, &credentials, "username"),
+                env_secret(env::RABBITMQ_PASSWORD, &credentials, "password"),
                 env_value(env::RABBITMQ_URLS, urls.join(",")),
             ]
         }
@@ -235,27 +233,17 @@ fn rabbitmq_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
     }
 }
 
+/// The endpoints as they are (checked by the build to carry no credentials); the workload
+/// percent-encodes the Secret's username and password into them, so any character works in
+/// either and neither appears in the pod spec.
 fn external_rabbitmq_env(external: &ExternalDependency) -> Vec<EnvVar> {
-    match &external.credentials_secret_ref {
-        Some(secret) => {
-            let urls: Vec<String> = external
-                .endpoints
-                .iter()
-                .map(|endpoint| match endpoint.split_once("://") {
-                    Some((scheme, rest)) => {
-                        format!("{scheme}://$(RABBITMQ_USERNAME):$(RABBITMQ_PASSWORD)@{rest}")
-                    }
-                    None => endpoint.clone(),
-                })
-                .collect();
-            vec![
-                env_secret("RABBITMQ_USERNAME", &secret.name, "username"),
-                env_secret("RABBITMQ_PASSWORD", &secret.name, "password"),
-                env_value(env::RABBITMQ_URLS, urls.join(",")),
-            ]
-        }
-        None => vec![env_value(env::RABBITMQ_URLS, external.endpoints.join(","))],
+    let mut env = Vec::new();
+    if let Some(secret) = &external.credentials_secret_ref {
+        env.push(env_secret(env::RABBITMQ_USERNAME, &secret.name, "username"));
+        env.push(env_secret(env::RABBITMQ_PASSWORD, &secret.name, "password"));
     }
+    env.push(env_value(env::RABBITMQ_URLS, external.endpoints.join(",")));
+    env
 }
 
 fn redis_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
@@ -350,8 +338,7 @@ mod tests {
 
     use super::super::test_support::*;
     use super::super::{
-        Children, DependencyImages, ReplicaOverrides, RunningImages, Secrets, Workload, build,
-        config_hash,
+        Children, ReplicaOverrides, RunningImages, Secrets, Settings, Workload, build, config_hash,
     };
     use super::ENDPOINT_PROPAGATION_SECONDS;
 
@@ -441,7 +428,7 @@ mod tests {
             &secrets(),
             &overrides,
             &RunningImages::new(),
-            &DependencyImages::default(),
+            &Settings::default(),
             "0.1.0",
         )
         .unwrap();
@@ -466,7 +453,18 @@ mod tests {
         let gateway = env_of(deployment(&children, "shop-gateway"));
         let urls = gateway[env::RABBITMQ_URLS]["value"].as_str().unwrap();
         assert_eq!(urls.split(',').count(), 3);
-        assert!(urls.starts_with("amqp://$(RABBITMQ_USERNAME):$(RABBITMQ_PASSWORD)@shop-rabbitmq-0.shop-rabbitmq-headless.store.svc:5672/"));
+        // No credentials in the URLs: the workload encodes the Secret's into them.
+        assert!(
+            urls.starts_with("amqp://shop-rabbitmq-0.shop-rabbitmq-headless.store.svc:5672/%2f,"),
+            "{urls}"
+        );
+        for key in ["username", "password"] {
+            let variable = format!("RABBITMQ_{}", key.to_uppercase());
+            assert_eq!(
+                gateway[variable.as_str()]["valueFrom"]["secretKeyRef"],
+                json!({"name": "shop-rabbitmq-credentials", "key": key})
+            );
+        }
         assert_eq!(
             gateway[env::REDIS_ADDR]["value"],
             "shop-redis.store.svc:6379"
@@ -480,25 +478,6 @@ mod tests {
             gateway[env::CASSANDRA_ADDR]["value"],
             "shop-cassandra.store.svc:9042"
         );
-        // The variables a URL references are defined before it (Kubernetes expands in order).
-        let container = &deployment(&children, "shop-gateway")
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0];
-        let position = |name: &str| {
-            container
-                .env
-                .iter()
-                .flatten()
-                .position(|var| var.name == name)
-                .unwrap()
-        };
-        assert!(position("RABBITMQ_PASSWORD") < position(env::RABBITMQ_URLS));
         let dashboard = env_of(deployment(&children, "shop-dashboard"));
         assert!(
             !dashboard.contains_key(env::RABBITMQ_URLS),
@@ -528,7 +507,11 @@ mod tests {
         let processor = env_of(deployment(&children, "shop-processor"));
         assert_eq!(
             processor[env::RABBITMQ_URLS]["value"],
-            "amqps://$(RABBITMQ_USERNAME):$(RABBITMQ_PASSWORD)@mq.example.com:5671/prod"
+            "amqps://mq.example.com:5671/prod"
+        );
+        assert_eq!(
+            processor[env::RABBITMQ_USERNAME]["valueFrom"]["secretKeyRef"],
+            json!({"name": "mq", "key": "username"})
         );
         assert_eq!(
             processor["RABBITMQ_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"],
