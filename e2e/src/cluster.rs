@@ -106,6 +106,16 @@ impl Cluster {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// The client, for what the helpers here do not cover.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The pipeline's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     /// `<pipeline>-<component>`, the operator's name for a component's objects.
     pub fn child(&self, component: &str) -> String {
         format!("{}-{component}", self.pipeline)

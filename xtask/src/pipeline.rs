@@ -21,12 +21,16 @@ use anyhow::{Context, Result, bail};
 use crate::env::process::{Daemon, Probe, ensure_port_free, run_logged, wait_until};
 use crate::env::{self, Component, Layout};
 
-/// A workload process: its binary, business port (if any) and admin port.
+/// A workload process: its binary, business port (if any), admin port, and what its pod is
+/// given (the operator's wiring: only the gateway reads Cassandra and signs tokens; the
+/// dashboard reads Redis only).
 #[derive(Debug, Clone, Copy)]
 struct Workload {
     name: &'static str,
     http_port: Option<u16>,
     admin_port: u16,
+    rabbitmq: bool,
+    cassandra_and_tokens: bool,
 }
 
 const WORKLOADS: [Workload; 4] = [
@@ -34,22 +38,30 @@ const WORKLOADS: [Workload; 4] = [
         name: "processor",
         http_port: None,
         admin_port: 9091,
+        rabbitmq: true,
+        cassandra_and_tokens: false,
     },
     Workload {
         name: "notifier",
         http_port: None,
         admin_port: 9092,
+        rabbitmq: true,
+        cassandra_and_tokens: false,
     },
     Workload {
         name: "dashboard",
         http_port: Some(8081),
         admin_port: 9093,
+        rabbitmq: false,
+        cassandra_and_tokens: false,
     },
     // Last: it only listens once RabbitMQ is connected, and the others are up by then.
     Workload {
         name: "gateway",
         http_port: Some(8080),
         admin_port: 9090,
+        rabbitmq: true,
+        cassandra_and_tokens: true,
     },
 ];
 
@@ -94,7 +106,6 @@ pub fn run(layout: &Layout) -> Result<()> {
     let dir = run_dir(layout);
     fs::create_dir_all(&dir)?;
     let secret = jwt_secret(&dir)?;
-    let variables = variables(&endpoints, &secret)?;
     let binaries = target_dir().join("debug");
     for workload in WORKLOADS {
         let daemon = daemon(layout, &workload);
@@ -102,6 +113,7 @@ pub fn run(layout: &Layout) -> Result<()> {
             for port in workload.http_port.into_iter().chain([workload.admin_port]) {
                 ensure_port_free(port, workload.name)?;
             }
+            let variables = variables(&endpoints, &secret, &workload)?;
             let mut command = Command::new(binaries.join(workload.name));
             command
                 .env_clear()
@@ -173,8 +185,14 @@ pub fn running(layout: &Layout) -> Vec<String> {
         .collect()
 }
 
-/// The environment of every workload, as the operator sets it in the pods.
-fn variables(endpoints: &[(String, String)], secret: &str) -> Result<Vec<(String, String)>> {
+/// The environment of `workload`, as the operator sets it in its pod: the RabbitMQ URLs without
+/// credentials and the user and password beside them, Cassandra's credentials and the token
+/// secret for the gateway only.
+fn variables(
+    endpoints: &[(String, String)],
+    secret: &str,
+    workload: &Workload,
+) -> Result<Vec<(String, String)>> {
     let get = |key: &str| {
         endpoints
             .iter()
@@ -182,16 +200,30 @@ fn variables(endpoints: &[(String, String)], secret: &str) -> Result<Vec<(String
             .map(|(_, v)| v.clone())
             .with_context(|| format!("{key} missing from the env file; run `cargo xtask env up`"))
     };
-    Ok(vec![
-        ("RABBITMQ_URLS".into(), get("OP_RABBITMQ_URLS")?),
+    let mut variables = vec![
         ("REDIS_ADDR".into(), get("OP_REDIS_ADDR")?),
-        ("CASSANDRA_ADDR".into(), get("OP_CASSANDRA_ADDR")?),
-        ("CASSANDRA_USER".into(), get("OP_CASSANDRA_USER")?),
-        ("CASSANDRA_PASSWORD".into(), get("OP_CASSANDRA_PASSWORD")?),
-        ("JWT_SECRET".into(), secret.to_owned()),
         ("LOG_FORMAT".into(), "json".into()),
         ("PATH".into(), "/usr/bin:/bin".into()),
-    ])
+    ];
+    if workload.rabbitmq {
+        let (user, password) = (get("OP_RABBITMQ_USER")?, get("OP_RABBITMQ_PASSWORD")?);
+        let userinfo = format!("{user}:{password}@");
+        let urls = get("OP_RABBITMQ_URLS")?.replace(&userinfo, "");
+        variables.extend([
+            ("RABBITMQ_URLS".into(), urls),
+            ("RABBITMQ_USERNAME".into(), user),
+            ("RABBITMQ_PASSWORD".into(), password),
+        ]);
+    }
+    if workload.cassandra_and_tokens {
+        variables.extend([
+            ("CASSANDRA_ADDR".into(), get("OP_CASSANDRA_ADDR")?),
+            ("CASSANDRA_USER".into(), get("OP_CASSANDRA_USER")?),
+            ("CASSANDRA_PASSWORD".into(), get("OP_CASSANDRA_PASSWORD")?),
+            ("JWT_SECRET".into(), secret.to_owned()),
+        ]);
+    }
+    Ok(variables)
 }
 
 fn read_env_file(path: &Path) -> Result<Vec<(String, String)>> {
@@ -254,26 +286,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn workloads_get_the_seed_variables_from_the_env_file() {
+    fn each_workload_gets_what_its_pod_gets_from_the_env_file() {
         let endpoints = read_env_file_text(
-            "# redis\nOP_REDIS_ADDR=127.0.0.1:6379\nOP_RABBITMQ_URLS=amqp://a/%2f,amqp://b/%2f\n\
+            "# redis\nOP_REDIS_ADDR=127.0.0.1:6379\n\
+             OP_RABBITMQ_URLS=amqp://guest:guest@a/%2f,amqp://guest:guest@b/%2f\n\
+             OP_RABBITMQ_USER=guest\nOP_RABBITMQ_PASSWORD=guest\n\
              OP_CASSANDRA_ADDR=127.0.0.1:9042\nOP_CASSANDRA_USER=cassandra\nOP_CASSANDRA_PASSWORD=cassandra\n",
         );
-        let wired = variables(&endpoints, "s").unwrap();
-        let get = |key: &str| {
-            wired
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_str())
+        let of = |name: &str| {
+            let workload = WORKLOADS.iter().find(|w| w.name == name).unwrap();
+            variables(&endpoints, "s", workload)
+                .unwrap()
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>()
         };
-        assert_eq!(get("RABBITMQ_URLS"), Some("amqp://a/%2f,amqp://b/%2f"));
-        assert_eq!(get("REDIS_ADDR"), Some("127.0.0.1:6379"));
-        assert_eq!(get("JWT_SECRET"), Some("s"));
+        let gateway = of("gateway");
+        assert_eq!(gateway["RABBITMQ_URLS"], "amqp://a/%2f,amqp://b/%2f");
+        assert_eq!(gateway["RABBITMQ_USERNAME"], "guest");
+        assert_eq!(gateway["REDIS_ADDR"], "127.0.0.1:6379");
+        assert_eq!(gateway["JWT_SECRET"], "s");
+        assert_eq!(gateway["CASSANDRA_PASSWORD"], "cassandra");
+        for name in ["processor", "notifier"] {
+            let wired = of(name);
+            assert!(wired.contains_key("RABBITMQ_URLS"), "{name}");
+            for secret in ["JWT_SECRET", "CASSANDRA_PASSWORD", "CASSANDRA_USER"] {
+                assert!(!wired.contains_key(secret), "{name} gets {secret}");
+            }
+        }
+        let dashboard = of("dashboard");
+        assert_eq!(
+            dashboard.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["LOG_FORMAT", "PATH", "REDIS_ADDR"],
+            "the dashboard reads Redis only"
+        );
         assert!(
-            variables(&[], "s")
+            variables(&[], "s", &WORKLOADS[0])
                 .unwrap_err()
                 .to_string()
-                .contains("OP_RABBITMQ_URLS")
+                .contains("OP_REDIS_ADDR")
         );
     }
 

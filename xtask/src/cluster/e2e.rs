@@ -10,7 +10,9 @@
 //! 5. the cluster suite (`e2e/tests/e2e.rs`, unchanged) and the node's own tests
 //!    (`e2e/tests/node.rs`: the walkthrough through the NodePorts, a processor killed while
 //!    orders flow);
-//! 6. the firewall's leak counters checked, the figures printed, and `cluster down` (unless
+//! 6. after them, every log line, Event, the status and every pod spec scanned for every secret
+//!    value (`e2e/tests/secrets.rs`);
+//! 7. the firewall's leak counters checked, the figures printed, and `cluster down` (unless
 //!    `--keep`) the hard way: kubelet and containerd are killed with SIGKILL first, as a crashed
 //!    run would leave them, and `down` must still leave nothing behind (it fails otherwise).
 
@@ -208,6 +210,21 @@ fn run_on(layout: &Layout, cluster: &Cluster, options: Options) -> Result<()> {
         diagnose(cluster, &binaries);
         bail!("the cluster e2e suite failed ({suite}); its output is above");
     }
+    step("no secret in any log, Event, status or pod spec (e2e/tests/secrets.rs)");
+    let scanned = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(&root)
+        .env("E2E_KUBECONFIG", cluster.kubeconfig())
+        .env("E2E_NAMESPACE", NAMESPACE)
+        .env("E2E_PIPELINE", PIPELINE)
+        .env("E2E_OPERATOR_NAMESPACE", OPERATOR_NAMESPACE)
+        .args(["test", "-p", "pipeline-e2e", "--test", "secrets"])
+        .args(["--", "--ignored", "--nocapture"])
+        .status()
+        .context("failed to run cargo test")?;
+    ensure!(
+        scanned.success(),
+        "a secret value was found where it must not be ({scanned}); the output is above"
+    );
     ensure!(
         leaked == 0,
         "{leaked} packets of the cluster's ranges reached another interface (dropped there)"
