@@ -1,12 +1,13 @@
 //! The operator changes only what it owns. Before a full apply, every child's name is looked up
-//! (metadata only, all at once): an object that exists without this pipeline's controller
+//! (metadata only, a few at a time): an object that exists without this pipeline's controller
 //! reference belongs to someone else (a user's Service, another pipeline's Secret, a Helm
 //! release's ConfigMap). Server-side apply with `force` would take its fields over and add this
 //! pipeline's owner reference, so deleting the pipeline would garbage-collect it; instead the
 //! reconcile stops with [`Error::Foreign`], which names the object and its owner in the
 //! `Degraded` condition and a Warning Event, and touches nothing.
 
-use futures::future::{BoxFuture, FutureExt, try_join_all};
+use futures::future::{BoxFuture, FutureExt};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
@@ -20,6 +21,10 @@ use pipeline_api::OrderPipeline;
 use serde::de::DeserializeOwned;
 
 use super::{Error, build, kind_name};
+
+/// Lookups of one reconcile in flight at once: enough to hide the round trips, few enough that
+/// sixteen concurrent reconciles do not queue hundreds of requests at the API server.
+const LOOKUPS_AT_ONCE: usize = 8;
 
 /// Whether `meta` carries `pipeline`'s controller reference (its UID, not only its name: a
 /// pipeline deleted and created again under the same name owns nothing of the old one's).
@@ -94,7 +99,11 @@ pub async fn check_children(
         &children.network_policies,
         &mut add,
     );
-    try_join_all(lookups).await.map(|_| ())
+    futures::stream::iter(lookups)
+        .buffer_unordered(LOOKUPS_AT_ONCE)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(|_| ())
 }
 
 fn each<'a, K>(
