@@ -12,13 +12,11 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
-use order_pipeline_operator::controller;
 use pipeline_api::OrderPipeline;
 use serde_json::json;
 use support::{
     chart_identity, client, install_crd, new_context, remove_chart_identity, wait_ready,
 };
-use tokio_util::sync::CancellationToken;
 
 const MANAGEMENT: &str = "http://127.0.0.1:15672";
 
@@ -101,11 +99,7 @@ async fn processor_replicas_follow_the_queue_within_bounds() {
 
     let (operator_client, operator_namespace) = chart_identity().await;
     let context = new_context(&operator_client);
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(controller::run(
-        context.clone(),
-        stop.clone().cancelled_owned(),
-    ));
+    let operator = support::RunningOperator::start(context.clone());
 
     let pipelines: Api<OrderPipeline> = Api::namespaced(admin.clone(), &namespace);
     let pipeline: OrderPipeline = serde_json::from_value(json!({
@@ -183,8 +177,7 @@ async fn processor_replicas_follow_the_queue_within_bounds() {
         .sum();
     assert_eq!(occurrences, 2, "one Scaled event per decision");
 
-    stop.cancel();
-    running.await.unwrap();
+    operator.stop().await;
     let _ = Api::<Namespace>::all(admin.clone())
         .delete(&namespace, &DeleteParams::default())
         .await;

@@ -26,7 +26,6 @@ use kube::{Client, ResourceExt};
 use order_pipeline_operator::controller;
 use pipeline_api::OrderPipeline;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 /// What the operator last wrote to every child: its generation (spec changes) and the time of the
 /// operator's own managed-fields entry, which an apply that changes nothing leaves alone. Status
@@ -118,11 +117,7 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
     // this test. The assertions use the admin client.
     let (operator_client, operator_namespace) = chart_identity().await;
     let context = new_context(&operator_client);
-    let stop = CancellationToken::new();
-    let controller = tokio::spawn(controller::run(
-        context.clone(),
-        stop.clone().cancelled_owned(),
-    ));
+    let operator = support::RunningOperator::start(context.clone());
 
     let pipelines: Api<OrderPipeline> = Api::namespaced(client.clone(), &namespace);
     // The project's sample resource, as a user would apply it, with one RabbitMQ node: kwok
@@ -377,8 +372,7 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
         "claims are retained"
     );
 
-    stop.cancel();
-    controller.await.unwrap();
+    operator.stop().await;
     namespaces
         .delete(&namespace, &DeleteParams::default())
         .await

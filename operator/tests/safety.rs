@@ -121,11 +121,7 @@ async fn paused_pipelines_are_left_alone_and_stateful_scale_down_is_refused() {
     let volumes = provide_volumes(&admin, &namespace, &claims).await;
     let (operator_client, operator_namespace) = chart_identity().await;
     let context = new_context(&operator_client);
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(controller::run(
-        context.clone(),
-        stop.clone().cancelled_owned(),
-    ));
+    let operator = support::RunningOperator::start(context.clone());
 
     let pipelines: Api<OrderPipeline> = Api::namespaced(admin.clone(), &namespace);
     pipelines
@@ -273,8 +269,7 @@ async fn paused_pipelines_are_left_alone_and_stateful_scale_down_is_refused() {
     )
     .await;
 
-    stop.cancel();
-    running.await.unwrap();
+    operator.stop().await;
     cleanup(&admin, &namespace, volumes, &operator_namespace).await;
 }
 
@@ -438,11 +433,7 @@ async fn foreign_objects_are_left_alone_and_a_broken_pipeline_blocks_no_other() 
     let before = services.get("squatter-gateway").await.unwrap();
 
     let context = new_context(&operator_client);
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(controller::run(
-        context.clone(),
-        stop.clone().cancelled_owned(),
-    ));
+    let operator = support::RunningOperator::start(context.clone());
     let pipelines: Api<OrderPipeline> = Api::namespaced(admin.clone(), &namespace);
     let plain = json!({"endpoints": ["amqp://rabbitmq.example.invalid:5672/%2f"]});
     // Autoscaled on an external broker whose vhost the autoscaler decodes: nothing answers at
@@ -545,8 +536,7 @@ async fn foreign_objects_are_left_alone_and_a_broken_pipeline_blocks_no_other() 
         "an Event carries the planted key"
     );
 
-    stop.cancel();
-    running.await.unwrap();
+    operator.stop().await;
     cleanup(&admin, &namespace, Vec::new(), &operator_namespace).await;
 }
 
@@ -578,11 +568,7 @@ async fn a_namespaced_operator_works_in_its_namespaces_and_is_refused_elsewhere(
         )
         .await
         .unwrap();
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(controller::run(
-        context.clone(),
-        stop.clone().cancelled_owned(),
-    ));
+    let operator = support::RunningOperator::start(context.clone());
     let pipelines: Api<OrderPipeline> = Api::namespaced(admin.clone(), &watched);
     pipelines
         .create(&PostParams::default(), &external_pipeline("here", plain))
@@ -663,8 +649,7 @@ async fn a_namespaced_operator_works_in_its_namespaces_and_is_refused_elsewhere(
         &format!("create a Pod in {watched}"),
     );
 
-    stop.cancel();
-    running.await.unwrap();
+    operator.stop().await;
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
         .delete(&ignored, &DeleteParams::default())
         .await;

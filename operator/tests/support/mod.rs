@@ -64,6 +64,29 @@ pub fn new_context(client: &Client) -> Arc<Context> {
     ))
 }
 
+/// The controller running on a task of its own, as the operator runs it, until [`Self::stop`].
+pub struct RunningOperator {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningOperator {
+    pub fn start(context: Arc<Context>) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(order_pipeline_operator::controller::run(
+            context,
+            stop.clone().cancelled_owned(),
+        ));
+        Self { stop, task }
+    }
+
+    /// Stops it gracefully and waits until it has.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+}
+
 pub async fn wait_ready(
     pipelines: &Api<OrderPipeline>,
     name: &str,
