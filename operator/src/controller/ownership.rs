@@ -11,7 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -73,7 +73,8 @@ pub async fn check_children(
 ) -> Result<(), Error> {
     let mut lookups: Vec<BoxFuture<'_, Result<(), Error>>> = Vec::new();
     let mut add = |lookup| lookups.push(lookup);
-    each::<Secret>(client, namespace, pipeline, &children.secrets, &mut add);
+    // The Secrets are not looked up again: the dereference step read every generated one
+    // (`dereference::read_generated`) and refused it if it was not the pipeline's.
     each::<ConfigMap>(client, namespace, pipeline, &children.config_maps, &mut add);
     each::<Service>(client, namespace, pipeline, &children.services, &mut add);
     each::<StatefulSet>(
