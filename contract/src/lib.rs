@@ -25,6 +25,9 @@ pub mod env {
     pub const REDIS_ADDR: &str = "REDIS_ADDR";
     /// Optional Redis password (the seed had none; managed and cloud Redis usually do).
     pub const REDIS_PASSWORD: &str = "REDIS_PASSWORD";
+    /// Optional Redis ACL user to log in as with [`REDIS_PASSWORD`] (Redis 6 and later); without
+    /// it the password is the `default` user's.
+    pub const REDIS_USERNAME: &str = "REDIS_USERNAME";
     /// Comma-separated `host:port` contact points of Cassandra (the seed's variable).
     pub const CASSANDRA_ADDR: &str = "CASSANDRA_ADDR";
     pub const CASSANDRA_USER: &str = "CASSANDRA_USER";
@@ -132,7 +135,53 @@ pub mod topology {
     pub fn dead_letter_queue(queue: &str) -> String {
         format!("{queue}.dead-letter")
     }
+
+    /// The exchange the dead-letter command re-drives `queue`'s dead letters through: a fanout
+    /// bound to `queue` alone, so the consumer allowed to publish to it can put messages back
+    /// into its own queue and nowhere else (the default exchange would reach every queue).
+    pub fn redrive_exchange(queue: &str) -> String {
+        format!("{queue}.redrive")
+    }
+
+    /// How an exchange routes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum ExchangeKind {
+        Direct,
+        Topic,
+    }
+
+    /// A work queue fed by one exchange binding, with its dead-letter queue. Declared by every
+    /// workload that touches it, identically (the runtime builds the arguments), and the unit
+    /// from which each workload's RabbitMQ permissions are derived ([`crate::access`]).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct WorkQueue {
+        pub queue: &'static str,
+        pub exchange: &'static str,
+        pub exchange_kind: ExchangeKind,
+        pub routing_key: &'static str,
+    }
+
+    /// The orders queue: declared by the gateway (so orders are routed before any processor
+    /// ever ran) and the processor (which consumes it).
+    pub const ORDERS: WorkQueue = WorkQueue {
+        queue: ORDERS_QUEUE,
+        exchange: ORDERS_EXCHANGE,
+        exchange_kind: ExchangeKind::Direct,
+        routing_key: ORDERS_ROUTING_KEY,
+    };
+
+    /// The notifier's queue: declared by the processor (so events are routed before any
+    /// notifier ran) and the notifier (which consumes it).
+    pub const NOTIFICATIONS: WorkQueue = WorkQueue {
+        queue: NOTIFIER_QUEUE,
+        exchange: EVENTS_EXCHANGE,
+        exchange_kind: ExchangeKind::Topic,
+        routing_key: ORDER_CREATED,
+    };
 }
+
+pub mod access;
+pub use access::Workload;
 
 /// Redis key layout. Keys are built only through [`keys::Keys`] so every workload spells them
 /// the same way.

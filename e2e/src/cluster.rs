@@ -208,6 +208,12 @@ impl Cluster {
         PortForward::start(pods, pod.name_any(), port).await
     }
 
+    /// Forwards a local port to `port` of the pod `pod` (a managed dependency's, say
+    /// `<pipeline>-redis-0`), as `kubectl port-forward pod/...` does.
+    pub async fn forward_pod(&self, pod: &str, port: u16) -> Result<PortForward> {
+        PortForward::start(self.api::<Pod>(), pod.to_owned(), port).await
+    }
+
     /// Sets stock with `redis-cli` in the managed Redis pod (see [`RedisExec`]).
     pub async fn redis_inventory(&self) -> Result<RedisExec> {
         let pipeline = self.pipeline().await?;

@@ -14,7 +14,8 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use pipeline_contract::topology;
 use pipeline_e2e::cluster::{Cluster, ClusterConfig, SKIP_MESSAGE};
 use pipeline_e2e::flow::{self, Endpoints, Walkthrough};
 
@@ -92,5 +93,116 @@ async fn scale_processor_and_back(cluster: &Cluster) -> Result<()> {
     scaled.with_context(|| format!("scaling the processor to {target}"))?;
     restored.with_context(|| format!("scaling the processor back to {original}"))?;
     println!("  ok  processor scaled back to {original}");
+    Ok(())
+}
+
+/// One credential per workload on the managed dependencies: the operator made each workload's
+/// RabbitMQ user (definitions imported at boot) and Redis ACL user (the ACL file), and the
+/// pipeline ran the walkthrough with them above. Here, through port-forwards to the dependency
+/// pods and with the passwords from the generated Secrets, each user is refused what it does not
+/// use: the dashboard writing or flushing Redis, the gateway touching stock, the notifier
+/// publishing the `order.created` events it trusts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster: set E2E_KUBECONFIG (e2e/kind-up.sh does, with Docker)"]
+async fn each_workload_logs_in_to_the_managed_dependencies_with_only_its_grants() -> Result<()> {
+    let Some(config) = ClusterConfig::from_env() else {
+        println!("{SKIP_MESSAGE}");
+        return Ok(());
+    };
+    let cluster = Cluster::connect(&config).await?;
+    let pipeline = cluster.pipeline().await?;
+    if pipeline.spec.redis.managed.is_none() || pipeline.spec.rabbitmq.managed.is_none() {
+        println!("  skipped: the pipeline's Redis or RabbitMQ is external");
+        return Ok(());
+    }
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(cluster.client(), cluster.namespace());
+    let password = |secret: &str, workload: &str| {
+        let secrets = secrets.clone();
+        let (secret, key) = (cluster.child(secret), format!("{workload}-password"));
+        async move {
+            let data = secrets.get(&secret).await?.data.unwrap_or_default();
+            let value = data
+                .get(&key)
+                .with_context(|| format!("secret/{secret} has no key {key}"))?;
+            anyhow::Ok(String::from_utf8(value.0.clone())?)
+        }
+    };
+
+    let redis = cluster
+        .forward_pod(&format!("{}-0", cluster.child("redis")), 6379)
+        .await?;
+    let redis_as = |workload: &'static str, command: Vec<&'static str>| {
+        let password = password("redis-credentials", workload);
+        let local = redis.local;
+        async move {
+            let url = format!("redis://{workload}:{}@{local}", password.await?);
+            let mut connection = redis::Client::open(url)?
+                .get_multiplexed_async_connection()
+                .await
+                .with_context(|| format!("{workload} cannot log in to Redis"))?;
+            let mut cmd = redis::cmd(command[0]);
+            for arg in &command[1..] {
+                cmd.arg(*arg);
+            }
+            anyhow::Ok(
+                cmd.exec_async(&mut connection)
+                    .await
+                    .map_err(|e| e.to_string()),
+            )
+        }
+    };
+    redis_as("dashboard", vec!["GET", "orders.processed.count"])
+        .await?
+        .map_err(anyhow::Error::msg)
+        .context("the dashboard reads the processed count")?;
+    let mut refusals = 0;
+    for (workload, command) in [
+        ("dashboard", vec!["FLUSHALL"]),
+        ("dashboard", vec!["SET", "inventory:e2e-grants", "1000"]),
+        ("gateway", vec!["SET", "inventory:e2e-grants", "1000"]),
+        ("notifier", vec!["INCR", "orders.processed.count"]),
+    ] {
+        let what = format!("{workload} {}", command.join(" "));
+        match redis_as(workload, command).await? {
+            Ok(()) => bail!("{what}: allowed"),
+            Err(error) if error.contains("NoPerm") => {
+                println!("  ok  {what}: refused ({error})");
+                refusals += 1;
+            }
+            Err(error) => bail!("{what}: failed, but not by the ACL: {error}"),
+        }
+    }
+
+    let rabbitmq = cluster
+        .forward_pod(&format!("{}-0", cluster.child("rabbitmq")), 5672)
+        .await?;
+    for workload in ["notifier", "gateway"] {
+        let url = format!(
+            "amqp://{workload}:{}@{}/%2f",
+            password("rabbitmq-credentials", workload).await?,
+            rabbitmq.local
+        );
+        let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .with_context(|| format!("{workload} cannot log in to RabbitMQ"))?;
+        let published = testenv::access::publish_confirmed(
+            &connection,
+            topology::EVENTS_EXCHANGE,
+            topology::ORDER_CREATED,
+            br#"{"forged":true}"#,
+        )
+        .await;
+        let _ = connection.close(200, "done".into()).await;
+        match published {
+            Ok(()) => bail!("{workload} published an order.created: allowed"),
+            Err(error) if error.contains("ACCESS_REFUSED") => {
+                println!("  ok  {workload} publishing order.created: refused");
+                refusals += 1;
+            }
+            Err(error) => bail!("{workload} publishing failed, but not by permissions: {error}"),
+        }
+    }
+    println!("  {refusals} refusals, each by the server's own ACL or permissions");
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! [`Env::load`]. A test whose server is not running fails with the command that starts it: it
 //! never passes silently.
 
+pub mod access;
 pub mod proxy;
 
 use std::collections::BTreeMap;
@@ -121,6 +122,8 @@ pub struct Vhost {
     management: String,
     user: String,
     password: String,
+    /// The workload users created on this vhost, deleted with it.
+    workload_users: std::sync::Mutex<Vec<String>>,
 }
 
 impl Vhost {
@@ -165,6 +168,7 @@ impl Vhost {
             management,
             user,
             password,
+            workload_users: std::sync::Mutex::default(),
         }
     }
 
@@ -187,13 +191,22 @@ impl Vhost {
         details["messages"].as_u64()
     }
 
-    /// Deletes the vhost and everything in it.
+    /// Deletes the vhost and everything in it, and the workload users made for it.
     pub async fn delete(self) {
-        let _ = reqwest::Client::new()
+        let client = reqwest::Client::new();
+        let _ = client
             .delete(format!("{}/api/vhosts/{}", self.management, self.name))
             .basic_auth(&self.user, Some(&self.password))
             .send()
             .await;
+        let users = std::mem::take(&mut *self.workload_users.lock().unwrap());
+        for user in users {
+            let _ = client
+                .delete(format!("{}/api/users/{user}", self.management))
+                .basic_auth(&self.user, Some(&self.password))
+                .send()
+                .await;
+        }
     }
 }
 

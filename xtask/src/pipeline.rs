@@ -21,47 +21,38 @@ use anyhow::{Context, Result, bail};
 use crate::env::process::{Daemon, Probe, ensure_port_free, run_logged, wait_until};
 use crate::env::{self, Component, Layout};
 
-/// A workload process: its binary, business port (if any), admin port, and what its pod is
-/// given (the operator's wiring: only the gateway reads Cassandra and signs tokens; the
-/// dashboard reads Redis only).
+/// A workload process: which workload, and its admin port here. What its pod is given (only
+/// the gateway reads Cassandra and signs tokens; the dashboard reads Redis only; each its own
+/// RabbitMQ and Redis user) comes from `pipeline_contract`, as in the operator.
 #[derive(Debug, Clone, Copy)]
 struct Workload {
-    name: &'static str,
-    http_port: Option<u16>,
+    workload: pipeline_contract::Workload,
     admin_port: u16,
-    rabbitmq: bool,
-    cassandra_and_tokens: bool,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        self.workload.name()
+    }
 }
 
 const WORKLOADS: [Workload; 4] = [
     Workload {
-        name: "processor",
-        http_port: None,
+        workload: pipeline_contract::Workload::Processor,
         admin_port: 9091,
-        rabbitmq: true,
-        cassandra_and_tokens: false,
     },
     Workload {
-        name: "notifier",
-        http_port: None,
+        workload: pipeline_contract::Workload::Notifier,
         admin_port: 9092,
-        rabbitmq: true,
-        cassandra_and_tokens: false,
     },
     Workload {
-        name: "dashboard",
-        http_port: Some(8081),
+        workload: pipeline_contract::Workload::Dashboard,
         admin_port: 9093,
-        rabbitmq: false,
-        cassandra_and_tokens: false,
     },
     // Last: it only listens once RabbitMQ is connected, and the others are up by then.
     Workload {
-        name: "gateway",
-        http_port: Some(8080),
+        workload: pipeline_contract::Workload::Gateway,
         admin_port: 9090,
-        rabbitmq: true,
-        cassandra_and_tokens: true,
     },
 ];
 
@@ -73,7 +64,7 @@ fn run_dir(layout: &Layout) -> PathBuf {
 }
 
 fn daemon(layout: &Layout, workload: &Workload) -> Daemon {
-    Daemon::new(workload.name, &run_dir(layout), workload.name)
+    Daemon::new(workload.name(), &run_dir(layout), workload.name())
 }
 
 /// Where cargo puts the binaries.
@@ -95,7 +86,7 @@ pub fn run(layout: &Layout) -> Result<()> {
     let mut build = Command::new(cargo);
     build.arg("build");
     for workload in WORKLOADS {
-        build.args(["--package", workload.name]);
+        build.args(["--package", workload.name()]);
     }
     run_logged(
         "cargo build (gateway, processor, notifier, dashboard)",
@@ -105,24 +96,26 @@ pub fn run(layout: &Layout) -> Result<()> {
 
     let dir = run_dir(layout);
     fs::create_dir_all(&dir)?;
-    let secret = jwt_secret(&dir)?;
+    let secret = secret_file(&dir, "jwt-secret")?;
     let binaries = target_dir().join("debug");
     for workload in WORKLOADS {
         let daemon = daemon(layout, &workload);
         if daemon.running_pid().is_none() {
-            for port in workload.http_port.into_iter().chain([workload.admin_port]) {
-                ensure_port_free(port, workload.name)?;
+            let http_port = workload.workload.http_port();
+            for port in http_port.into_iter().chain([workload.admin_port]) {
+                ensure_port_free(port, workload.name())?;
             }
-            let variables = variables(&endpoints, &secret, &workload)?;
-            let mut command = Command::new(binaries.join(workload.name));
+            let credentials = grant(layout, &dir, workload.workload)?;
+            let variables = variables(&endpoints, &secret, &credentials, workload.workload)?;
+            let mut command = Command::new(binaries.join(workload.name()));
             command
                 .env_clear()
                 .envs(variables.iter().map(|(k, v)| (k, v)));
             command.env("ADMIN_PORT", workload.admin_port.to_string());
-            if let Some(port) = workload.http_port {
+            if let Some(port) = http_port {
                 command.env("HTTP_PORT", port.to_string());
             }
-            println!("  starting {}", workload.name);
+            println!("  starting {}", workload.name());
             daemon.spawn(&mut command)?;
         }
     }
@@ -130,7 +123,7 @@ pub fn run(layout: &Layout) -> Result<()> {
         let daemon = daemon(layout, &workload);
         let admin = workload.admin_port;
         wait_until(
-            workload.name,
+            workload.name(),
             Duration::from_secs(120),
             &daemon.log_file,
             || {
@@ -167,7 +160,7 @@ pub fn run(layout: &Layout) -> Result<()> {
 pub fn stop(layout: &Layout) -> Result<()> {
     for workload in WORKLOADS.iter().rev() {
         if daemon(layout, workload).stop(Duration::from_secs(30))? {
-            println!("  {} stopped", workload.name);
+            println!("  {} stopped", workload.name());
         }
     }
     Ok(())
@@ -180,18 +173,54 @@ pub fn running(layout: &Layout) -> Vec<String> {
         .filter_map(|workload| {
             daemon(layout, workload)
                 .running_pid()
-                .map(|pid| format!("{} pid {pid}", workload.name))
+                .map(|pid| format!("{} pid {pid}", workload.name()))
         })
         .collect()
 }
 
-/// The environment of `workload`, as the operator sets it in its pod: the RabbitMQ URLs without
-/// credentials and the user and password beside them, Cassandra's credentials and the token
-/// secret for the gateway only.
+/// A workload's own users, as the operator makes them in a cluster: a Redis ACL user and (but
+/// for the dashboard) a RabbitMQ user, both named after the workload, with the grants of
+/// `pipeline_contract::access`. Their passwords are made once and kept beside the JWT secret.
+#[derive(Debug, Default)]
+struct Credentials {
+    redis_password: String,
+    rabbitmq_password: Option<String>,
+}
+
+fn grant(
+    layout: &Layout,
+    dir: &Path,
+    workload: pipeline_contract::Workload,
+) -> Result<Credentials> {
+    let name = workload.name();
+    let redis_password = secret_file(dir, &format!("{name}-redis-password"))?;
+    env::redis::grant(
+        name,
+        &redis_password,
+        &workload.redis_rules(&pipeline_contract::keys::Keys::default()),
+    )?;
+    let rabbitmq_password = match workload.rabbitmq() {
+        Some(permissions) => {
+            let password = secret_file(dir, &format!("{name}-rabbitmq-password"))?;
+            env::rabbitmq::grant(layout, name, &password, &permissions)?;
+            Some(password)
+        }
+        None => None,
+    };
+    Ok(Credentials {
+        redis_password,
+        rabbitmq_password,
+    })
+}
+
+/// The environment of `workload`, as the operator sets it in its pod: its own Redis user, the
+/// RabbitMQ URLs without credentials and its own user beside them, Cassandra's credentials and
+/// the token secret for the gateway only.
 fn variables(
     endpoints: &[(String, String)],
     secret: &str,
-    workload: &Workload,
+    credentials: &Credentials,
+    workload: pipeline_contract::Workload,
 ) -> Result<Vec<(String, String)>> {
     let get = |key: &str| {
         endpoints
@@ -202,20 +231,22 @@ fn variables(
     };
     let mut variables = vec![
         ("REDIS_ADDR".into(), get("OP_REDIS_ADDR")?),
+        ("REDIS_USERNAME".into(), workload.name().to_owned()),
+        ("REDIS_PASSWORD".into(), credentials.redis_password.clone()),
         ("LOG_FORMAT".into(), "json".into()),
         ("PATH".into(), "/usr/bin:/bin".into()),
     ];
-    if workload.rabbitmq {
-        let (user, password) = (get("OP_RABBITMQ_USER")?, get("OP_RABBITMQ_PASSWORD")?);
-        let userinfo = format!("{user}:{password}@");
+    if let Some(password) = &credentials.rabbitmq_password {
+        let (user, env_password) = (get("OP_RABBITMQ_USER")?, get("OP_RABBITMQ_PASSWORD")?);
+        let userinfo = format!("{user}:{env_password}@");
         let urls = get("OP_RABBITMQ_URLS")?.replace(&userinfo, "");
         variables.extend([
             ("RABBITMQ_URLS".into(), urls),
-            ("RABBITMQ_USERNAME".into(), user),
-            ("RABBITMQ_PASSWORD".into(), password),
+            ("RABBITMQ_USERNAME".into(), workload.name().to_owned()),
+            ("RABBITMQ_PASSWORD".into(), password.clone()),
         ]);
     }
-    if workload.cassandra_and_tokens {
+    if workload.uses_cassandra() {
         variables.extend([
             ("CASSANDRA_ADDR".into(), get("OP_CASSANDRA_ADDR")?),
             ("CASSANDRA_USER".into(), get("OP_CASSANDRA_USER")?),
@@ -237,10 +268,11 @@ fn read_env_file(path: &Path) -> Result<Vec<(String, String)>> {
         .collect())
 }
 
-/// The local pipeline's token secret: 48 random bytes, hex, made once and kept (mode 0600) so
-/// tokens survive a restart. Never printed.
-fn jwt_secret(dir: &Path) -> Result<String> {
-    let path = dir.join("jwt-secret");
+/// A secret of the local pipeline (the token secret, a workload's password): 48 random bytes,
+/// hex, made once and kept in `dir/name` (mode 0600), so tokens and logins survive a restart.
+/// Never printed.
+fn secret_file(dir: &Path, name: &str) -> Result<String> {
+    let path = dir.join(name);
     if let Ok(secret) = fs::read_to_string(&path)
         && secret.trim().len() >= 64
     {
@@ -294,15 +326,25 @@ mod tests {
              OP_CASSANDRA_ADDR=127.0.0.1:9042\nOP_CASSANDRA_USER=cassandra\nOP_CASSANDRA_PASSWORD=cassandra\n",
         );
         let of = |name: &str| {
-            let workload = WORKLOADS.iter().find(|w| w.name == name).unwrap();
-            variables(&endpoints, "s", workload)
+            let workload = WORKLOADS
+                .iter()
+                .find(|w| w.name() == name)
+                .unwrap()
+                .workload;
+            let credentials = Credentials {
+                redis_password: format!("{name}-r"),
+                rabbitmq_password: workload.uses_rabbitmq().then(|| format!("{name}-q")),
+            };
+            variables(&endpoints, "s", &credentials, workload)
                 .unwrap()
                 .into_iter()
                 .collect::<std::collections::BTreeMap<_, _>>()
         };
         let gateway = of("gateway");
         assert_eq!(gateway["RABBITMQ_URLS"], "amqp://a/%2f,amqp://b/%2f");
-        assert_eq!(gateway["RABBITMQ_USERNAME"], "guest");
+        assert_eq!(gateway["RABBITMQ_USERNAME"], "gateway");
+        assert_eq!(gateway["RABBITMQ_PASSWORD"], "gateway-q");
+        assert_eq!(gateway["REDIS_USERNAME"], "gateway");
         assert_eq!(gateway["REDIS_ADDR"], "127.0.0.1:6379");
         assert_eq!(gateway["JWT_SECRET"], "s");
         assert_eq!(gateway["CASSANDRA_PASSWORD"], "cassandra");
@@ -316,11 +358,18 @@ mod tests {
         let dashboard = of("dashboard");
         assert_eq!(
             dashboard.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["LOG_FORMAT", "PATH", "REDIS_ADDR"],
+            [
+                "LOG_FORMAT",
+                "PATH",
+                "REDIS_ADDR",
+                "REDIS_PASSWORD",
+                "REDIS_USERNAME"
+            ],
             "the dashboard reads Redis only"
         );
+        assert_eq!(dashboard["REDIS_PASSWORD"], "dashboard-r");
         assert!(
-            variables(&[], "s", &WORKLOADS[0])
+            variables(&[], "s", &Credentials::default(), WORKLOADS[0].workload)
                 .unwrap_err()
                 .to_string()
                 .contains("OP_REDIS_ADDR")
@@ -342,9 +391,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("xtask-secret-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let first = jwt_secret(&dir).unwrap();
+        let first = secret_file(&dir, "jwt-secret").unwrap();
         assert_eq!(first.len(), 96);
-        assert_eq!(jwt_secret(&dir).unwrap(), first);
+        assert_eq!(secret_file(&dir, "jwt-secret").unwrap(), first);
+        assert_ne!(secret_file(&dir, "other").unwrap(), first);
         let mode = fs::metadata(dir.join("jwt-secret"))
             .unwrap()
             .permissions()

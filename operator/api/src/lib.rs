@@ -78,6 +78,7 @@ pub struct OrderPipelineSpec {
     #[serde(default)]
     #[x_kube(validation = memory_limit_rule("Cassandra", CASSANDRA_MINIMUM_MEMORY_LIMIT, "sizes its Java heap from its memory limit (half of it)"))]
     #[x_kube(validation = single_node_rule("Cassandra", CASSANDRA_SINGLE_NODE_WHY))]
+    #[x_kube(validation = Rule::new("!has(self.external) || !has(self.external.workloadCredentials)").message("spec.cassandra.external.workloadCredentials is not used: only the gateway reads Cassandra; use credentialsSecretRef"))]
     pub cassandra: DependencySpec,
 }
 
@@ -396,9 +397,16 @@ pub struct ExternalDependency {
     /// `host:port` for Redis and Cassandra.
     #[schemars(length(min = 1, max = 16))]
     pub endpoints: Vec<String>,
-    /// A Secret with `username` and `password` keys, when the service needs credentials.
+    /// A Secret with `username` and `password` keys, when the service needs credentials: the
+    /// login of every workload that has none of its own in `workloadCredentials`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
+    /// RabbitMQ and Redis: a Secret per workload (`username` and `password` keys; for Redis
+    /// `username` may be left out for the `default` user), so each workload logs in as its own
+    /// user with only the grants it needs (the README lists them). A workload without one here
+    /// uses `credentialsSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_credentials: Option<WorkloadCredentials>,
     /// RabbitMQ only: the management API's base URL (`http://host:15672`), which queue-depth
     /// autoscaling reads; without it an external RabbitMQ cannot be autoscaled on. Plain HTTP
     /// only for now: the operator does not speak TLS to the management API yet.
@@ -406,6 +414,54 @@ pub struct ExternalDependency {
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('http://')").message("managementUrl must be an http:// URL (https is not supported yet)"))]
     pub management_url: Option<String>,
+}
+
+/// A credentials Secret per workload.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct WorkloadCredentials {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<SecretRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processor: Option<SecretRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifier: Option<SecretRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<SecretRef>,
+}
+
+impl WorkloadCredentials {
+    /// The Secret of the workload named `workload` (`gateway`, `processor`, ...).
+    pub fn of(&self, workload: &str) -> Option<&SecretRef> {
+        match workload {
+            "gateway" => self.gateway.as_ref(),
+            "processor" => self.processor.as_ref(),
+            "notifier" => self.notifier.as_ref(),
+            "dashboard" => self.dashboard.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Every Secret named.
+    pub fn all(&self) -> impl Iterator<Item = &SecretRef> {
+        [
+            &self.gateway,
+            &self.processor,
+            &self.notifier,
+            &self.dashboard,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+impl ExternalDependency {
+    /// The Secret the workload named `workload` logs in with: its own, else the shared one.
+    pub fn credentials_of(&self, workload: &str) -> Option<&SecretRef> {
+        self.workload_credentials
+            .as_ref()
+            .and_then(|credentials| credentials.of(workload))
+            .or(self.credentials_secret_ref.as_ref())
+    }
 }
 
 /// A Secret in the pipeline's namespace.

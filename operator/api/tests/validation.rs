@@ -229,6 +229,17 @@ fn invalid_cases() -> Vec<InvalidCase> {
             ],
         },
         InvalidCase {
+            name: "cassandra-with-workload-credentials",
+            spec: json!({"cassandra": {"external": {
+                "endpoints": ["db:9042"],
+                "workloadCredentials": {"gateway": {"name": "db"}},
+            }}}),
+            expected: &[
+                "spec.cassandra",
+                "workloadCredentials is not used: only the gateway reads Cassandra",
+            ],
+        },
+        InvalidCase {
             // 41 characters: child names are derived from it.
             name: "pipeline-with-a-name-longer-than-40-chars",
             spec: json!({}),

@@ -10,7 +10,7 @@ use kube::{Client, ResourceExt};
 use pipeline_api::OrderPipeline;
 use rand::distr::{Alphanumeric, SampleString};
 
-use super::build::{CASSANDRA_ROLE, Dependency, Secrets, names};
+use super::build::{CASSANDRA_ROLE, Dependency, Secrets, Workload, names, password_key};
 use super::{Error, ownership};
 
 /// Generated passwords are alphanumeric, so they can sit in a URL without escaping.
@@ -60,18 +60,18 @@ pub async fn secrets(pipeline: &OrderPipeline, client: &Client) -> Result<Secret
             value(existing.as_ref(), "erlang-cookie")
                 .unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), COOKIE_LENGTH)),
         );
+        secrets.rabbitmq_workloads = workload_passwords(existing.as_ref(), Workload::uses_rabbitmq);
     }
     if spec.redis.managed.is_some() {
-        secrets.redis_password = Some(
-            existing_or_new(
-                &api,
-                pipeline,
-                &names::credentials_secret(&name, Dependency::Redis),
-                "password",
-                PASSWORD_LENGTH,
-            )
-            .await?,
-        );
+        let existing = read_generated(
+            &api,
+            pipeline,
+            &names::credentials_secret(&name, Dependency::Redis),
+        )
+        .await?;
+        secrets.redis_password =
+            Some(value(existing.as_ref(), "password").unwrap_or_else(new_password));
+        secrets.redis_workloads = workload_passwords(existing.as_ref(), |_| true);
     }
     if spec.cassandra.managed.is_some() {
         let existing = read_generated(
@@ -85,11 +85,17 @@ pub async fn secrets(pipeline: &OrderPipeline, client: &Client) -> Result<Secret
         secrets.cassandra_superuser_password = Some(credentials.superuser_password);
     }
     for dependency in [&spec.rabbitmq, &spec.redis, &spec.cassandra] {
-        if let Some(reference) = dependency
-            .external
-            .as_ref()
-            .and_then(|e| e.credentials_secret_ref.as_ref())
-        {
+        let Some(external) = &dependency.external else {
+            continue;
+        };
+        let own = external
+            .workload_credentials
+            .iter()
+            .flat_map(|credentials| credentials.all());
+        for reference in external.credentials_secret_ref.iter().chain(own) {
+            if secrets.referenced.contains_key(&reference.name) {
+                continue;
+            }
             let data = read(&api, &reference.name)
                 .await?
                 .ok_or_else(|| missing(&reference.name))?;
@@ -97,6 +103,22 @@ pub async fn secrets(pipeline: &OrderPipeline, client: &Client) -> Result<Secret
         }
     }
     Ok(secrets)
+}
+
+/// Each workload's password (of those `uses` selects), read back from the dependency's
+/// credentials Secret (key `<workload>-password`) or generated.
+fn workload_passwords(
+    existing: Option<&BTreeMap<String, Vec<u8>>>,
+    uses: impl Fn(Workload) -> bool,
+) -> BTreeMap<Workload, String> {
+    Workload::ALL
+        .into_iter()
+        .filter(|&workload| uses(workload))
+        .map(|workload| {
+            let password = value(existing, &password_key(workload)).unwrap_or_else(new_password);
+            (workload, password)
+        })
+        .collect()
 }
 
 /// A Secret the spec references: the user's, read as it is.

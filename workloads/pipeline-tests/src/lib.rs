@@ -11,13 +11,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use pipeline_contract::env;
 use pipeline_contract::keys::Keys;
+use pipeline_contract::{Workload, env};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use testenv::{Env, Vhost};
 use workload_runtime::admin::Readiness;
-use workload_runtime::config::Source;
 use workload_runtime::shutdown::Shutdown;
 
 pub const PASSWORD: &str = "securepassword123";
@@ -57,8 +56,11 @@ pub struct Pipeline {
     pub keys: Keys,
     pub redis: redis::aio::ConnectionManager,
     pub vhost: Vhost,
-    /// The variables a workload process needs to join this pipeline (for the crash test).
-    pub variables: BTreeMap<String, String>,
+    /// The variables each workload process needs to join this pipeline (for the crash test):
+    /// its own credentials, as in its pod.
+    pub variables: BTreeMap<Workload, BTreeMap<String, String>>,
+    /// The Redis ACL users made for the workloads, deleted on stop.
+    redis_users: Vec<String>,
     readiness: Vec<(&'static str, Readiness)>,
     registries: Vec<(&'static str, Registry)>,
     shutdown: Shutdown,
@@ -80,8 +82,8 @@ impl Pipeline {
         let environment = Env::load();
         let vhost = Vhost::create(&environment, "pipeline").await;
         let keys = Keys::new(format!("{}:", testenv::unique("pipe")));
-        let variables: BTreeMap<String, String> = [
-            (env::RABBITMQ_URLS, vhost.urls.join(",")),
+        let redis_url = environment.require("OP_REDIS_URL");
+        let common: BTreeMap<String, String> = [
             (
                 env::REDIS_ADDR,
                 options
@@ -90,30 +92,45 @@ impl Pipeline {
                     .unwrap_or_else(|| environment.require("OP_REDIS_ADDR")),
             ),
             (env::REDIS_KEY_PREFIX, keys.prefix().to_owned()),
-            (
-                env::CASSANDRA_ADDR,
-                environment.require("OP_CASSANDRA_ADDR"),
-            ),
-            (
-                env::CASSANDRA_USER,
-                environment.require("OP_CASSANDRA_USER"),
-            ),
-            (
-                env::CASSANDRA_PASSWORD,
-                environment.require("OP_CASSANDRA_PASSWORD"),
-            ),
-            (env::CASSANDRA_KEYSPACE, "pipeline_tests".to_owned()),
-            (env::JWT_SECRET, SECRET.to_owned()),
             (env::BCRYPT_COST, options.bcrypt_cost.to_string()),
         ]
         .into_iter()
         .map(|(key, value)| (key.to_owned(), value))
         .collect();
+        // Each workload with only what its pod gets: its own RabbitMQ and Redis users (the
+        // grants of `pipeline_contract::access`), Cassandra and the signing key for the gateway.
+        let mut variables = BTreeMap::new();
+        let mut redis_users = Vec::new();
+        for workload in Workload::ALL {
+            let mut own = common.clone();
+            let redis_user = testenv::access::redis_user(&redis_url, workload, &keys).await;
+            own.insert(env::REDIS_USERNAME.into(), redis_user.username.clone());
+            own.insert(env::REDIS_PASSWORD.into(), redis_user.password);
+            redis_users.push(redis_user.username);
+            if let Some(user) = vhost.workload_user(workload).await {
+                own.insert(env::RABBITMQ_URLS.into(), vhost.bare_urls().join(","));
+                own.insert(env::RABBITMQ_USERNAME.into(), user.username);
+                own.insert(env::RABBITMQ_PASSWORD.into(), user.password);
+            }
+            if workload.uses_cassandra() {
+                for (key, from) in [
+                    (env::CASSANDRA_ADDR, "OP_CASSANDRA_ADDR"),
+                    (env::CASSANDRA_USER, "OP_CASSANDRA_USER"),
+                    (env::CASSANDRA_PASSWORD, "OP_CASSANDRA_PASSWORD"),
+                ] {
+                    own.insert(key.into(), environment.require(from));
+                }
+                own.insert(env::CASSANDRA_KEYSPACE.into(), "pipeline_tests".into());
+                own.insert(env::JWT_SECRET.into(), SECRET.into());
+            }
+            variables.insert(workload, own);
+        }
         let shutdown = Shutdown::new();
         let mut readiness = Vec::new();
         let mut registries = Vec::new();
 
-        let gateway_config = gateway::config::GatewayConfig::from_source(&variables)?;
+        let gateway_config =
+            gateway::config::GatewayConfig::from_source(&variables[&Workload::Gateway])?;
         let gateway_ready = Readiness::new();
         let gateway_metrics = gateway::GatewayMetrics::register(&mut Registry::default());
         let state = gateway::connect(gateway_config, gateway_metrics, &gateway_ready, &shutdown)
@@ -123,8 +140,9 @@ impl Pipeline {
         let gateway = serve(gateway::app(state), &shutdown).await?;
 
         let dashboard_ready = Readiness::new();
-        let redis_config =
-            workload_runtime::redis_connection::RedisConfig::from_source(&variables)?;
+        let redis_config = workload_runtime::redis_connection::RedisConfig::from_source(
+            &variables[&Workload::Dashboard],
+        )?;
         let dashboard_metrics =
             workload_runtime::http_metrics::HttpMetrics::register(&mut Registry::default());
         let dashboard_state = dashboard::connect(
@@ -139,7 +157,7 @@ impl Pipeline {
         let dashboard = serve(dashboard::app(dashboard_state), &shutdown).await?;
 
         if with_consumers {
-            let mut processor_vars = variables.clone();
+            let mut processor_vars = variables[&Workload::Processor].clone();
             processor_vars.insert(env::PREFETCH.into(), options.processor_prefetch.to_string());
             let config = processor::ProcessorConfig::from_source(&processor_vars)?;
             let ready = Readiness::new();
@@ -152,7 +170,7 @@ impl Pipeline {
             });
             readiness.push(("processor", ready));
 
-            let mut notifier_vars = variables.clone();
+            let mut notifier_vars = variables[&Workload::Notifier].clone();
             notifier_vars.insert(env::PREFETCH.into(), options.notifier_prefetch.to_string());
             notifier_vars.insert(
                 env::NOTIFY_LOG_DELAY_MS.into(),
@@ -183,6 +201,7 @@ impl Pipeline {
             redis,
             vhost,
             variables,
+            redis_users,
             readiness,
             registries,
             shutdown,
@@ -337,18 +356,12 @@ impl Pipeline {
     pub async fn stop(self) {
         self.shutdown.trigger();
         self.shutdown.wait_for_tasks(Duration::from_secs(20)).await;
-        testenv::delete_redis_prefix(
-            &testenv::Env::load().require("OP_REDIS_URL"),
-            self.keys.prefix(),
-        )
-        .await;
+        let redis_url = testenv::Env::load().require("OP_REDIS_URL");
+        testenv::delete_redis_prefix(&redis_url, self.keys.prefix()).await;
+        for user in &self.redis_users {
+            testenv::access::delete_redis_user(&redis_url, user).await;
+        }
         self.vhost.delete().await;
-    }
-}
-
-impl Source for Pipeline {
-    fn get(&self, variable: &str) -> Option<String> {
-        self.variables.get(variable).cloned()
     }
 }
 

@@ -48,11 +48,15 @@ async fn killing_processor_and_notifier_repeatedly_loses_and_repeats_nothing() {
 
     let logs = std::env::temp_dir().join(testenv::unique("crash-logs"));
     std::fs::create_dir_all(&logs).unwrap();
-    let mut base = pipeline.variables.clone();
-    base.insert(env::ADMIN_PORT.into(), "0".into());
-    base.insert(env::LOG_FORMAT.into(), "json".into());
-    base.insert(env::LOG_LEVEL.into(), "warn".into());
-    let mut notifier_vars = base.clone();
+    let variables = |workload| {
+        let mut own = pipeline.variables[&workload].clone();
+        own.insert(env::ADMIN_PORT.into(), "0".into());
+        own.insert(env::LOG_FORMAT.into(), "json".into());
+        own.insert(env::LOG_LEVEL.into(), "warn".into());
+        own
+    };
+    let base = variables(pipeline_contract::Workload::Processor);
+    let mut notifier_vars = variables(pipeline_contract::Workload::Notifier);
     notifier_vars.insert(env::NOTIFY_SINK.into(), "webhook".into());
     notifier_vars.insert(env::NOTIFY_WEBHOOK_URL.into(), hook);
     let mut workloads = vec![

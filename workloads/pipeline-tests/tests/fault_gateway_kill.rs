@@ -43,7 +43,7 @@ async fn the_gateway_killed_mid_load_loses_and_doubles_nothing() {
     let url = format!("http://127.0.0.1:{port}");
     let logs = std::env::temp_dir().join(testenv::unique("gateway-kill-logs"));
     std::fs::create_dir_all(&logs).unwrap();
-    let mut variables = pipeline.variables.clone();
+    let mut variables = pipeline.variables[&pipeline_contract::Workload::Gateway].clone();
     variables.insert(env::HTTP_PORT.into(), port.to_string());
     variables.insert(env::ADMIN_PORT.into(), "0".into());
     variables.insert(env::LOG_LEVEL.into(), "warn".into());

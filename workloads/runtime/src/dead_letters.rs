@@ -15,8 +15,10 @@
 //! channel closes), so it changes nothing but the messages' redelivery count (on RabbitMQ 4.x a
 //! quorum queue's default delivery limit of 20 then applies to the dead-letter queue too: list
 //! a queue a few times, not in a loop). Re-driving takes the messages waiting when it starts,
-//! not those that fail again meanwhile, and publishes each message, body, message id and headers but the failure reason, to its work
-//! queue through the default exchange, waits for the broker's confirm, and only then
+//! not those that fail again meanwhile, and publishes each message, body, message id and headers
+//! but the failure reason, to its work queue through the queue's re-drive exchange (a fanout
+//! bound to it alone: the consumer's own credentials may publish there, so into its own queue
+//! and no other), waits for the broker's confirm, and only then
 //! acknowledges the dead-letter copy: a crash in between leaves the message in both queues,
 //! which the consumers absorb (they apply an order and send a notification once), never in
 //! neither. A message that fails again is dead-lettered again with its new reason.
@@ -255,7 +257,8 @@ async fn redrive_on(
     Ok(Ok(moved))
 }
 
-/// Publishes to `queue` and waits for the confirm; whether the broker took the message.
+/// Publishes to `queue` (through its re-drive exchange) and waits for the confirm; whether the
+/// broker took the message.
 async fn republish(
     publisher: &Channel,
     queue: &str,
@@ -272,8 +275,8 @@ async fn republish(
     headers = kept;
     let confirm = publisher
         .basic_publish(
+            ShortString::from(topology::redrive_exchange(queue).as_str()),
             ShortString::from(""),
-            ShortString::from(queue),
             BasicPublishOptions {
                 mandatory: true,
                 ..BasicPublishOptions::default()

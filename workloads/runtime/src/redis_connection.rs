@@ -1,5 +1,5 @@
-//! The Redis connection every workload uses: configuration from `REDIS_ADDR`, `REDIS_PASSWORD`
-//! and `REDIS_KEY_PREFIX`, a first connection retried until Redis answers (pods may start before
+//! The Redis connection every workload uses: configuration from `REDIS_ADDR`, `REDIS_USERNAME`,
+//! `REDIS_PASSWORD` and `REDIS_KEY_PREFIX`, a first connection retried until Redis answers (pods may start before
 //! Redis does), a multiplexed connection that reconnects by itself afterwards, and a readiness
 //! check kept up to date by a periodic PING.
 
@@ -18,6 +18,8 @@ use crate::shutdown::Shutdown;
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     pub addr: String,
+    /// The ACL user; `None` for Redis's `default` user.
+    pub username: Option<String>,
     pub password: Option<String>,
     pub keys: Keys,
 }
@@ -26,6 +28,7 @@ impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
             .field("addr", &self.addr)
+            .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("keys", &self.keys)
             .finish()
@@ -36,6 +39,9 @@ impl RedisConfig {
     pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
         Ok(Self {
             addr: host_port(source, env::REDIS_ADDR)?,
+            username: source
+                .get(env::REDIS_USERNAME)
+                .filter(|username| !username.is_empty()),
             password: source
                 .get(env::REDIS_PASSWORD)
                 .filter(|password| !password.is_empty()),
@@ -51,7 +57,11 @@ impl RedisConfig {
             .ok_or_else(|| {
                 redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad REDIS_ADDR"))
             })?;
-        let mut settings = redis::RedisConnectionInfo::default();
+        // No `CLIENT SETINFO` on connect: the workloads' ACL users are not granted it.
+        let mut settings = redis::RedisConnectionInfo::default().set_skip_set_lib_name();
+        if let Some(username) = &self.username {
+            settings = settings.set_username(username);
+        }
         if let Some(password) = &self.password {
             settings = settings.set_password(password);
         }

@@ -11,30 +11,14 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 use pipeline_contract::topology;
 
-/// A queue fed by one exchange binding.
-#[derive(Debug, Clone)]
-pub struct WorkQueue<'a> {
-    pub queue: &'a str,
-    pub exchange: &'a str,
-    pub exchange_kind: ExchangeKind,
-    pub routing_key: &'a str,
+pub use pipeline_contract::topology::{NOTIFICATIONS, ORDERS, WorkQueue};
+
+fn exchange_kind(kind: topology::ExchangeKind) -> ExchangeKind {
+    match kind {
+        topology::ExchangeKind::Direct => ExchangeKind::Direct,
+        topology::ExchangeKind::Topic => ExchangeKind::Topic,
+    }
 }
-
-/// The orders queue as the gateway and processor both declare it.
-pub const ORDERS: WorkQueue<'static> = WorkQueue {
-    queue: topology::ORDERS_QUEUE,
-    exchange: topology::ORDERS_EXCHANGE,
-    exchange_kind: ExchangeKind::Direct,
-    routing_key: topology::ORDERS_ROUTING_KEY,
-};
-
-/// The notifier's queue as the processor and notifier both declare it.
-pub const NOTIFICATIONS: WorkQueue<'static> = WorkQueue {
-    queue: topology::NOTIFIER_QUEUE,
-    exchange: topology::EVENTS_EXCHANGE,
-    exchange_kind: ExchangeKind::Topic,
-    routing_key: topology::ORDER_CREATED,
-};
 
 fn durable_exchange() -> ExchangeDeclareOptions {
     ExchangeDeclareOptions {
@@ -77,13 +61,14 @@ pub fn work_queue_arguments(queue: &str) -> FieldTable {
     arguments
 }
 
-/// Declares the exchange, the dead-letter exchange and queue, the work queue and its binding.
+/// Declares the exchange, the dead-letter exchange and queue, the work queue and its binding,
+/// and the queue's re-drive exchange (a fanout bound to it alone, for the dead-letter command).
 /// Idempotent.
-pub async fn declare_work_queue(channel: &Channel, work: WorkQueue<'_>) -> lapin::Result<()> {
+pub async fn declare_work_queue(channel: &Channel, work: WorkQueue) -> lapin::Result<()> {
     channel
         .exchange_declare(
             ShortString::from(work.exchange),
-            work.exchange_kind.clone(),
+            exchange_kind(work.exchange_kind),
             durable_exchange(),
             FieldTable::default(),
         )
@@ -125,6 +110,24 @@ pub async fn declare_work_queue(channel: &Channel, work: WorkQueue<'_>) -> lapin
             ShortString::from(work.queue),
             ShortString::from(work.exchange),
             ShortString::from(work.routing_key),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let redrive = topology::redrive_exchange(work.queue);
+    channel
+        .exchange_declare(
+            ShortString::from(redrive.as_str()),
+            ExchangeKind::Fanout,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            ShortString::from(work.queue),
+            ShortString::from(redrive.as_str()),
+            ShortString::from(""),
             QueueBindOptions::default(),
             FieldTable::default(),
         )

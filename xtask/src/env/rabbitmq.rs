@@ -567,6 +567,61 @@ pub fn up(layout: &Layout) -> Result<BTreeMap<&'static str, String>> {
     ]))
 }
 
+/// Makes `user` (or resets its password) with `permissions` on the vhost `/` of the running
+/// cluster. The password goes to `rabbitmqctl` on its standard input, never on a command line;
+/// errors name the user, not the password.
+pub fn grant(
+    layout: &Layout,
+    user: &str,
+    password: &str,
+    permissions: &pipeline_contract::access::RabbitmqPermissions,
+) -> Result<()> {
+    let cluster = Cluster::new(layout);
+    let node = Node::SEED;
+    let exists = cluster
+        .ctl(node, &["--quiet", "list_users", "--no-table-headers"])?
+        .lines()
+        .any(|line| line.split_whitespace().next() == Some(user));
+    let verb = if exists {
+        "change_password"
+    } else {
+        "add_user"
+    };
+    let mut command = cluster.cli("rabbitmqctl", node);
+    command
+        .args(["--quiet", verb, user])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("failed to run rabbitmqctl {verb} {user}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{password}")?;
+    }
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "rabbitmqctl {verb} {user} failed: {}",
+            cli_error_summary(&String::from_utf8_lossy(&output.stderr))
+        );
+    }
+    cluster.ctl(
+        node,
+        &[
+            "--quiet",
+            "set_permissions",
+            "-p",
+            "/",
+            user,
+            &permissions.configure,
+            &permissions.write,
+            &permissions.read,
+        ],
+    )?;
+    Ok(())
+}
+
 pub fn down(layout: &Layout) -> Result<()> {
     let cluster = Cluster::new(layout);
     // In parallel: a graceful stop takes about seven seconds, mostly waiting. `up` starts all

@@ -17,6 +17,37 @@ fn daemon(layout: &Layout) -> Daemon {
     Daemon::new("redis", &layout.run_dir(Component::Redis), "redis")
 }
 
+/// Makes the ACL user `user` with `rules` and `password` (reset if it existed). The command
+/// goes to `redis-cli` on its standard input, so the password is on no command line; errors name
+/// the user, not the password.
+pub fn grant(user: &str, password: &str, rules: &[String]) -> Result<()> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let line = format!(
+        "ACL SETUSER {user} reset on >{password} {}",
+        rules.join(" ")
+    );
+    if line.contains(['"', '\'', '\n']) {
+        bail!("ACL rules of {user} need quoting, which this does not do");
+    }
+    let mut child = Command::new("redis-cli")
+        .args(["-p", &PORT.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("failed to run redis-cli")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{line}")?;
+    }
+    let output = child.wait_with_output()?;
+    let reply = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() || reply.trim() != "OK" {
+        bail!("redis-cli ACL SETUSER {user} answered: {}", reply.trim());
+    }
+    Ok(())
+}
+
 pub fn up(layout: &Layout) -> Result<BTreeMap<&'static str, String>> {
     ensure_apt_packages(layout, &["redis-server", "redis-tools"])?;
     let server = find_program("redis-server", &["/usr/bin/redis-server"])

@@ -4,6 +4,8 @@
 //! ([`CASSANDRA_CREDENTIALS_SCRIPT`]). The two bash programs are files beside this one, so
 //! ShellCheck reads them (`cargo xtask shellcheck`); their text is the pods' command as it is.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
 use pipeline_api::CASSANDRA_MINIMUM_MEMORY_LIMIT;
@@ -101,6 +103,7 @@ pub(super) fn pod(
         ],
         volumes: vec![empty_dir("cassandra-config"), empty_dir("cassandra-logs")],
         init_containers: vec![config_container(managed)],
+        annotations: BTreeMap::new(),
     })
 }
 

@@ -17,9 +17,9 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Resource;
 use pipeline_api::{DependencySpec, OrderPipeline, Resources, ServiceSpec, WorkloadSpec};
-use pipeline_contract::ports;
 use sha2::{Digest, Sha256};
 
+mod access;
 #[cfg(test)]
 mod arbitrary;
 mod cassandra;
@@ -46,6 +46,9 @@ pub const MANAGER: &str = "order-pipeline-operator";
 pub const MANAGED_BY: &str = "order-pipeline-operator";
 /// The pod-template annotation whose change rolls the pods.
 pub const CONFIG_HASH: &str = "orderpipeline.dev/config-hash";
+/// Pod template annotation of a managed RabbitMQ or Redis: a digest of the users it loads at
+/// start, so a change (a workload's user added on upgrade) restarts its pods to load them.
+pub const USERS_HASH: &str = "orderpipeline.dev/users-hash";
 
 /// Default images: the workloads at the operator's own version; dependencies pinned, unless the
 /// operator's environment names others (see [`DependencyImages`]).
@@ -61,66 +64,26 @@ pub const CASSANDRA_ROLE: &str = "pipeline";
 /// generated one once the credentials Job has run).
 pub const CASSANDRA_SUPERUSER: &str = "cassandra";
 
-/// The four workloads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Workload {
-    Gateway,
-    Processor,
-    Notifier,
-    Dashboard,
+pub use pipeline_contract::Workload;
+pub use workloads::password_key;
+
+/// A workload's part of the spec.
+fn workload_spec(workload: Workload, pipeline: &OrderPipeline) -> &WorkloadSpec {
+    let spec = &pipeline.spec;
+    match workload {
+        Workload::Gateway => &spec.gateway.workload,
+        Workload::Processor => &spec.processor.workload,
+        Workload::Notifier => &spec.notifier.workload,
+        Workload::Dashboard => &spec.dashboard.workload,
+    }
 }
 
-impl Workload {
-    pub const ALL: [Workload; 4] = [
-        Workload::Gateway,
-        Workload::Processor,
-        Workload::Notifier,
-        Workload::Dashboard,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Workload::Gateway => "gateway",
-            Workload::Processor => "processor",
-            Workload::Notifier => "notifier",
-            Workload::Dashboard => "dashboard",
-        }
-    }
-
-    /// The business port, for the workloads that take traffic from outside the pipeline.
-    pub fn http_port(self) -> Option<u16> {
-        match self {
-            Workload::Gateway => Some(ports::GATEWAY_HTTP),
-            Workload::Dashboard => Some(ports::DASHBOARD_HTTP),
-            Workload::Processor | Workload::Notifier => None,
-        }
-    }
-
-    fn spec(self, pipeline: &OrderPipeline) -> &WorkloadSpec {
-        let spec = &pipeline.spec;
-        match self {
-            Workload::Gateway => &spec.gateway.workload,
-            Workload::Processor => &spec.processor.workload,
-            Workload::Notifier => &spec.notifier.workload,
-            Workload::Dashboard => &spec.dashboard.workload,
-        }
-    }
-
-    /// How the workload's Service is reached, for the workloads that have one.
-    fn service(self, pipeline: &OrderPipeline) -> Option<&ServiceSpec> {
-        match self {
-            Workload::Gateway => Some(&pipeline.spec.gateway.service),
-            Workload::Dashboard => Some(&pipeline.spec.dashboard.service),
-            Workload::Processor | Workload::Notifier => None,
-        }
-    }
-
-    fn needs_cassandra(self) -> bool {
-        self == Workload::Gateway
-    }
-
-    fn needs_rabbitmq(self) -> bool {
-        self != Workload::Dashboard
+/// How the workload's Service is reached, for the workloads that have one.
+fn workload_service(workload: Workload, pipeline: &OrderPipeline) -> Option<&ServiceSpec> {
+    match workload {
+        Workload::Gateway => Some(&pipeline.spec.gateway.service),
+        Workload::Dashboard => Some(&pipeline.spec.dashboard.service),
+        Workload::Processor | Workload::Notifier => None,
     }
 }
 
@@ -214,8 +177,15 @@ pub struct Secrets {
     /// `<name>-rabbitmq-credentials` (`erlang-cookie`) when RabbitMQ is managed: the secret its
     /// nodes (and its CLI tools) authenticate to each other with.
     pub rabbitmq_erlang_cookie: Option<String>,
-    /// `<name>-redis-credentials` (`password`) when Redis is managed.
+    /// `<name>-rabbitmq-credentials` (`<workload>-password`) when RabbitMQ is managed: each
+    /// workload's own user (all but the dashboard), with the grants of
+    /// `pipeline_contract::access`.
+    pub rabbitmq_workloads: BTreeMap<Workload, String>,
+    /// `<name>-redis-credentials` (`password`) when Redis is managed: the `default` user's.
     pub redis_password: Option<String>,
+    /// `<name>-redis-credentials` (`<workload>-password`) when Redis is managed: each workload's
+    /// own ACL user.
+    pub redis_workloads: BTreeMap<Workload, String>,
     /// `<name>-cassandra-credentials` (`username` [`CASSANDRA_ROLE`], `password`) when Cassandra
     /// is managed: the workloads' role.
     pub cassandra_password: Option<String>,
@@ -498,6 +468,13 @@ pub fn config_hash(pipeline: &OrderPipeline, secrets: &Secrets) -> String {
     ] {
         hasher.update(value.as_deref().unwrap_or("").as_bytes());
         hasher.update([0]);
+    }
+    for passwords in [&secrets.rabbitmq_workloads, &secrets.redis_workloads] {
+        for (workload, password) in passwords {
+            hasher.update(workload.name().as_bytes());
+            hasher.update(password.as_bytes());
+            hasher.update([0]);
+        }
     }
     // Only when present, so that pipelines with an external Cassandra keep their hash (and their
     // pods) across the operator upgrade that introduced it. The superuser's password is the

@@ -5,18 +5,23 @@
 //! admin port (`/metrics`) to the one Prometheus scrapes from, and RabbitMQ's management API to
 //! the operator's pods in the operator's namespace.
 //!
+//! Egress too: every pod may resolve names (port 53, wherever the cluster's resolver is), each
+//! workload may reach only the dependencies it uses (a managed one's pods on its client port; an
+//! external one's ports, at any address, since only its host names are known), the notifier its
+//! webhook's port when it has one, and a clustered dependency its own peers. So a compromised
+//! dashboard cannot even open a connection to RabbitMQ or Cassandra.
+//!
 //! They are applied before every other child, so no dependency ever runs unprotected, not even
-//! when a later apply fails. (Ingress only: egress rules need the addresses of external
-//! dependencies and webhooks, which are not known here.)
+//! when a later apply fails.
 
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
-    NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use pipeline_api::OrderPipeline;
-use pipeline_contract::ports;
+use pipeline_api::{ExternalDependency, OrderPipeline};
+use pipeline_contract::{env, ports};
 
 use super::meta::Context;
 use super::{Access, Dependency, Workload, names, rabbitmq};
@@ -87,6 +92,7 @@ pub(super) fn network_policies(
             &names::workload(context.name, workload),
             workload.name(),
             ingress,
+            workload_egress(context, pipeline, workload),
         ));
     }
     for dependency in Dependency::ALL {
@@ -106,38 +112,140 @@ pub(super) fn network_policies(
                 ports: Some(vec![tcp(rabbitmq::MANAGEMENT_PORT)]),
             });
         }
+        let mut egress = vec![dns()];
+        if dependency != Dependency::Redis {
+            // Clustering: RabbitMQ's peers (epmd, distribution), Cassandra's (gossip).
+            egress.push(NetworkPolicyEgressRule {
+                to: Some(vec![NetworkPolicyPeer {
+                    pod_selector: Some(context.pipeline_component(dependency.name())),
+                    ..NetworkPolicyPeer::default()
+                }]),
+                ports: None,
+            });
+        }
         policies.push(policy(
             context,
             &names::dependency(context.name, dependency),
             dependency.name(),
             ingress,
+            egress,
         ));
     }
     policies
 }
 
-/// The ingress policy `name` of the pods of `component`.
+/// Name resolution, at any address: the resolver may be a kube-dns pod, a node-local cache or
+/// the node itself, depending on the cluster.
+fn dns() -> NetworkPolicyEgressRule {
+    NetworkPolicyEgressRule {
+        to: None,
+        ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
+    }
+}
+
+/// Where `workload` may connect: DNS, the dependencies it uses, the notifier's webhook.
+fn workload_egress(
+    context: &Context,
+    pipeline: &OrderPipeline,
+    workload: Workload,
+) -> Vec<NetworkPolicyEgressRule> {
+    let mut egress = vec![dns()];
+    let uses = [
+        (Dependency::Rabbitmq, workload.uses_rabbitmq()),
+        (Dependency::Redis, true),
+        (Dependency::Cassandra, workload.uses_cassandra()),
+    ];
+    for (dependency, used) in uses {
+        if !used {
+            continue;
+        }
+        let spec = dependency.spec(pipeline);
+        if spec.managed.is_some() {
+            egress.push(NetworkPolicyEgressRule {
+                to: Some(vec![NetworkPolicyPeer {
+                    pod_selector: Some(context.pipeline_component(dependency.name())),
+                    ..NetworkPolicyPeer::default()
+                }]),
+                ports: Some(vec![tcp(dependency.port())]),
+            });
+        } else if let Some(external) = &spec.external {
+            egress.extend(to_ports(external_ports(dependency, external)));
+        }
+    }
+    if workload == Workload::Notifier {
+        let webhook = pipeline
+            .spec
+            .notifier
+            .workload
+            .env
+            .iter()
+            .find(|var| var.name == env::NOTIFY_WEBHOOK_URL)
+            .and_then(|var| url::Url::parse(&var.value).ok())
+            .and_then(|url| url.port_or_known_default());
+        egress.extend(to_ports(webhook.into_iter().collect()));
+    }
+    egress
+}
+
+/// The TCP ports of an external dependency's endpoints (AMQP URLs for RabbitMQ, `host:port` for
+/// the others), without duplicates. An endpoint that does not parse has no port here; the build
+/// refuses it anyway.
+fn external_ports(dependency: Dependency, external: &ExternalDependency) -> Vec<u16> {
+    let mut found: Vec<u16> = external
+        .endpoints
+        .iter()
+        .filter_map(|endpoint| match dependency {
+            Dependency::Rabbitmq => {
+                let url = url::Url::parse(endpoint).ok()?;
+                url.port().or(match url.scheme() {
+                    "amqp" => Some(5672),
+                    "amqps" => Some(5671),
+                    _ => None,
+                })
+            }
+            Dependency::Redis | Dependency::Cassandra => endpoint.rsplit_once(':')?.1.parse().ok(),
+        })
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+/// One rule to any address on `ports` (none when there are none).
+fn to_ports(ports: Vec<u16>) -> Option<NetworkPolicyEgressRule> {
+    (!ports.is_empty()).then(|| NetworkPolicyEgressRule {
+        to: None,
+        ports: Some(ports.into_iter().map(tcp).collect()),
+    })
+}
+
+/// The policy `name` of the pods of `component`: what they accept, and where they may connect.
 fn policy(
     context: &Context,
     name: &str,
     component: &str,
     ingress: Vec<NetworkPolicyIngressRule>,
+    egress: Vec<NetworkPolicyEgressRule>,
 ) -> NetworkPolicy {
     NetworkPolicy {
         metadata: context.metadata(name, component),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(context.pipeline_component(component)),
-            policy_types: Some(vec!["Ingress".to_owned()]),
+            policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
             ingress: Some(ingress),
-            ..NetworkPolicySpec::default()
+            egress: Some(egress),
         }),
     }
 }
 
-fn tcp(port: u16) -> NetworkPolicyPort {
+fn tcp(number: u16) -> NetworkPolicyPort {
+    port("TCP", number)
+}
+
+fn port(protocol: &str, number: u16) -> NetworkPolicyPort {
     NetworkPolicyPort {
-        port: Some(IntOrString::Int(i32::from(port))),
-        protocol: Some("TCP".to_owned()),
+        port: Some(IntOrString::Int(i32::from(number))),
+        protocol: Some(protocol.to_owned()),
         ..NetworkPolicyPort::default()
     }
 }
@@ -242,6 +350,110 @@ mod tests {
                 .unwrap()
                 .iter()
                 .any(|rule| rule["ports"][0]["port"] == 8080 && rule.get("from").is_none())
+        );
+    }
+
+    /// Where an egress rule leads: `None` for any address, else the pods' component label; and
+    /// its `(protocol, port)`s.
+    type Egress = (Option<String>, Vec<(String, u64)>);
+
+    /// The egress rules of a policy.
+    fn egress(policy: &serde_json::Value) -> Vec<Egress> {
+        policy["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|rule| {
+                let to = rule["to"].as_array().map(|peers| {
+                    peers[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                });
+                let ports = rule["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|port| {
+                        (
+                            port["protocol"].as_str().unwrap().to_owned(),
+                            port["port"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect();
+                (to, ports)
+            })
+            .collect()
+    }
+
+    fn tcp(port: u64) -> (String, u64) {
+        ("TCP".to_owned(), port)
+    }
+
+    #[test]
+    fn each_pod_connects_only_to_dns_and_what_it_uses() {
+        let dns = (None, vec![("UDP".to_owned(), 53), tcp(53)]);
+        let to = |component: &str, port: u64| (Some(component.to_owned()), vec![tcp(port)]);
+        let managed = policies(Access::default());
+        let of = |policies: &[NetworkPolicy], name: &str| {
+            let policy = policies
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(name))
+                .unwrap();
+            let spec = json_of(policy);
+            assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]), "{name}");
+            egress(&spec)
+        };
+        assert_eq!(
+            of(&managed, "shop-gateway"),
+            [
+                dns.clone(),
+                to("rabbitmq", 5672),
+                to("redis", 6379),
+                to("cassandra", 9042)
+            ]
+        );
+        assert_eq!(
+            of(&managed, "shop-processor"),
+            [dns.clone(), to("rabbitmq", 5672), to("redis", 6379)]
+        );
+        assert_eq!(
+            of(&managed, "shop-dashboard"),
+            [dns.clone(), to("redis", 6379)]
+        );
+        assert_eq!(of(&managed, "shop-redis"), std::slice::from_ref(&dns));
+        assert_eq!(
+            of(&managed, "shop-rabbitmq"),
+            [dns.clone(), (Some("rabbitmq".to_owned()), Vec::new())]
+        );
+
+        // External dependencies: their ports at any address; the notifier's webhook likewise.
+        let external = build(
+            &pipeline(json!({
+                "rabbitmq": {"external": {"endpoints": ["amqps://mq.example.com/prod", "amqp://mq2:5673/prod"]}},
+                "redis": {"external": {"endpoints": ["cache.example.com:6380"]}},
+                "notifier": {"env": [{"name": "NOTIFY_WEBHOOK_URL", "value": "https://hooks.example.com/n"}]},
+            })),
+            &secrets(),
+            &ReplicaOverrides::new(),
+            &RunningImages::new(),
+            &Settings::default(),
+            "0.1.0",
+        )
+        .unwrap()
+        .network_policies;
+        assert_eq!(
+            of(&external, "shop-notifier"),
+            [
+                dns.clone(),
+                (None, vec![tcp(5671), tcp(5673)]),
+                (None, vec![tcp(6380)]),
+                (None, vec![tcp(443)]),
+            ]
+        );
+        assert_eq!(
+            of(&external, "shop-dashboard"),
+            [dns, (None, vec![tcp(6380)])]
         );
     }
 

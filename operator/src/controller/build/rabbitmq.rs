@@ -12,18 +12,16 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, KeyToPath, PodSpec, SecretVolumeSource, Volume,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, ConfigMapVolumeSource, Container, PodSpec, Volume};
 use pipeline_api::RABBITMQ_MINIMUM_MEMORY_LIMIT;
 use pipeline_contract::topology;
 
 use super::meta::{
     Context, empty_dir, env_field, env_secret, env_value, mount, resources,
-    restricted_container_security,
+    restricted_container_security, secret_file_volume,
 };
 use super::statefulset::{DependencyPod, Managed};
-use super::{BuildError, Children, Dependency, Secrets, names};
+use super::{BuildError, Children, Dependency, Secrets, USERS_HASH, access, names};
 
 /// Copies the Erlang cookie from its Secret to `$HOME/.erlang.cookie`, owner-readable only.
 pub const RABBITMQ_COOKIE_SCRIPT: &str = include_str!("rabbitmq-cookie.sh");
@@ -33,6 +31,13 @@ pub const RABBITMQ_GROW_SCRIPT: &str = include_str!("rabbitmq-grow.sh");
 /// The credentials Secret's key holding the Erlang cookie. The workloads read only `username`
 /// and `password` from that Secret, by key; only RabbitMQ's own pods mount the cookie.
 const COOKIE_KEY: &str = "erlang-cookie";
+/// The administrator: the operator's login to the management API, and people's.
+const ADMIN_USER: &str = "pipeline";
+/// The credentials Secret's key holding the definitions the nodes import at boot: the users,
+/// with password hashes only, and their permissions.
+const DEFINITIONS_KEY: &str = "definitions.json";
+/// Where the definitions are mounted, read-only.
+const DEFINITIONS_DIR: &str = "/etc/rabbitmq-definitions";
 /// Where the cookie's Secret file is mounted, read-only, for the script to copy.
 const COOKIE_MOUNT: &str = "/etc/rabbitmq-cookie";
 /// The component label of the membership Job: not `rabbitmq`, so no RabbitMQ Service or the
@@ -70,15 +75,23 @@ pub(super) fn pod(
         .rabbitmq_erlang_cookie
         .as_deref()
         .ok_or(BuildError::MissingSecret("rabbitmq erlang cookie"))?;
-    children.secrets.push(context.secret(
-        &credentials,
-        component,
-        &[
-            ("username", "pipeline"),
-            ("password", password),
-            (COOKIE_KEY, cookie),
-        ],
-    ));
+    let definitions =
+        access::rabbitmq_definitions((ADMIN_USER, password), &secrets.rabbitmq_workloads);
+    let workload_keys = access::password_entries(&secrets.rabbitmq_workloads);
+    let mut data = vec![
+        ("username", ADMIN_USER),
+        ("password", password),
+        (COOKIE_KEY, cookie),
+        (DEFINITIONS_KEY, definitions.as_str()),
+    ];
+    data.extend(
+        workload_keys
+            .iter()
+            .map(|(key, value)| (key.as_str(), *value)),
+    );
+    children
+        .secrets
+        .push(context.secret(&credentials, component, &data));
     let memory_limit = managed.memory_limit(
         RABBITMQ_MINIMUM_MEMORY_LIMIT,
         "its memory high watermark is 60% of it",
@@ -150,7 +163,10 @@ pub(super) fn pod(
         ],
         command: vec!["rabbitmq-server".to_owned()],
         data_dir: RABBITMQ_DATA_DIR,
-        mounts: vec![mount("config", RABBITMQ_CONFIG_DIR)],
+        mounts: vec![
+            mount("config", RABBITMQ_CONFIG_DIR),
+            mount("definitions", DEFINITIONS_DIR),
+        ],
         volumes: vec![
             Volume {
                 name: "config".to_owned(),
@@ -160,29 +176,23 @@ pub(super) fn pod(
                 }),
                 ..Volume::default()
             },
+            secret_file_volume(
+                "definitions",
+                &credentials,
+                DEFINITIONS_KEY,
+                DEFINITIONS_KEY,
+            ),
             cookie_volume(&credentials),
         ],
         init_containers: vec![cookie_container(&managed.image, "data", RABBITMQ_DATA_DIR)],
+        annotations: BTreeMap::from([(USERS_HASH.to_owned(), access::digest(&definitions))]),
     })
 }
 
 /// The cookie, alone, from the credentials Secret: readable by the pod's group (`fsGroup`), so
 /// the script, running as the pod's user, can copy it.
 fn cookie_volume(credentials: &str) -> Volume {
-    Volume {
-        name: "erlang-cookie".to_owned(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(credentials.to_owned()),
-            items: Some(vec![KeyToPath {
-                key: COOKIE_KEY.to_owned(),
-                path: "cookie".to_owned(),
-                ..KeyToPath::default()
-            }]),
-            default_mode: Some(0o440),
-            ..SecretVolumeSource::default()
-        }),
-        ..Volume::default()
-    }
+    secret_file_volume("erlang-cookie", credentials, COOKIE_KEY, "cookie")
 }
 
 /// The init container that runs [`RABBITMQ_COOKIE_SCRIPT`]: the cookie to `home`, where the
@@ -297,6 +307,7 @@ fn rabbitmq_config(context: &Context, replicas: i32, watermark: u64) -> String {
          loopback_users.guest = false\n\
          listeners.tcp.default = {port}\n\
          management.tcp.port = {MANAGEMENT_PORT}\n\
+         load_definitions = {DEFINITIONS_DIR}/{DEFINITIONS_KEY}\n\
          log.console = true\n\
          log.console.level = info\n\
          log.console.use_colors = off\n\
@@ -369,6 +380,7 @@ mod tests {
                 {"name": "data", "mountPath": "/var/lib/rabbitmq"},
                 {"name": "tmp", "mountPath": "/tmp"},
                 {"name": "config", "mountPath": "/etc/rabbitmq"},
+                {"name": "definitions", "mountPath": "/etc/rabbitmq-definitions"},
             ])
         );
 
@@ -389,6 +401,10 @@ mod tests {
         assert_eq!(
             config,
             BTreeMap::from([
+                (
+                    "load_definitions",
+                    "/etc/rabbitmq-definitions/definitions.json"
+                ),
                 ("cluster_formation.peer_discovery_backend", "classic_config"),
                 (
                     "cluster_formation.classic_config.nodes.1",

@@ -4,6 +4,8 @@
 //! [`DependencyPod`], which each dependency's module fills in (and which adds the dependency's
 //! own Secret, ConfigMap or Job); this is the one place that chooses the module.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
@@ -54,6 +56,9 @@ pub(super) struct DependencyPod {
     pub(super) mounts: Vec<VolumeMount>,
     pub(super) volumes: Vec<Volume>,
     pub(super) init_containers: Vec<Container>,
+    /// Pod template annotations: a digest of what the server reads only at start (the users it
+    /// loads), so a change restarts its pods.
+    pub(super) annotations: BTreeMap<String, String>,
 }
 
 /// Adds a managed dependency's objects to `children`: its own (by its module), its Services, its
@@ -206,7 +211,16 @@ fn stateful_set(managed: &Managed, pod: DependencyPod) -> StatefulSet {
                 },
             ),
             template: PodTemplateSpec {
-                metadata: Some(context.pod_metadata(component)),
+                metadata: Some({
+                    let mut metadata = context.pod_metadata(component);
+                    if !pod.annotations.is_empty() {
+                        metadata
+                            .annotations
+                            .get_or_insert_with(BTreeMap::new)
+                            .extend(pod.annotations);
+                    }
+                    metadata
+                }),
                 spec: Some(pod_spec),
             },
             volume_claim_templates: Some(vec![claim]),
@@ -370,7 +384,7 @@ mod tests {
             strings(&[
                 "sh",
                 "-c",
-                "umask 077; exec redis-server --appendonly yes --appendfsync always --save '' --dir /data --requirepass \"$REDIS_PASSWORD\"",
+                "umask 077; exec redis-server --appendonly yes --appendfsync always --save '' --dir /data --aclfile /etc/redis-acl/users.acl",
             ])
         );
     }

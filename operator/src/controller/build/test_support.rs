@@ -9,6 +9,7 @@ use kube::core::ObjectMeta;
 use pipeline_api::{OrderPipeline, OrderPipelineSpec};
 use serde_json::Value;
 
+use super::Workload;
 use super::{BuildError, Children, ReplicaOverrides, RunningImages, Secrets, Settings, build};
 
 pub(super) fn pipeline(spec: serde_json::Value) -> OrderPipeline {
@@ -46,6 +47,15 @@ pub(super) fn secrets() -> Secrets {
         redis_password: Some("redispassword".into()),
         cassandra_password: Some("cassandrapassword".into()),
         cassandra_superuser_password: Some("superuserpassword".into()),
+        rabbitmq_workloads: Workload::ALL
+            .into_iter()
+            .filter(|workload| workload.uses_rabbitmq())
+            .map(|workload| (workload, format!("{}-rabbit", workload.name())))
+            .collect(),
+        redis_workloads: Workload::ALL
+            .into_iter()
+            .map(|workload| (workload, format!("{}-redis", workload.name())))
+            .collect(),
         referenced: BTreeMap::new(),
     }
 }

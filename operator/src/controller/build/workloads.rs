@@ -21,7 +21,8 @@ use super::meta::{
     restricted_container_security,
 };
 use super::{
-    CONFIG_HASH, Children, Dependency, ReplicaOverrides, WORKLOAD_IMAGE_REPOSITORY, Workload, names,
+    CONFIG_HASH, Children, Dependency, ReplicaOverrides, WORKLOAD_IMAGE_REPOSITORY, Workload,
+    names, workload_service, workload_spec,
 };
 
 /// A UID no image needs to exist, for the restricted Pod Security Standard.
@@ -38,7 +39,7 @@ pub(super) fn workload(
     operator_version: &str,
     children: &mut Children,
 ) {
-    let spec = workload.spec(pipeline);
+    let spec = workload_spec(workload, pipeline);
     let replicas = overrides.get(&workload).copied().unwrap_or(spec.replicas);
     let name = names::workload(context.name, workload);
     children.deployments.push(deployment(
@@ -50,7 +51,9 @@ pub(super) fn workload(
         hash,
         operator_version,
     ));
-    if let (Some(port), Some(exposure)) = (workload.http_port(), workload.service(pipeline)) {
+    if let (Some(port), Some(exposure)) =
+        (workload.http_port(), workload_service(workload, pipeline))
+    {
         let mut service = context.service(
             &name,
             workload.name(),
@@ -189,21 +192,27 @@ fn deployment(
 }
 
 /// Where `workload` finds the dependencies it uses, and how it logs in to them: RabbitMQ (all
-/// but the dashboard), Redis (all), Cassandra and the token settings (the gateway).
+/// but the dashboard) and Redis (all), each as the workload's own user; Cassandra and the token
+/// settings (the gateway).
 fn dependency_env(context: &Context, pipeline: &OrderPipeline, workload: Workload) -> Vec<EnvVar> {
     let mut env = Vec::new();
-    if workload.needs_rabbitmq() {
-        env.extend(rabbitmq_env(context, pipeline));
+    if workload.uses_rabbitmq() {
+        env.extend(rabbitmq_env(context, pipeline, workload));
     }
-    env.extend(redis_env(context, pipeline));
-    if workload.needs_cassandra() {
+    env.extend(redis_env(context, pipeline, workload));
+    if workload.uses_cassandra() {
         env.extend(cassandra_env(context, pipeline));
         env.extend(token_env(context, pipeline));
     }
     env
 }
 
-fn rabbitmq_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
+/// The key of a managed dependency's credentials Secret holding `workload`'s password.
+pub fn password_key(workload: Workload) -> String {
+    format!("{}-password", workload.name())
+}
+
+fn rabbitmq_env(context: &Context, pipeline: &OrderPipeline, workload: Workload) -> Vec<EnvVar> {
     let spec = &pipeline.spec.rabbitmq;
     match (&spec.managed, &spec.external) {
         (Some(managed), _) => {
@@ -223,12 +232,16 @@ fn rabbitmq_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
                 })
                 .collect();
             vec![
-                env_secret(env::RABBITMQ_USERNAME, &credentials, "username"),
-                env_secret(env::RABBITMQ_PASSWORD, &credentials, "password"),
+                env_value(env::RABBITMQ_USERNAME, workload.name()),
+                env_secret(
+                    env::RABBITMQ_PASSWORD,
+                    &credentials,
+                    &password_key(workload),
+                ),
                 env_value(env::RABBITMQ_URLS, urls.join(",")),
             ]
         }
-        (None, Some(external)) => external_rabbitmq_env(external),
+        (None, Some(external)) => external_rabbitmq_env(external, workload),
         (None, None) => Vec::new(),
     }
 }
@@ -236,9 +249,9 @@ fn rabbitmq_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
 /// The endpoints as they are (checked by the build to carry no credentials); the workload
 /// percent-encodes the Secret's username and password into them, so any character works in
 /// either and neither appears in the pod spec.
-fn external_rabbitmq_env(external: &ExternalDependency) -> Vec<EnvVar> {
+fn external_rabbitmq_env(external: &ExternalDependency, workload: Workload) -> Vec<EnvVar> {
     let mut env = Vec::new();
-    if let Some(secret) = &external.credentials_secret_ref {
+    if let Some(secret) = external.credentials_of(workload.name()) {
         env.push(env_secret(env::RABBITMQ_USERNAME, &secret.name, "username"));
         env.push(env_secret(env::RABBITMQ_PASSWORD, &secret.name, "password"));
     }
@@ -246,7 +259,7 @@ fn external_rabbitmq_env(external: &ExternalDependency) -> Vec<EnvVar> {
     env
 }
 
-fn redis_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
+fn redis_env(context: &Context, pipeline: &OrderPipeline, workload: Workload) -> Vec<EnvVar> {
     let spec = &pipeline.spec.redis;
     match (&spec.managed, &spec.external) {
         (Some(_), _) => vec![
@@ -258,24 +271,46 @@ fn redis_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
                     Dependency::Redis.port()
                 ),
             ),
+            env_value(env::REDIS_USERNAME, workload.name()),
             env_secret(
                 env::REDIS_PASSWORD,
                 &names::credentials_secret(context.name, Dependency::Redis),
-                "password",
+                &password_key(workload),
             ),
+            // The ACL users' key patterns are the seed's exact keys: a prefix from the spec's
+            // `env` would put every key out of the workload's reach.
+            env_value(env::REDIS_KEY_PREFIX, ""),
         ],
         (None, Some(external)) => {
             let mut env = vec![env_value(
                 env::REDIS_ADDR,
                 external.endpoints.first().cloned().unwrap_or_default(),
             )];
-            if let Some(secret) = &external.credentials_secret_ref {
+            if let Some(secret) = external.credentials_of(workload.name()) {
+                env.push(optional_env_secret(
+                    env::REDIS_USERNAME,
+                    &secret.name,
+                    "username",
+                ));
                 env.push(env_secret(env::REDIS_PASSWORD, &secret.name, "password"));
             }
             env
         }
         (None, None) => Vec::new(),
     }
+}
+
+/// A variable from a Secret key that may be absent (the variable is then unset).
+fn optional_env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    let mut var = env_secret(name, secret, key);
+    if let Some(selector) = var
+        .value_from
+        .as_mut()
+        .and_then(|source| source.secret_key_ref.as_mut())
+    {
+        selector.optional = Some(true);
+    }
+    var
 }
 
 fn cassandra_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
@@ -458,12 +493,31 @@ mod tests {
             urls.starts_with("amqp://shop-rabbitmq-0.shop-rabbitmq-headless.store.svc:5672/%2f,"),
             "{urls}"
         );
-        for key in ["username", "password"] {
-            let variable = format!("RABBITMQ_{}", key.to_uppercase());
+        // Each workload logs in as its own user, with its own password key.
+        for (name, rabbitmq) in [
+            ("gateway", true),
+            ("processor", true),
+            ("notifier", true),
+            ("dashboard", false),
+        ] {
+            let wired = env_of(deployment(&children, &format!("shop-{name}")));
+            assert_eq!(wired[env::REDIS_USERNAME]["value"], name);
             assert_eq!(
-                gateway[variable.as_str()]["valueFrom"]["secretKeyRef"],
-                json!({"name": "shop-rabbitmq-credentials", "key": key})
+                wired[env::REDIS_PASSWORD]["valueFrom"]["secretKeyRef"],
+                json!({"name": "shop-redis-credentials", "key": format!("{name}-password")})
             );
+            assert_eq!(
+                wired.contains_key(env::RABBITMQ_USERNAME),
+                rabbitmq,
+                "{name}"
+            );
+            if rabbitmq {
+                assert_eq!(wired[env::RABBITMQ_USERNAME]["value"], name);
+                assert_eq!(
+                    wired[env::RABBITMQ_PASSWORD]["valueFrom"]["secretKeyRef"],
+                    json!({"name": "shop-rabbitmq-credentials", "key": format!("{name}-password")})
+                );
+            }
         }
         assert_eq!(
             gateway[env::REDIS_ADDR]["value"],
@@ -489,6 +543,8 @@ mod tests {
         for secret in [
             "rabbitpassword",
             "redispassword",
+            "gateway-rabbit",
+            "dashboard-redis",
             "cassandrapassword",
             "superuserpassword",
             &"j".repeat(48),
@@ -529,6 +585,41 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["shop-cassandra"]
         );
+    }
+
+    #[test]
+    fn an_external_dependency_can_give_each_workload_its_own_secret() {
+        let spec = json!({
+            "rabbitmq": {"external": {
+                "endpoints": ["amqp://mq.example.com:5672/prod"],
+                "credentialsSecretRef": {"name": "mq-shared"},
+                "workloadCredentials": {"notifier": {"name": "mq-notifier"}},
+            }},
+            "redis": {"external": {
+                "endpoints": ["cache.example.com:6380"],
+                "workloadCredentials": {"dashboard": {"name": "cache-dashboard"}},
+            }},
+        });
+        let children = build_default(&pipeline(spec), &secrets(), "0.1.0").unwrap();
+        let secret_of = |name: &str, variable: &str| {
+            env_of(deployment(&children, &format!("shop-{name}")))
+                .get(variable)
+                .map(|var| var["valueFrom"]["secretKeyRef"].clone())
+        };
+        assert_eq!(
+            secret_of("notifier", env::RABBITMQ_PASSWORD).unwrap()["name"],
+            "mq-notifier"
+        );
+        assert_eq!(
+            secret_of("processor", env::RABBITMQ_PASSWORD).unwrap()["name"],
+            "mq-shared"
+        );
+        assert_eq!(
+            secret_of("dashboard", env::REDIS_USERNAME),
+            Some(json!({"name": "cache-dashboard", "key": "username", "optional": true}))
+        );
+        // No shared Redis Secret: the others log in without a password.
+        assert_eq!(secret_of("gateway", env::REDIS_PASSWORD), None);
     }
 
     #[test]
