@@ -93,6 +93,16 @@ pub mod ports {
     pub const ADMIN: u16 = 9090;
 }
 
+/// The Cassandra keyspace of the accounts, unless [`env::CASSANDRA_KEYSPACE`] names another: the
+/// seed's. The gateway creates it; a managed Cassandra's credentials Job grants the workloads'
+/// role on it.
+pub const ACCOUNTS_KEYSPACE: &str = "users_keyspace";
+
+/// The repository part of every image the project builds (`order-pipeline/gateway:<version>`,
+/// `order-pipeline/operator:<version>`): `cargo xtask images` names them so, and the operator
+/// runs its workloads from them at its own version.
+pub const IMAGE_REPOSITORY: &str = "order-pipeline";
+
 /// Paths served on the admin port.
 pub mod probes {
     /// Alive: the process runs its event loop. Never checks dependencies, so a broker outage does

@@ -31,8 +31,8 @@ pub(crate) mod dependencies;
 /// The image tag: the workspace version, which is also every binary's version, the chart's
 /// appVersion and the tag the operator gives its workloads (xtask shares the workspace version).
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The repository part of every image name (the operator's `WORKLOAD_IMAGE_REPOSITORY`).
-const REPOSITORY: &str = "order-pipeline";
+/// The repository part of every image name, as the operator names its workloads' images.
+pub const REPOSITORY: &str = pipeline_contract::IMAGE_REPOSITORY;
 /// Static binaries run in a scratch image: no libc to load.
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 /// An image must stay below this, uncompressed and as an archive (decimal megabytes).

@@ -2,9 +2,8 @@
 //!
 //! The real dependencies come from `env up` (Redis, the three-node RabbitMQ cluster, Cassandra);
 //! the four workloads run as local processes, configured through exactly the environment
-//! variables the operator sets in their pods (the names come from `pipeline-contract`'s
-//! documentation; this crate stays free of the workloads' dependencies, so they are spelled here
-//! and checked by the walkthrough test that drives this command). Ports are the seed's: the
+//! variables the operator sets in their pods (the names are `pipeline-contract`'s, which has no
+//! I/O, so this crate stays free of the workloads' dependencies). Ports are the seed's: the
 //! gateway on 8080, the dashboard on 8081. Locally the four admin listeners need distinct ports
 //! (9090-9093); in a cluster each pod has its own 9090.
 
@@ -17,6 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use pipeline_contract::env as vars;
 
 use crate::env::process::{Daemon, Probe, ensure_port_free, run_logged, wait_until};
 use crate::env::{self, Component, Layout};
@@ -111,9 +111,9 @@ pub fn run(layout: &Layout) -> Result<()> {
             command
                 .env_clear()
                 .envs(variables.iter().map(|(k, v)| (k, v)));
-            command.env("ADMIN_PORT", workload.admin_port.to_string());
+            command.env(vars::ADMIN_PORT, workload.admin_port.to_string());
             if let Some(port) = http_port {
-                command.env("HTTP_PORT", port.to_string());
+                command.env(vars::HTTP_PORT, port.to_string());
             }
             println!("  starting {}", workload.name());
             daemon.spawn(&mut command)?;
@@ -230,10 +230,13 @@ fn variables(
             .with_context(|| format!("{key} missing from the env file; run `cargo xtask env up`"))
     };
     let mut variables = vec![
-        ("REDIS_ADDR".into(), get("OP_REDIS_ADDR")?),
-        ("REDIS_USERNAME".into(), workload.name().to_owned()),
-        ("REDIS_PASSWORD".into(), credentials.redis_password.clone()),
-        ("LOG_FORMAT".into(), "json".into()),
+        (vars::REDIS_ADDR.into(), get("OP_REDIS_ADDR")?),
+        (vars::REDIS_USERNAME.into(), workload.name().to_owned()),
+        (
+            vars::REDIS_PASSWORD.into(),
+            credentials.redis_password.clone(),
+        ),
+        (vars::LOG_FORMAT.into(), "json".into()),
         ("PATH".into(), "/usr/bin:/bin".into()),
     ];
     if let Some(password) = &credentials.rabbitmq_password {
@@ -241,17 +244,20 @@ fn variables(
         let userinfo = format!("{user}:{env_password}@");
         let urls = get("OP_RABBITMQ_URLS")?.replace(&userinfo, "");
         variables.extend([
-            ("RABBITMQ_URLS".into(), urls),
-            ("RABBITMQ_USERNAME".into(), workload.name().to_owned()),
-            ("RABBITMQ_PASSWORD".into(), password.clone()),
+            (vars::RABBITMQ_URLS.into(), urls),
+            (vars::RABBITMQ_USERNAME.into(), workload.name().to_owned()),
+            (vars::RABBITMQ_PASSWORD.into(), password.clone()),
         ]);
     }
     if workload.uses_cassandra() {
         variables.extend([
-            ("CASSANDRA_ADDR".into(), get("OP_CASSANDRA_ADDR")?),
-            ("CASSANDRA_USER".into(), get("OP_CASSANDRA_USER")?),
-            ("CASSANDRA_PASSWORD".into(), get("OP_CASSANDRA_PASSWORD")?),
-            ("JWT_SECRET".into(), secret.to_owned()),
+            (vars::CASSANDRA_ADDR.into(), get("OP_CASSANDRA_ADDR")?),
+            (vars::CASSANDRA_USER.into(), get("OP_CASSANDRA_USER")?),
+            (
+                vars::CASSANDRA_PASSWORD.into(),
+                get("OP_CASSANDRA_PASSWORD")?,
+            ),
+            (vars::JWT_SECRET.into(), secret.to_owned()),
         ]);
     }
     Ok(variables)

@@ -111,7 +111,7 @@ impl GatewayConfig {
             keyspace: source
                 .get(env::CASSANDRA_KEYSPACE)
                 .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| "users_keyspace".to_owned()),
+                .unwrap_or_else(|| pipeline_contract::ACCOUNTS_KEYSPACE.to_owned()),
             replication_factor: config::parsed_or(source, env::CASSANDRA_REPLICATION_FACTOR, 1u32)?,
         };
         let cores = std::thread::available_parallelism().map_or(1, usize::from);

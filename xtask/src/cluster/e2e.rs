@@ -102,7 +102,7 @@ fn run_on(layout: &Layout, cluster: &Cluster, options: Options) -> Result<()> {
     crate::images::run(layout, None, &[])?;
     let out = layout.home.join("images");
     for name in IMAGES {
-        let reference = format!("order-pipeline/{name}:{VERSION}");
+        let reference = format!("{}/{name}:{VERSION}", crate::images::REPOSITORY);
         cluster.import_image(&out.join(format!("{name}-{VERSION}.oci.tar")), &reference)?;
         println!("  imported {reference}");
     }

@@ -22,7 +22,7 @@ use crate::quantity;
 
 /// The keyspace the gateway keeps accounts in: its default, as the operator sets no
 /// `CASSANDRA_KEYSPACE`.
-const GATEWAY_KEYSPACE: &str = "users_keyspace";
+const GATEWAY_KEYSPACE: &str = pipeline_contract::ACCOUNTS_KEYSPACE;
 /// Where the Cassandra image keeps its configuration and Cassandra reads it (`CASSANDRA_CONF`).
 const CASSANDRA_CONFIG_DIR: &str = "/etc/cassandra";
 /// Where the configuration init container mounts the volume that the Cassandra container then

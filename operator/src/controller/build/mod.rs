@@ -52,7 +52,7 @@ pub const USERS_HASH: &str = "orderpipeline.dev/users-hash";
 
 /// Default images: the workloads at the operator's own version; dependencies pinned, unless the
 /// operator's environment names others (see [`DependencyImages`]).
-pub const WORKLOAD_IMAGE_REPOSITORY: &str = "order-pipeline";
+pub const WORKLOAD_IMAGE_REPOSITORY: &str = pipeline_contract::IMAGE_REPOSITORY;
 pub const RABBITMQ_IMAGE: &str = "rabbitmq:3.13.7-management-alpine";
 pub const REDIS_IMAGE: &str = "redis:7.4.1-alpine";
 pub const CASSANDRA_IMAGE: &str = "cassandra:5.0.2";
