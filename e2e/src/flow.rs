@@ -76,6 +76,28 @@ impl Walkthrough {
 /// How long the asynchronous part (processor, notifier) may take before the flow fails.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 
+/// The HTTP client of every test that talks to the workloads.
+///
+/// - Every URL is loopback (a local port or a port-forward): a proxy from the environment must
+///   not intercept it.
+/// - An idle pooled connection is dropped after [`POOL_IDLE`], well inside the workloads' own
+///   idle limit (`HTTP_HEADER_READ_TIMEOUT_MS`, 10 s by default), after which the server closes
+///   it. Through a port-forward that close does not reach this side: the local connection stays
+///   open, and the next request sent on it fails with "connection closed before message
+///   completed". A fault test whose senders wait out an outage left connections idle that long
+///   and failed that way.
+pub fn http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_idle_timeout(POOL_IDLE)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("failed to build the HTTP client")
+}
+
+/// How long [`http_client`] keeps an idle connection.
+pub const POOL_IDLE: Duration = Duration::from_secs(3);
+
 /// Runs the walkthrough and checks every documented answer. Prints one line per checked step.
 pub async fn run(
     endpoints: &Endpoints,
@@ -83,13 +105,7 @@ pub async fn run(
     walkthrough: &Walkthrough,
     deadline: Duration,
 ) -> Result<()> {
-    let http = reqwest::Client::builder()
-        // Every URL is loopback (a local port or a port-forward); a proxy from the environment
-        // must not intercept it.
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("failed to build the HTTP client")?;
+    let http = http_client()?;
     let gateway = &endpoints.gateway;
     let dashboard = &endpoints.dashboard;
     let Walkthrough {

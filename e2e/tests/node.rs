@@ -352,10 +352,7 @@ async fn campaign(
     let gateway_forward = cluster.forward_service("gateway").await?;
     let dashboard_forward = cluster.forward_service("dashboard").await?;
     let (gateway, dashboard) = (gateway_forward.url(), dashboard_forward.url());
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let http = flow::http_client()?;
 
     let run = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
     let sku = format!("fault-{run}");

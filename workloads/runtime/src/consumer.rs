@@ -25,6 +25,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::broker::{Backoff, Broker, Publish, Session};
 use crate::shutdown::Shutdown;
@@ -241,6 +242,18 @@ async fn consume<H: Handler>(
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
                     metrics.consumed.inc();
+                    // Every line logged while handling it names the message (the order) it is
+                    // about.
+                    let span = tracing::info_span!(
+                        "delivery",
+                        queue = %config.queue,
+                        message_id = delivery
+                            .properties
+                            .message_id()
+                            .as_ref()
+                            .map_or("", |id| id.as_str()),
+                        tag = delivery.delivery_tag,
+                    );
                     let work = handle_one(
                         delivery,
                         broker.clone(),
@@ -249,7 +262,7 @@ async fn consume<H: Handler>(
                         metrics.clone(),
                         shutdown.clone(),
                     );
-                    in_flight.spawn(work);
+                    in_flight.spawn(work.instrument(span));
                 }
                 Some(Err(error)) => break Err(error),
                 None => break Ok(()),
