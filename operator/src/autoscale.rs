@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use pipeline_api::{Autoscaling, OrderPipeline};
+use pipeline_api::Autoscaling;
 use pipeline_contract::topology;
 
 use crate::controller::build::Workload;
@@ -130,38 +130,45 @@ pub async fn depth(
         .unwrap_or(0))
 }
 
-/// When each scaled workload of each pipeline first wanted fewer replicas.
+/// When each scaled workload of each pipeline first wanted fewer replicas, by the pipeline's UID
+/// (a pipeline deleted and created again under its name starts afresh).
 #[derive(Debug, Default)]
 pub struct Windows {
-    low_since: Mutex<BTreeMap<(String, String, &'static str), Instant>>,
+    low_since: Mutex<BTreeMap<(String, Workload), Instant>>,
 }
 
 impl Windows {
-    pub fn get(&self, pipeline: &OrderPipeline, workload: Workload) -> Option<Instant> {
-        self.lock().get(&key(pipeline, workload)).copied()
+    pub fn get(&self, uid: &str, workload: Workload) -> Option<Instant> {
+        self.lock().get(&(uid.to_owned(), workload)).copied()
     }
 
-    pub fn set(&self, pipeline: &OrderPipeline, workload: Workload, since: Option<Instant>) {
+    pub fn set(&self, uid: &str, workload: Workload, since: Option<Instant>) {
         let mut windows = self.lock();
+        let key = (uid.to_owned(), workload);
         match since {
-            Some(since) => windows.insert(key(pipeline, workload), since),
-            None => windows.remove(&key(pipeline, workload)),
+            Some(since) => windows.insert(key, since),
+            None => windows.remove(&key),
         };
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String, &'static str), Instant>> {
+    /// Forgets the windows of pipelines that are gone.
+    pub fn retain(&self, alive: impl Fn(&str) -> bool) {
+        self.lock().retain(|(uid, _), _| alive(uid));
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, Workload), Instant>> {
         self.low_since
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-fn key(pipeline: &OrderPipeline, workload: Workload) -> (String, String, &'static str) {
-    (
-        pipeline.metadata.namespace.clone().unwrap_or_default(),
-        pipeline.metadata.name.clone().unwrap_or_default(),
-        workload.name(),
-    )
 }
 
 #[cfg(test)]
@@ -202,6 +209,22 @@ mod tests {
         let (_, pending) = decide(5, 0, &bounds, None, start);
         let (burst, pending) = decide(5, 50, &bounds, pending, start + Duration::from_secs(10));
         assert_eq!((burst.replicas, pending), (5, None));
+    }
+
+    #[test]
+    fn windows_are_kept_by_uid_and_forgotten_with_their_pipeline() {
+        let windows = Windows::default();
+        let start = Instant::now();
+        windows.set("uid-1", Workload::Processor, Some(start));
+        windows.set("uid-2", Workload::Notifier, Some(start));
+        assert_eq!(windows.get("uid-1", Workload::Processor), Some(start));
+        assert_eq!(windows.get("uid-1", Workload::Notifier), None);
+        // Pipeline uid-2 is gone.
+        windows.retain(|uid| uid == "uid-1");
+        assert_eq!(windows.len(), 1);
+        assert_eq!(windows.get("uid-2", Workload::Notifier), None);
+        windows.set("uid-1", Workload::Processor, None);
+        assert!(windows.is_empty());
     }
 
     #[test]

@@ -30,7 +30,13 @@ async fn main() -> Result<()> {
     .context("invalid LOG_LEVEL")?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
-        builder.json().flatten_event(true).init();
+        // The reconcile span's fields (pipeline, namespace, generation) on every line.
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
     } else {
         builder.init();
     }

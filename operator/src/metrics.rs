@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum ErrorKind {
     Dereference,
-    Build,
+    Validate,
     Apply,
     Status,
 }

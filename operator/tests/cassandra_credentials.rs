@@ -26,9 +26,11 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use order_pipeline_operator::controller::build::{
-    self, CASSANDRA_CREDENTIALS_SCRIPT, CASSANDRA_ROLE, MANAGER, ReplicaOverrides, RunningImages,
+    self, CASSANDRA_CREDENTIALS_SCRIPT, CASSANDRA_ROLE, MANAGER, ReplicaOverrides,
 };
-use order_pipeline_operator::controller::dereference;
+use order_pipeline_operator::controller::cache::Reader;
+use order_pipeline_operator::controller::dereference::{self, Dereferenced, Running, Secrets};
+use order_pipeline_operator::controller::validate;
 use pipeline_api::OrderPipeline;
 use rand::distr::{Alphanumeric, SampleString};
 use scylla::client::session::Session;
@@ -514,38 +516,48 @@ async fn passwords_are_generated_once_and_the_job_applies_as_the_api_server_allo
     let secrets_api: Api<Secret> = Api::namespaced(operator_client.clone(), &namespace);
     let jobs: Api<Job> = Api::namespaced(operator_client.clone(), &namespace);
     let admin_jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
-    let build = |secrets: &build::Secrets, running: &RunningImages| {
+    // Reads as a reconcile without the controller's caches does: from the API server.
+    let reader = Reader::new(operator_client.clone(), None);
+    let build = |secrets: &Secrets, running: Option<&str>| {
+        let found = Dereferenced {
+            secrets: secrets.clone(),
+            running: running
+                .map(|image| {
+                    let running = Running {
+                        image: Some(image.to_owned()),
+                        replicas: None,
+                    };
+                    (build::Dependency::Cassandra, running)
+                })
+                .into_iter()
+                .collect(),
+            replicas: Default::default(),
+        };
+        let valid = validate::validate(&pipeline, found, &Default::default()).unwrap();
         build::build(
-            &pipeline,
-            secrets,
+            &valid,
             &ReplicaOverrides::new(),
-            running,
-            &build::Settings::default(),
+            &Default::default(),
             "0.1.0",
         )
-        .unwrap()
     };
 
     // Generated on the first pass, then read back from the Secret the build writes.
-    let first = dereference::secrets(&pipeline, &operator_client)
-        .await
-        .unwrap();
+    let first = dereference::secrets(&pipeline, &reader).await.unwrap();
     let (password, superuser) = (
         first.cassandra_password.clone().unwrap(),
         first.cassandra_superuser_password.clone().unwrap(),
     );
     assert_eq!(password.len(), 32);
     assert_ne!(password, superuser);
-    let children = build(&first, &RunningImages::new());
+    let children = build(&first, None);
     let credentials = children
         .secrets
         .iter()
         .find(|secret| secret.name_any() == "shop-cassandra-credentials")
         .unwrap();
     apply(&secrets_api, credentials).await.unwrap();
-    let again = dereference::secrets(&pipeline, &operator_client)
-        .await
-        .unwrap();
+    let again = dereference::secrets(&pipeline, &reader).await.unwrap();
     assert_eq!(again.cassandra_password.as_ref(), Some(&password));
     assert_eq!(
         again.cassandra_superuser_password.as_ref(),
@@ -573,13 +585,11 @@ async fn passwords_are_generated_once_and_the_job_applies_as_the_api_server_allo
         .create(&PostParams::default(), &older)
         .await
         .unwrap();
-    let upgraded = dereference::secrets(&pipeline, &operator_client)
-        .await
-        .unwrap();
+    let upgraded = dereference::secrets(&pipeline, &reader).await.unwrap();
     let upgraded_password = upgraded.cassandra_password.clone().unwrap();
     assert_ne!(upgraded_password, "cassandra");
     assert_eq!(upgraded_password.len(), 32);
-    let children = build(&upgraded, &RunningImages::new());
+    let children = build(&upgraded, None);
     let credentials = children
         .secrets
         .iter()
@@ -628,9 +638,7 @@ async fn passwords_are_generated_once_and_the_job_applies_as_the_api_server_allo
 
     // Another image changes the template, which a Job cannot take under the same name: hence the
     // hash in the name, which makes it a second Job.
-    let running =
-        RunningImages::from([(build::Dependency::Cassandra, "cassandra:5.0.1".to_owned())]);
-    let mut changed = build(&upgraded, &running).jobs[0].clone();
+    let mut changed = build(&upgraded, Some("cassandra:5.0.1")).jobs[0].clone();
     assert_ne!(changed.name_any(), job.name_any());
     let renamed = changed.clone();
     changed.metadata.name = job.metadata.name.clone();

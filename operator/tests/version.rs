@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 
 use kube::core::ObjectMeta;
 use order_pipeline_operator::controller::build::{
-    DependencyImages, ReplicaOverrides, RunningImages, Secrets, Settings,
-    WORKLOAD_IMAGE_REPOSITORY, Workload, build,
+    DependencyImages, ReplicaOverrides, WORKLOAD_IMAGE_REPOSITORY, Workload, build,
 };
+use order_pipeline_operator::controller::dereference::Dereferenced;
+use order_pipeline_operator::controller::validate::validate;
 use pipeline_api::{OrderPipeline, OrderPipelineSpec};
 
 /// What the operator's `main` passes as its version.
@@ -105,16 +106,18 @@ fn default_workload_images_are_the_ones_xtask_builds() {
         uid: Some("1234".into()),
         ..ObjectMeta::default()
     };
-    let secrets = Secrets::default();
-    let children = build(
+    let valid = validate(
         &pipeline,
-        &secrets,
-        &ReplicaOverrides::new(),
-        &RunningImages::new(),
-        &Settings::default(),
-        OPERATOR_VERSION,
+        Dereferenced::default(),
+        &DependencyImages::default(),
     )
     .unwrap();
+    let children = build(
+        &valid,
+        &ReplicaOverrides::new(),
+        &Default::default(),
+        OPERATOR_VERSION,
+    );
     let images: BTreeSet<String> = children
         .deployments
         .iter()

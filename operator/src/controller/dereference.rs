@@ -1,17 +1,21 @@
-//! The first step: read what the spec points at. Secrets the operator generated earlier are read
-//! back and reused, so a restart (even in the middle of a reconcile) converges on the same values
-//! and nothing is rotated by accident; missing ones are generated here, once.
+//! The first step: read what the spec points at and what runs now. Secrets the operator
+//! generated earlier are read back and reused, so a restart (even in the middle of a reconcile)
+//! converges on the same values and nothing is rotated by accident; missing ones are generated
+//! here, once. What runs (the managed dependencies' StatefulSets, the workloads' replica counts)
+//! comes from the controller's caches ([`cache`](super::cache)).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use pipeline_api::OrderPipeline;
 use rand::distr::{Alphanumeric, SampleString};
 
-use super::build::{CASSANDRA_ROLE, Dependency, Secrets, Workload, names, password_key};
-use super::{Error, ownership};
+use super::build::{CASSANDRA_ROLE, Dependency, Workload, names, password_key};
+use super::cache::Reader;
+use super::ownership;
 
 /// Generated passwords are alphanumeric, so they can sit in a URL without escaping.
 const PASSWORD_LENGTH: usize = 32;
@@ -20,10 +24,139 @@ const JWT_LENGTH: usize = 48;
 /// The Erlang cookie: as long as the JWT key (Erlang takes any printable atom characters).
 const COOKIE_LENGTH: usize = 48;
 
-pub async fn secrets(pipeline: &OrderPipeline, client: &Client) -> Result<Secrets, Error> {
+/// Why what the spec points at could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to read {what}: {source}")]
+    Read {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Secret {0} referenced by the spec does not exist")]
+    MissingSecret(String),
+    #[error(transparent)]
+    Foreign(#[from] ownership::Foreign),
+}
+
+impl Error {
+    /// The Event and condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Read { .. } => "DereferenceFailed",
+            Error::MissingSecret(_) => "SecretMissing",
+            Error::Foreign(_) => ownership::Foreign::REASON,
+        }
+    }
+}
+
+/// What the reconcile found: the secrets, what the managed dependencies run, and how many
+/// replicas each workload's Deployment has now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dereferenced {
+    pub secrets: Secrets,
+    pub running: BTreeMap<Dependency, Running>,
+    pub replicas: BTreeMap<Workload, i32>,
+}
+
+/// A managed dependency's StatefulSet as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Running {
+    /// Its container's image.
+    pub image: Option<String>,
+    /// Its `spec.replicas`.
+    pub replicas: Option<i32>,
+}
+
+/// Secret values the operator generated earlier (read back so they are never rotated by
+/// accident) or generates now. Also the data of Secrets the user references, for the hash that
+/// rolls pods when a credential changes. Validation turns these Options into what each managed
+/// dependency must have.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Secrets {
+    /// `<name>-jwt`, key `secret`, when the spec does not reference the user's own.
+    pub jwt: Option<String>,
+    /// `<name>-rabbitmq-credentials` (`username`, `password`) when RabbitMQ is managed.
+    pub rabbitmq_password: Option<String>,
+    /// `<name>-rabbitmq-credentials` (`erlang-cookie`) when RabbitMQ is managed.
+    pub rabbitmq_erlang_cookie: Option<String>,
+    /// `<name>-rabbitmq-credentials` (`<workload>-password`) when RabbitMQ is managed.
+    pub rabbitmq_workloads: BTreeMap<Workload, String>,
+    /// `<name>-redis-credentials` (`password`) when Redis is managed: the `default` user's.
+    pub redis_password: Option<String>,
+    /// `<name>-redis-credentials` (`<workload>-password`) when Redis is managed.
+    pub redis_workloads: BTreeMap<Workload, String>,
+    /// `<name>-cassandra-credentials` (`password`) when Cassandra is managed.
+    pub cassandra_password: Option<String>,
+    /// `<name>-cassandra-credentials` (`superuser-password`) when Cassandra is managed.
+    pub cassandra_superuser_password: Option<String>,
+    /// Data of every Secret the spec references, by name, for the configuration hash only.
+    pub referenced: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+}
+
+/// Reads everything the later steps need.
+pub async fn dereference(pipeline: &OrderPipeline, reader: &Reader) -> Result<Dereferenced, Error> {
     let name = pipeline.name_any();
-    let api: Api<Secret> =
-        Api::namespaced(client.clone(), &pipeline.namespace().unwrap_or_default());
+    let namespace = pipeline.namespace().unwrap_or_default();
+    let secrets = secrets(pipeline, reader).await?;
+    let mut running = BTreeMap::new();
+    for dependency in Dependency::ALL {
+        if dependency.spec(pipeline).managed.is_none() {
+            continue;
+        }
+        let child = names::dependency(&name, dependency);
+        let Some(existing) = reader
+            .cached::<StatefulSet>(&namespace, &child)
+            .await
+            .map_err(|source| read_error("StatefulSet", &child, source))?
+        else {
+            continue;
+        };
+        let spec = existing.spec.as_ref();
+        running.insert(
+            dependency,
+            Running {
+                image: spec
+                    .and_then(|spec| spec.template.spec.as_ref())
+                    .and_then(|pod| pod.containers.first())
+                    .and_then(|container| container.image.clone()),
+                replicas: spec.and_then(|spec| spec.replicas),
+            },
+        );
+    }
+    let mut replicas = BTreeMap::new();
+    for workload in Workload::ALL {
+        let child = names::workload(&name, workload);
+        if let Some(deployment) = reader
+            .cached::<Deployment>(&namespace, &child)
+            .await
+            .map_err(|source| read_error("Deployment", &child, source))?
+            && let Some(count) = deployment.spec.as_ref().and_then(|spec| spec.replicas)
+        {
+            replicas.insert(workload, count);
+        }
+    }
+    Ok(Dereferenced {
+        secrets,
+        running,
+        replicas,
+    })
+}
+
+fn read_error(kind: &str, name: &str, source: kube::Error) -> Error {
+    Error::Read {
+        what: format!("{kind} {name}"),
+        source,
+    }
+}
+
+/// The secrets of [`Secrets`]: read back, generated, or the user's.
+pub async fn secrets(pipeline: &OrderPipeline, reader: &Reader) -> Result<Secrets, Error> {
+    let name = pipeline.name_any();
+    let api = Lookup {
+        reader,
+        namespace: pipeline.namespace().unwrap_or_default(),
+    };
     let mut secrets = Secrets::default();
     let spec = &pipeline.spec;
     match &spec.auth.jwt_secret_ref {
@@ -122,7 +255,7 @@ fn workload_passwords(
 }
 
 /// A Secret the spec references: the user's, read as it is.
-async fn read(api: &Api<Secret>, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
+async fn read(api: &Lookup<'_>, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
     Ok(get(api, name).await?.map(data))
 }
 
@@ -130,7 +263,7 @@ async fn read(api: &Api<Secret>, name: &str) -> Result<Option<BTreeMap<String, V
 /// exists without the pipeline's controller reference is not read: a pre-created `<name>-jwt`
 /// would otherwise become the gateway's signing key, chosen by whoever could create a Secret.
 async fn read_generated(
-    api: &Api<Secret>,
+    api: &Lookup<'_>,
     pipeline: &OrderPipeline,
     name: &str,
 ) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
@@ -141,26 +274,30 @@ async fn read_generated(
     Ok(Some(data(secret)))
 }
 
-async fn get(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, Error> {
-    api.get_opt(name)
-        .await
-        .map_err(|source| Error::Dereference {
-            what: format!("Secret {name}"),
-            source,
-        })
+/// Where the Secrets are read: the pipeline's namespace.
+struct Lookup<'a> {
+    reader: &'a Reader,
+    namespace: String,
 }
 
-fn data(secret: Secret) -> BTreeMap<String, Vec<u8>> {
+async fn get(api: &Lookup<'_>, name: &str) -> Result<Option<Arc<Secret>>, Error> {
+    api.reader
+        .get::<Secret>(&api.namespace, name)
+        .await
+        .map_err(|source| read_error("Secret", name, source))
+}
+
+fn data(secret: Arc<Secret>) -> BTreeMap<String, Vec<u8>> {
     secret
         .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(key, value)| (key, value.0))
+        .iter()
+        .flatten()
+        .map(|(key, value)| (key.clone(), value.0.clone()))
         .collect()
 }
 
 async fn existing_or_new(
-    api: &Api<Secret>,
+    api: &Lookup<'_>,
     pipeline: &OrderPipeline,
     name: &str,
     key: &str,

@@ -5,12 +5,13 @@
 //! 100 pipelines roll out, that is about 13 reconciles per pipeline. An unchanged apply is a
 //! no-op in the API server, but it still costs the server a merge per object; sending them all for
 //! every status change made the operator the control plane's busiest client. Instead, such a
-//! reconcile lists the pipeline's Deployments, StatefulSets and Services (three requests) and
-//! compares what it sees with what the last apply returned:
+//! reconcile looks the pipeline's Deployments, StatefulSets and Services up in the controller's
+//! caches (no request) and compares what it sees with what the last apply returned:
 //!
-//! - a Deployment or StatefulSet whose `metadata.generation` moved has had its spec changed by
-//!   someone else; a Service whose `resourceVersion` moved was edited (Services carry no status
-//!   that changes on their own); a missing child was deleted. Any of these means a full apply.
+//! - a Deployment or StatefulSet whose `metadata.generation` moved past the apply's has had its
+//!   spec changed by someone else (an older one is a cache that has not caught up yet); a
+//!   Service whose `resourceVersion` moved was edited (Services carry no status that changes on
+//!   their own); a missing child was deleted. Any of these means a full apply.
 //! - Everything else (ConfigMaps, Jobs, PodDisruptionBudgets, NetworkPolicies, metadata edits
 //!   that do not bump a generation) is healed by the full apply that runs at least every
 //!   [`FULL_APPLY_INTERVAL`], and at every change of the desired children.
@@ -20,14 +21,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 
-use super::Applied;
+use super::apply::Applied;
 use super::build::Children;
 
 /// The longest a pipeline goes without a full apply (and the drift healing it brings).
@@ -92,31 +93,33 @@ impl Entry {
     /// children and are left out of the status.
     pub fn unchanged(
         &self,
-        deployments: Vec<Deployment>,
-        stateful_sets: Vec<StatefulSet>,
-        services: Vec<Service>,
+        deployments: Vec<Arc<Deployment>>,
+        stateful_sets: Vec<Arc<StatefulSet>>,
+        services: Vec<Arc<Service>>,
     ) -> Option<Applied> {
         // For each listed object the ledger knows: Some(object) when unchanged, None when not.
+        // An older generation than the apply returned is the cache not having caught up with
+        // that apply yet, not a change by someone else (which can only raise it).
         let known = |kind: &str, name: String, generation: Option<i64>| {
             self.generations
                 .get(&format!("{kind}/{name}"))
-                .map(|recorded| *recorded == generation.unwrap_or_default())
+                .map(|recorded| generation.unwrap_or_default() <= *recorded)
         };
-        let deployments: Vec<Deployment> = deployments
+        let deployments: Vec<Arc<Deployment>> = deployments
             .into_iter()
             .filter_map(|d| {
                 known("Deployment", d.name_any(), d.metadata.generation)
                     .map(|same| same.then_some(d))
             })
             .collect::<Option<_>>()?;
-        let stateful_sets: Vec<StatefulSet> = stateful_sets
+        let stateful_sets: Vec<Arc<StatefulSet>> = stateful_sets
             .into_iter()
             .filter_map(|s| {
                 known("StatefulSet", s.name_any(), s.metadata.generation)
                     .map(|same| same.then_some(s))
             })
             .collect::<Option<_>>()?;
-        let services: Vec<Service> = services
+        let services: Vec<Arc<Service>> = services
             .into_iter()
             .filter_map(|service| {
                 self.service_versions
@@ -134,6 +137,24 @@ impl Entry {
             stateful_sets,
             services,
         })
+    }
+}
+
+impl Entry {
+    /// The names of the Deployments, StatefulSets and Services the apply returned.
+    pub fn names(&self) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
+        let of = |kind: &str| -> Vec<&str> {
+            self.generations
+                .keys()
+                .filter_map(|key| key.strip_prefix(kind))
+                .filter_map(|rest| rest.strip_prefix('/'))
+                .collect()
+        };
+        (
+            of("Deployment"),
+            of("StatefulSet"),
+            self.service_versions.keys().map(String::as_str).collect(),
+        )
     }
 }
 
@@ -184,6 +205,14 @@ impl Ledger {
         entries.remove(uid);
     }
 
+    /// Forgets the pipelines `alive` does not know (deleted ones).
+    pub fn retain(&self, alive: impl Fn(&str) -> bool) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .retain(|uid, _| alive(uid));
+    }
+
     pub fn len(&self) -> usize {
         self.entries
             .lock()
@@ -206,30 +235,39 @@ pub fn fingerprint(children: &Children) -> u64 {
         // never matches a previous entry, forcing a full apply.
         Err(_) => Instant::now().hash(&mut hasher),
     };
-    for object in &children.secrets {
-        feed(serde_json::to_vec(object));
-    }
-    for object in &children.config_maps {
-        feed(serde_json::to_vec(object));
-    }
-    for object in &children.services {
-        feed(serde_json::to_vec(object));
-    }
-    for object in &children.stateful_sets {
-        feed(serde_json::to_vec(object));
-    }
-    for object in &children.jobs {
-        feed(serde_json::to_vec(object));
-    }
-    for object in &children.deployments {
-        feed(serde_json::to_vec(object));
-    }
-    for object in &children.disruption_budgets {
-        feed(serde_json::to_vec(object));
-    }
-    for object in &children.network_policies {
-        feed(serde_json::to_vec(object));
-    }
+    let Children {
+        secrets,
+        config_maps,
+        services,
+        stateful_sets,
+        jobs,
+        deployments,
+        disruption_budgets,
+        network_policies,
+    } = children;
+    secrets
+        .iter()
+        .for_each(|object| feed(serde_json::to_vec(object)));
+    config_maps
+        .iter()
+        .for_each(|object| feed(serde_json::to_vec(object)));
+    services
+        .iter()
+        .for_each(|object| feed(serde_json::to_vec(object)));
+    stateful_sets
+        .iter()
+        .for_each(|object| feed(serde_json::to_vec(object)));
+    jobs.iter()
+        .for_each(|object| feed(serde_json::to_vec(object)));
+    deployments
+        .iter()
+        .for_each(|object| feed(serde_json::to_vec(object)));
+    disruption_budgets
+        .iter()
+        .for_each(|object| feed(serde_json::to_vec(object)));
+    network_policies
+        .iter()
+        .for_each(|object| feed(serde_json::to_vec(object)));
     hasher.finish()
 }
 
@@ -239,19 +277,20 @@ mod tests {
 
     use super::*;
 
-    fn deployment(name: &str, generation: i64) -> Deployment {
-        serde_json::from_value(json!({"metadata": {"name": name, "generation": generation}}))
-            .unwrap()
+    fn deployment(name: &str, generation: i64) -> Arc<Deployment> {
+        object(json!({"metadata": {"name": name, "generation": generation}}))
     }
 
-    fn stateful_set(name: &str, generation: i64) -> StatefulSet {
-        serde_json::from_value(json!({"metadata": {"name": name, "generation": generation}}))
-            .unwrap()
+    fn stateful_set(name: &str, generation: i64) -> Arc<StatefulSet> {
+        object(json!({"metadata": {"name": name, "generation": generation}}))
     }
 
-    fn service(name: &str, version: &str) -> Service {
-        serde_json::from_value(json!({"metadata": {"name": name, "resourceVersion": version}}))
-            .unwrap()
+    fn service(name: &str, version: &str) -> Arc<Service> {
+        object(json!({"metadata": {"name": name, "resourceVersion": version}}))
+    }
+
+    fn object<K: serde::de::DeserializeOwned>(value: serde_json::Value) -> Arc<K> {
+        Arc::new(serde_json::from_value(value).unwrap())
     }
 
     fn applied() -> Applied {
@@ -298,6 +337,19 @@ mod tests {
                     gateway_service(),
                 )
                 .is_none()
+        );
+        // The cache has not seen the apply's result yet: no drift.
+        assert!(
+            entry
+                .unchanged(
+                    vec![
+                        deployment("shop-gateway", 1),
+                        deployment("shop-processor", 1)
+                    ],
+                    redis(),
+                    gateway_service(),
+                )
+                .is_some()
         );
         // Someone deleted it.
         assert!(
@@ -397,7 +449,9 @@ mod tests {
         let mut children = Children::default();
         let empty = fingerprint(&children);
         assert_eq!(empty, fingerprint(&Children::default()));
-        children.deployments.push(deployment("shop-gateway", 1));
+        children
+            .deployments
+            .push(Arc::unwrap_or_clone(deployment("shop-gateway", 1)));
         assert_ne!(empty, fingerprint(&children));
     }
 }

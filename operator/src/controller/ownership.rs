@@ -3,15 +3,14 @@
 //! reference belongs to someone else (a user's Service, another pipeline's Secret, a Helm
 //! release's ConfigMap). Server-side apply with `force` would take its fields over and add this
 //! pipeline's owner reference, so deleting the pipeline would garbage-collect it; instead the
-//! reconcile stops with [`Error::Foreign`], which names the object and its owner in the
+//! reconcile stops with [`Foreign`], which names the object and its owner in the
 //! `Degraded` condition and a Warning Event, and touches nothing.
 
 use futures::future::{BoxFuture, FutureExt};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -20,7 +19,39 @@ use kube::{Client, Resource, ResourceExt};
 use pipeline_api::OrderPipeline;
 use serde::de::DeserializeOwned;
 
-use super::{Error, build, kind_name};
+use super::apply::kind_name;
+use super::build;
+use super::cache::{Cached, Reader};
+
+/// An object the pipeline would write that is someone else's.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{kind} {name} already exists and is not this pipeline's ({owner}); the operator does not \
+     change or delete it: rename or remove it, or give the pipeline another name"
+)]
+pub struct Foreign {
+    pub kind: &'static str,
+    pub name: String,
+    pub owner: String,
+}
+
+impl Foreign {
+    /// The Event and condition reason.
+    pub const REASON: &str = "ForeignObject";
+}
+
+/// Why the children could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Foreign(#[from] Foreign),
+    #[error("failed to look up {what}: {source}")]
+    Lookup {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+}
 
 /// Lookups of one reconcile in flight at once: enough to hide the round trips, few enough that
 /// sixteen concurrent reconciles do not queue hundreds of requests at the API server.
@@ -52,11 +83,15 @@ fn owner_of(meta: &ObjectMeta) -> String {
 }
 
 /// The foreign-object error for `meta`, if it is not `pipeline`'s.
-pub fn check(kind: &'static str, meta: &ObjectMeta, pipeline: &OrderPipeline) -> Result<(), Error> {
+pub fn check(
+    kind: &'static str,
+    meta: &ObjectMeta,
+    pipeline: &OrderPipeline,
+) -> Result<(), Foreign> {
     if controlled_by(meta, pipeline) {
         return Ok(());
     }
-    Err(Error::Foreign {
+    Err(Foreign {
         kind,
         name: meta.name.clone().unwrap_or_default(),
         owner: owner_of(meta),
@@ -64,42 +99,36 @@ pub fn check(kind: &'static str, meta: &ObjectMeta, pipeline: &OrderPipeline) ->
 }
 
 /// Looks up every child the build made, concurrently, and fails on the first that exists and is
-/// not this pipeline's. Objects that do not exist yet are free to create.
+/// not this pipeline's. Objects that do not exist yet are free to create. The cached kinds are
+/// read from the caches (the API server only on a miss); the others by their metadata.
 pub async fn check_children(
     client: &Client,
+    reader: &Reader,
     namespace: &str,
     pipeline: &OrderPipeline,
     children: &build::Children,
-) -> Result<(), Error> {
-    let mut lookups: Vec<BoxFuture<'_, Result<(), Error>>> = Vec::new();
+) -> Result<(), CheckError> {
+    let build::Children {
+        // Not looked up again: the dereference step read every generated Secret
+        // (`dereference::read_generated`) and refused it if it was not the pipeline's.
+        secrets: _,
+        config_maps,
+        services,
+        stateful_sets,
+        jobs,
+        deployments,
+        disruption_budgets,
+        network_policies,
+    } = children;
+    let mut lookups: Vec<BoxFuture<'_, Result<(), CheckError>>> = Vec::new();
     let mut add = |lookup| lookups.push(lookup);
-    // The Secrets are not looked up again: the dereference step read every generated one
-    // (`dereference::read_generated`) and refused it if it was not the pipeline's.
-    each::<ConfigMap>(client, namespace, pipeline, &children.config_maps, &mut add);
-    each::<Service>(client, namespace, pipeline, &children.services, &mut add);
-    each::<StatefulSet>(
-        client,
-        namespace,
-        pipeline,
-        &children.stateful_sets,
-        &mut add,
-    );
-    each::<Job>(client, namespace, pipeline, &children.jobs, &mut add);
-    each::<Deployment>(client, namespace, pipeline, &children.deployments, &mut add);
-    each::<PodDisruptionBudget>(
-        client,
-        namespace,
-        pipeline,
-        &children.disruption_budgets,
-        &mut add,
-    );
-    each::<NetworkPolicy>(
-        client,
-        namespace,
-        pipeline,
-        &children.network_policies,
-        &mut add,
-    );
+    cached(reader, namespace, pipeline, services, &mut add);
+    cached(reader, namespace, pipeline, stateful_sets, &mut add);
+    cached(reader, namespace, pipeline, deployments, &mut add);
+    uncached::<ConfigMap>(client, namespace, pipeline, config_maps, &mut add);
+    uncached::<Job>(client, namespace, pipeline, jobs, &mut add);
+    uncached::<PodDisruptionBudget>(client, namespace, pipeline, disruption_budgets, &mut add);
+    uncached::<NetworkPolicy>(client, namespace, pipeline, network_policies, &mut add);
     futures::stream::iter(lookups)
         .buffer_unordered(LOOKUPS_AT_ONCE)
         .try_collect::<Vec<()>>()
@@ -107,12 +136,42 @@ pub async fn check_children(
         .map(|_| ())
 }
 
-fn each<'a, K>(
+fn lookup_error<K>(name: &str, source: kube::Error) -> CheckError {
+    CheckError::Lookup {
+        what: format!("{} {name}", kind_name::<K>()),
+        source,
+    }
+}
+
+fn cached<'a, K: Cached>(
+    reader: &'a Reader,
+    namespace: &'a str,
+    pipeline: &'a OrderPipeline,
+    objects: &[K],
+    add: &mut impl FnMut(BoxFuture<'a, Result<(), CheckError>>),
+) {
+    for object in objects {
+        let name = object.name_any();
+        add(async move {
+            let existing = reader
+                .get::<K>(namespace, &name)
+                .await
+                .map_err(|source| lookup_error::<K>(&name, source))?;
+            match existing {
+                Some(existing) => Ok(check(kind_name::<K>(), existing.meta(), pipeline)?),
+                None => Ok(()),
+            }
+        }
+        .boxed());
+    }
+}
+
+fn uncached<'a, K>(
     client: &Client,
     namespace: &str,
     pipeline: &'a OrderPipeline,
     objects: &[K],
-    add: &mut impl FnMut(BoxFuture<'a, Result<(), Error>>),
+    add: &mut impl FnMut(BoxFuture<'a, Result<(), CheckError>>),
 ) where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
@@ -125,15 +184,12 @@ fn each<'a, K>(
         let api: Api<K> = Api::namespaced(client.clone(), namespace);
         let name = object.name_any();
         add(async move {
-            let existing =
-                api.get_metadata_opt(&name)
-                    .await
-                    .map_err(|source| Error::Dereference {
-                        what: format!("{} {name}", kind_name::<K>()),
-                        source,
-                    })?;
+            let existing = api
+                .get_metadata_opt(&name)
+                .await
+                .map_err(|source| lookup_error::<K>(&name, source))?;
             match existing {
-                Some(existing) => check(kind_name::<K>(), &existing.metadata, pipeline),
+                Some(existing) => Ok(check(kind_name::<K>(), &existing.metadata, pipeline)?),
                 None => Ok(()),
             }
         }

@@ -15,9 +15,25 @@ use pipeline_api::{
 use pipeline_contract::ports;
 use serde_json::json;
 
+use super::apply::Applied;
 use super::build::{MANAGER, Workload};
-use super::{Applied, Error};
 use crate::management;
+
+/// Why the status could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to read the status: {0}")]
+    Read(#[source] kube::Error),
+    #[error("failed to update the status: {0}")]
+    Write(#[source] kube::Error),
+}
+
+impl Error {
+    /// The Event and condition reason.
+    pub fn reason(&self) -> &'static str {
+        "StatusFailed"
+    }
+}
 
 /// A condition change worth an Event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,8 +271,33 @@ pub async fn write(
         &Patch::Apply(&patch),
     )
     .await
-    .map_err(Error::Status)?;
+    .map_err(Error::Write)?;
     Ok(())
+}
+
+/// The status `observed` gives, judged against the freshest status: the watch cache may not
+/// show the operator's last status write yet, and judged against it the status would be
+/// rewritten (and its conditions restamped) for nothing. So when a write seems due, the status
+/// is read first: one GET, only then. Returns the transitions to announce, once the write
+/// succeeded.
+pub async fn update(
+    pipeline: &OrderPipeline,
+    client: &Client,
+    observed: &Observed<'_>,
+) -> Result<Vec<Transition>, Error> {
+    let (mut status, mut transitions) = compute(pipeline, pipeline.status.as_ref(), observed);
+    if pipeline.status.as_ref() == Some(&status) {
+        return Ok(transitions);
+    }
+    let api: Api<OrderPipeline> =
+        Api::namespaced(client.clone(), &pipeline.namespace().unwrap_or_default());
+    let current = api
+        .get_status(&pipeline.name_any())
+        .await
+        .map_err(Error::Read)?;
+    (status, transitions) = compute(pipeline, current.status.as_ref(), observed);
+    write(&current, client, status).await?;
+    Ok(transitions)
 }
 
 fn component_of(labels: Option<&BTreeMap<String, String>>) -> String {
@@ -340,13 +381,13 @@ mod tests {
         pipeline
     }
 
-    fn deployment(component: &str, desired: i32, ready: i32) -> Deployment {
-        serde_json::from_value(json!({
+    fn deployment(component: &str, desired: i32, ready: i32) -> std::sync::Arc<Deployment> {
+        std::sync::Arc::new(serde_json::from_value(json!({
             "metadata": {"name": format!("shop-{component}"), "labels": {"app.kubernetes.io/component": component}},
             "spec": {"replicas": desired, "selector": {}, "template": {}},
             "status": {"readyReplicas": ready},
         }))
-        .unwrap()
+        .unwrap())
     }
 
     fn observed(applied: &Applied) -> Observed<'_> {
@@ -371,7 +412,7 @@ mod tests {
         }))
         .unwrap();
         let applied = Applied {
-            stateful_sets: vec![stateful_set],
+            stateful_sets: vec![std::sync::Arc::new(stateful_set)],
             ..Applied::default()
         };
         let mut cluster = RabbitmqClusterStatus {

@@ -72,6 +72,13 @@ pub struct RunningOperator {
 
 impl RunningOperator {
     pub fn start(context: Arc<Context>) -> Self {
+        // The operator's log, shown with a failing test's output (`RUST_LOG` overrides).
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("order_pipeline_operator=info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(order_pipeline_operator::controller::run(
             context,

@@ -9,8 +9,10 @@ use proptest::option;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::test_support::{build_default, pipeline, secrets};
-use super::{BuildError, config_hash};
+use super::super::dereference::Dereferenced;
+use super::super::validate::validate;
+use super::test_support::{ValidationError, build_default, pipeline, secrets};
+use super::{DependencyImages, config_hash};
 
 /// Free text the schema lets through: any printable Unicode, or URL-ish punctuation and
 /// multi-byte characters next to `%`.
@@ -177,8 +179,11 @@ proptest! {
     fn no_spec_panics_the_build_and_every_child_is_named_validly(spec in spec()) {
         let pipeline = pipeline(spec);
         let secrets = secrets();
-        let _ = config_hash(&pipeline, &secrets);
-        let _ = crate::controller::management(&pipeline, &secrets);
+        let found = Dereferenced { secrets: secrets.clone(), ..Dereferenced::default() };
+        if let Ok(valid) = validate(&pipeline, found, &DependencyImages::default()) {
+            let _ = config_hash(&valid);
+            let _ = crate::controller::management(&valid);
+        }
         if let Some(external) = &pipeline.spec.rabbitmq.external {
             for endpoint in &external.endpoints {
                 let _ = crate::autoscale::vhost_of(endpoint);
@@ -195,7 +200,7 @@ proptest! {
                 }
             }
             // Refusals are fine (the pipeline reports them); they must name what is wrong.
-            Err(error @ (BuildError::InvalidEndpoint { .. } | BuildError::DependencyResources(_))) => {
+            Err(error @ (ValidationError::InvalidEndpoint { .. } | ValidationError::DependencyResources(_))) => {
                 prop_assert!(error.to_string().contains("spec."), "{error}");
             }
             Err(error) => prop_assert!(false, "unexpected refusal: {error}"),

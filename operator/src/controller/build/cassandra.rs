@@ -8,16 +8,14 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
-use pipeline_api::CASSANDRA_MINIMUM_MEMORY_LIMIT;
 
+use super::super::validate::ManagedCassandra;
 use super::meta::{
-    Context, empty_dir, env_field, env_secret, env_value, mount, resources,
+    Parent, empty_dir, env_field, env_secret, env_value, mount, resources,
     restricted_container_security,
 };
 use super::statefulset::{DependencyPod, Managed};
-use super::{
-    BuildError, CASSANDRA_ROLE, CASSANDRA_SUPERUSER, Children, Dependency, Secrets, names,
-};
+use super::{CASSANDRA_ROLE, CASSANDRA_SUPERUSER, Children, Dependency, names};
 use crate::quantity;
 
 /// The keyspace the gateway keeps accounts in: its default, as the operator sets no
@@ -44,24 +42,18 @@ const CASSANDRA_MAXIMUM_NEW_SIZE: u64 = 2 << 30;
 /// Adds the credentials Secret and the credentials Job to `children`; returns the pod.
 pub(super) fn pod(
     managed: &Managed,
-    secrets: &Secrets,
+    cassandra: &ManagedCassandra<'_>,
     children: &mut Children,
-) -> Result<DependencyPod, BuildError> {
-    let context = managed.context;
+) -> DependencyPod {
+    let parent = managed.parent;
     // The image starts with the well-known superuser cassandra/cassandra. The workloads log in
     // as their own role instead, which the credentials Job creates with this password, and the
     // Job replaces the superuser's password with the generated one kept here: nothing answers to
     // cassandra/cassandra once it ran.
-    let password = secrets
-        .cassandra_password
-        .as_deref()
-        .ok_or(BuildError::MissingSecret("cassandra"))?;
-    let superuser_password = secrets
-        .cassandra_superuser_password
-        .as_deref()
-        .ok_or(BuildError::MissingSecret("cassandra superuser"))?;
-    children.secrets.push(context.secret(
-        &names::credentials_secret(context.name, Dependency::Cassandra),
+    let password = cassandra.password.as_str();
+    let superuser_password = cassandra.superuser_password.as_str();
+    children.secrets.push(parent.secret(
+        &names::credentials_secret(parent.name, Dependency::Cassandra),
         Dependency::Cassandra.name(),
         &[
             ("username", CASSANDRA_ROLE),
@@ -69,20 +61,17 @@ pub(super) fn pod(
             ("superuser-password", superuser_password),
         ],
     ));
-    let memory_limit = managed.memory_limit(
-        CASSANDRA_MINIMUM_MEMORY_LIMIT,
-        "its Java heap is half of it",
-    )?;
+    let memory_limit = cassandra.memory_limit;
     let (heap, new_size) = cassandra_heap(memory_limit);
     children.jobs.push(credentials_job(
-        context,
-        &managed.image,
+        parent,
+        managed.image,
         managed.spec.replicas,
     ));
     // Seeds, cluster name, snitch and addresses are in cassandra.yaml, which the configuration
     // init container writes; this is Cassandra's own launcher's contract (`bin/cassandra`,
     // `cassandra-env.sh`).
-    Ok(DependencyPod {
+    DependencyPod {
         ports: vec![("cql", Dependency::Cassandra.port()), ("intra", 7000)],
         client_ports: 1,
         env: vec![
@@ -104,7 +93,7 @@ pub(super) fn pod(
         volumes: vec![empty_dir("cassandra-config"), empty_dir("cassandra-logs")],
         init_containers: vec![config_container(managed)],
         annotations: BTreeMap::new(),
-    })
+    }
 }
 
 /// The init container that runs [`CASSANDRA_CONFIG_SCRIPT`] with the Cassandra container's own
@@ -114,10 +103,10 @@ pub(super) fn pod(
 /// before it is ready: the headless Service publishes not-ready addresses) and the cluster name,
 /// which must never change once there is data.
 fn config_container(managed: &Managed) -> Container {
-    let context = managed.context;
+    let parent = managed.parent;
     Container {
         name: "config".to_owned(),
-        image: Some(managed.image.clone()),
+        image: Some(managed.image.to_owned()),
         command: Some(bash_c(CASSANDRA_CONFIG_SCRIPT)),
         env: Some(vec![
             env_value("IMAGE_CONFIG_DIR", CASSANDRA_CONFIG_DIR),
@@ -125,7 +114,7 @@ fn config_container(managed: &Managed) -> Container {
             pod_ip_env(),
             env_value(
                 "SEEDS",
-                names::pod_host(context.name, Dependency::Cassandra, 0, context.namespace),
+                names::pod_host(parent.name, Dependency::Cassandra, 0, parent.namespace),
             ),
             env_value("CLUSTER_NAME", managed.name.clone()),
         ]),
@@ -149,8 +138,8 @@ fn config_container(managed: &Managed) -> Container {
 ///
 /// Its pod carries the pipeline's instance label, which the Cassandra NetworkPolicy admits,
 /// but a component of its own, so no Cassandra Service or the StatefulSet selects it.
-fn credentials_job(context: &Context, image: &str, replicas: i32) -> Job {
-    let credentials = names::credentials_secret(context.name, Dependency::Cassandra);
+fn credentials_job(parent: &Parent, image: &str, replicas: i32) -> Job {
+    let credentials = names::credentials_secret(parent.name, Dependency::Cassandra);
     let container = Container {
         name: "cqlsh".to_owned(),
         image: Some(image.to_owned()),
@@ -158,7 +147,7 @@ fn credentials_job(context: &Context, image: &str, replicas: i32) -> Job {
         env: Some(vec![
             env_value(
                 "CASSANDRA_HOST",
-                names::service_host(context.name, Dependency::Cassandra, context.namespace),
+                names::service_host(parent.name, Dependency::Cassandra, parent.namespace),
             ),
             env_value("CASSANDRA_PORT", Dependency::Cassandra.port().to_string()),
             env_value("SUPERUSER_NAME", CASSANDRA_SUPERUSER),
@@ -177,7 +166,7 @@ fn credentials_job(context: &Context, image: &str, replicas: i32) -> Job {
         security_context: Some(restricted_container_security()),
         ..Container::default()
     };
-    context.hashed_job(
+    parent.hashed_job(
         CASSANDRA_AUTH,
         PodSpec {
             containers: vec![container],
@@ -278,8 +267,8 @@ mod tests {
 
     use super::super::test_support::*;
     use super::super::{
-        BuildError, CASSANDRA_IMAGE, CASSANDRA_ROLE, CASSANDRA_SUPERUSER, Children, Dependency,
-        MANAGED_BY, ReplicaOverrides, RunningImages, Secrets, Settings, build,
+        CASSANDRA_IMAGE, CASSANDRA_ROLE, CASSANDRA_SUPERUSER, Children, Dependency, MANAGED_BY,
+        ReplicaOverrides, Settings,
     };
     use super::{CASSANDRA_CONFIG_SCRIPT, CASSANDRA_CREDENTIALS_SCRIPT, GATEWAY_KEYSPACE};
     use crate::controller::build::meta::{DEPENDENCY_USER, JOB_HASH_LENGTH};
@@ -409,7 +398,7 @@ mod tests {
                 "cassandra:5.0.9",
             ),
         ] {
-            let children = build(
+            let children = build_with(
                 &pipeline(spec),
                 &secrets(),
                 &ReplicaOverrides::new(),
@@ -477,7 +466,7 @@ mod tests {
         };
         assert_eq!(
             build_default(&pipeline(json!({})), &missing, "0.1.0"),
-            Err(BuildError::MissingSecret("cassandra superuser"))
+            Err(ValidationError::MissingSecret("cassandra superuser"))
         );
     }
 
@@ -549,8 +538,8 @@ mod tests {
 
     #[test]
     fn the_credentials_job_follows_the_cassandra_image_and_is_renamed_by_any_change() {
-        let build_with = |spec: Value, running: &RunningImages| {
-            build(
+        let build_spec = |spec: Value, running: &RunningImages| {
+            build_with(
                 &pipeline(spec),
                 &secrets(),
                 &ReplicaOverrides::new(),
@@ -562,20 +551,20 @@ mod tests {
         };
         let image = |children: &Children| job_container(credentials_job(children)).image.clone();
         let name = |children: &Children| credentials_job(children).metadata.name.clone();
-        let base = build_with(json!({}), &RunningImages::new());
+        let base = build_spec(json!({}), &RunningImages::new());
         assert_eq!(image(&base).as_deref(), Some(CASSANDRA_IMAGE));
         // The same inputs, the same Job: a re-apply is a no-op.
         assert_eq!(
             credentials_job(&base),
-            credentials_job(&build_with(json!({}), &RunningImages::new()))
+            credentials_job(&build_spec(json!({}), &RunningImages::new()))
         );
         // A running Cassandra keeps its image, and so does the Job: no new Job on upgrade.
         let running = RunningImages::from([(Dependency::Cassandra, "cassandra:5.0.1".to_owned())]);
-        let upgraded = build_with(json!({}), &running);
+        let upgraded = build_spec(json!({}), &running);
         assert_eq!(image(&upgraded).as_deref(), Some("cassandra:5.0.1"));
         // A template change is a new Job (its template is immutable).
         assert_ne!(name(&base), name(&upgraded));
-        let explicit = build_with(
+        let explicit = build_spec(
             json!({"cassandra": {"managed": {"image": "cassandra:5.0.9"}}}),
             &running,
         );
@@ -583,7 +572,7 @@ mod tests {
         // The longest pipeline name still makes a valid Job name.
         let mut long = pipeline(json!({}));
         long.metadata.name = Some("a".repeat(40));
-        let children = build(
+        let children = build_with(
             &long,
             &secrets(),
             &ReplicaOverrides::new(),

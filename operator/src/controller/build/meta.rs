@@ -36,13 +36,13 @@ pub(super) const DEPENDENCY_USER: i64 = 999;
 pub(crate) const PIPELINE_LABEL: &str = "orderpipeline.dev/pipeline";
 
 /// The pipeline a build is for: what every child's metadata carries.
-pub(super) struct Context<'a> {
+pub(super) struct Parent<'a> {
     pub(super) name: &'a str,
     pub(super) namespace: &'a str,
     pub(super) owner: OwnerReference,
 }
 
-impl Context<'_> {
+impl Parent<'_> {
     pub(super) fn labels(&self, component: &str) -> BTreeMap<String, String> {
         BTreeMap::from([
             (
@@ -342,7 +342,7 @@ pub(super) fn hashed_job_name(pipeline: &str, component: &str, spec: &JobSpec) -
     names::hashed_job(pipeline, component, &hash[..JOB_HASH_LENGTH])
 }
 
-impl Context<'_> {
+impl Parent<'_> {
     /// A Job of the pipeline's that runs `pod` (its containers, volumes and host name) once to
     /// completion, as the dependency user with no API token, retried 4 times and deleted an hour
     /// after it finished, named by [`hashed_job_name`]. Each attempt may wait minutes for its

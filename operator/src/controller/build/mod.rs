@@ -1,6 +1,7 @@
-//! The pure step: an `OrderPipeline` and the facts read from the cluster in, every child object
-//! out. No I/O happens here, so this is where most of the operator's unit tests live, and the
-//! output is deterministic (maps are ordered), so applying it twice writes nothing the second time.
+//! The pure step: a [`ValidatedPipeline`] in, every child object out. No I/O happens here and
+//! nothing can fail (validation refused what could not be built), so this is where most of the
+//! operator's unit tests live, and the output is deterministic (maps are ordered), so applying it
+//! twice writes nothing the second time.
 //!
 //! Every object is a typed k8s-openapi value, so a misspelt field does not compile. The modules:
 //! `names` (every child's name), `meta` (metadata, labels, security contexts and the small
@@ -15,7 +16,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::Resource;
 use pipeline_api::{DependencySpec, OrderPipeline, Resources, ServiceSpec, WorkloadSpec};
 use sha2::{Digest, Sha256};
 
@@ -30,15 +30,18 @@ mod rabbitmq;
 mod redis;
 mod statefulset;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 mod workloads;
 
 pub use cassandra::{CASSANDRA_CONFIG_SCRIPT, CASSANDRA_CREDENTIALS_SCRIPT};
 pub use rabbitmq::{
-    MANAGEMENT_PORT as RABBITMQ_MANAGEMENT_PORT, RABBITMQ_COOKIE_SCRIPT, RABBITMQ_GROW_SCRIPT,
+    ADMIN_USER as RABBITMQ_ADMIN_USER, MANAGEMENT_PORT as RABBITMQ_MANAGEMENT_PORT,
+    RABBITMQ_COOKIE_SCRIPT, RABBITMQ_GROW_SCRIPT,
 };
 
-use meta::Context;
+use meta::Parent;
+
+use super::validate::{Jwt, Mode, ValidatedPipeline};
 
 /// The one field manager of every write.
 pub const MANAGER: &str = "order-pipeline-operator";
@@ -128,7 +131,7 @@ impl Dependency {
     }
 
     /// The name people know it by, for messages.
-    fn title(self) -> &'static str {
+    pub(crate) fn title(self) -> &'static str {
         match self {
             Dependency::Rabbitmq => "RabbitMQ",
             Dependency::Redis => "Redis",
@@ -137,7 +140,7 @@ impl Dependency {
     }
 
     /// Why the operator runs this dependency as one node only, if it does (see the CRD's rule).
-    fn single_node_why(self) -> Option<&'static str> {
+    pub(crate) fn single_node_why(self) -> Option<&'static str> {
         match self {
             Dependency::Rabbitmq => None,
             Dependency::Redis => Some(pipeline_api::REDIS_SINGLE_NODE_WHY),
@@ -165,37 +168,6 @@ impl Dependency {
     }
 }
 
-/// Secret values the operator generated earlier (read back so they are never rotated by
-/// accident) or generates now. Also the data of Secrets the user references, for the hash that
-/// rolls pods when a credential changes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Secrets {
-    /// `<name>-jwt`, key `secret`, when the spec does not reference the user's own.
-    pub jwt: Option<String>,
-    /// `<name>-rabbitmq-credentials` (`username`, `password`) when RabbitMQ is managed.
-    pub rabbitmq_password: Option<String>,
-    /// `<name>-rabbitmq-credentials` (`erlang-cookie`) when RabbitMQ is managed: the secret its
-    /// nodes (and its CLI tools) authenticate to each other with.
-    pub rabbitmq_erlang_cookie: Option<String>,
-    /// `<name>-rabbitmq-credentials` (`<workload>-password`) when RabbitMQ is managed: each
-    /// workload's own user (all but the dashboard), with the grants of
-    /// `pipeline_contract::access`.
-    pub rabbitmq_workloads: BTreeMap<Workload, String>,
-    /// `<name>-redis-credentials` (`password`) when Redis is managed: the `default` user's.
-    pub redis_password: Option<String>,
-    /// `<name>-redis-credentials` (`<workload>-password`) when Redis is managed: each workload's
-    /// own ACL user.
-    pub redis_workloads: BTreeMap<Workload, String>,
-    /// `<name>-cassandra-credentials` (`username` [`CASSANDRA_ROLE`], `password`) when Cassandra
-    /// is managed: the workloads' role.
-    pub cassandra_password: Option<String>,
-    /// `<name>-cassandra-credentials` (`superuser-password`): what the credentials Job sets the
-    /// image's superuser to, so the well-known default stops working.
-    pub cassandra_superuser_password: Option<String>,
-    /// Data of every Secret the spec references, by name, for the configuration hash only.
-    pub referenced: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
-}
-
 /// Everything the operator applies for one pipeline.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Children {
@@ -210,45 +182,8 @@ pub struct Children {
     pub network_policies: Vec<NetworkPolicy>,
 }
 
-/// Why the spec cannot be built (reported on the resource, never a crash).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum BuildError {
-    #[error("the resource has no name or namespace")]
-    Unnamed,
-    #[error("{0} is neither managed nor external")]
-    NoDependencyMode(&'static str),
-    #[error("spec.{dependency}.external.endpoints: {endpoint:?} is {problem}")]
-    InvalidEndpoint {
-        dependency: &'static str,
-        endpoint: String,
-        problem: String,
-    },
-    #[error("secret value for {0} is missing; the dereference step must provide it")]
-    MissingSecret(&'static str),
-    /// A managed dependency whose resources it cannot run with. The API server refuses these
-    /// (a CEL rule on the CRD); this catches pipelines created before the rule existed.
-    #[error("{0}")]
-    DependencyResources(String),
-    /// More than one replica of a dependency the operator runs as a single node only. The API
-    /// server refuses these too (a CEL rule); this catches pipelines created before the rule.
-    #[error(
-        "spec.{name}.managed.replicas is {replicas}, but a managed {title} runs exactly one node: {why}"
-    )]
-    SingleNode {
-        name: &'static str,
-        title: &'static str,
-        replicas: i32,
-        why: &'static str,
-    },
-}
-
 /// Replica counts decided by the autoscaler, replacing the spec's for those workloads.
 pub type ReplicaOverrides = BTreeMap<Workload, i32>;
-
-/// The image each managed dependency runs now. Without an image in the spec, a running
-/// dependency keeps its image: an operator upgrade with newer defaults must not restart
-/// RabbitMQ, Redis or Cassandra by surprise. New pipelines get the new defaults.
-pub type RunningImages = BTreeMap<Dependency, String>;
 
 /// What the operator's installation decides for every pipeline it builds (read once at startup).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -331,73 +266,49 @@ impl DependencyImages {
     }
 }
 
-/// Builds every child of `pipeline`.
+/// Builds every child of a validated pipeline. Nothing can fail here: validation refused what
+/// the build could not make.
 pub fn build(
-    pipeline: &OrderPipeline,
-    secrets: &Secrets,
+    valid: &ValidatedPipeline<'_>,
     overrides: &ReplicaOverrides,
-    running: &RunningImages,
-    settings: &Settings,
+    access: &Access,
     operator_version: &str,
-) -> Result<Children, BuildError> {
-    let name = pipeline.metadata.name.clone().ok_or(BuildError::Unnamed)?;
-    let namespace = pipeline
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(BuildError::Unnamed)?;
-    let owner = pipeline
-        .controller_owner_ref(&())
-        .ok_or(BuildError::Unnamed)?;
-    let context = Context {
-        name: &name,
-        namespace: &namespace,
-        owner,
+) -> Children {
+    let parent = Parent {
+        name: &valid.name,
+        namespace: &valid.namespace,
+        owner: valid.owner.clone(),
     };
     let mut children = Children::default();
 
-    if pipeline.spec.auth.jwt_secret_ref.is_none() {
-        let jwt = secrets
-            .jwt
-            .as_deref()
-            .ok_or(BuildError::MissingSecret("jwt"))?;
-        children
-            .secrets
-            .push(context.secret(&names::jwt_secret(&name), "jwt", &[("secret", jwt)]));
+    if let Jwt::Generated(jwt) = &valid.jwt {
+        children.secrets.push(parent.secret(
+            &names::jwt_secret(&valid.name),
+            "jwt",
+            &[("secret", jwt)],
+        ));
     }
-    for dependency in Dependency::ALL {
-        let spec = dependency.spec(pipeline);
-        match (&spec.managed, &spec.external) {
-            (Some(managed), None) => statefulset::managed_dependency(
-                &context,
-                dependency,
-                managed,
-                running
-                    .get(&dependency)
-                    .map_or_else(|| settings.images.get(dependency), String::as_str),
-                secrets,
-                &mut children,
-            )?,
-            (None, Some(external)) => {
-                for endpoint in &external.endpoints {
-                    check_endpoint(dependency, endpoint).map_err(|problem| {
-                        BuildError::InvalidEndpoint {
-                            dependency: dependency.name(),
-                            endpoint: endpoint.clone(),
-                            problem,
-                        }
-                    })?;
-                }
-            }
-            _ => return Err(BuildError::NoDependencyMode(dependency.name())),
-        }
+    if let Mode::Managed(rabbitmq) = &valid.rabbitmq {
+        let managed = statefulset::Managed::new(&parent, Dependency::Rabbitmq, &rabbitmq.node);
+        let pod = rabbitmq::pod(&managed, rabbitmq, &mut children);
+        statefulset::add(&managed, pod, &mut children);
+    }
+    if let Mode::Managed(redis) = &valid.redis {
+        let managed = statefulset::Managed::new(&parent, Dependency::Redis, &redis.node);
+        let pod = redis::pod(&managed, redis, &mut children);
+        statefulset::add(&managed, pod, &mut children);
+    }
+    if let Mode::Managed(cassandra) = &valid.cassandra {
+        let managed = statefulset::Managed::new(&parent, Dependency::Cassandra, &cassandra.node);
+        let pod = cassandra::pod(&managed, cassandra, &mut children);
+        statefulset::add(&managed, pod, &mut children);
     }
 
-    let hash = config_hash(pipeline, secrets);
+    let hash = config_hash(valid);
     for workload in Workload::ALL {
         workloads::workload(
-            &context,
-            pipeline,
+            &parent,
+            valid,
             workload,
             overrides,
             &hash,
@@ -405,53 +316,16 @@ pub fn build(
             &mut children,
         );
     }
-    children.network_policies =
-        network_policy::network_policies(&context, pipeline, &settings.access);
-    Ok(children)
-}
-
-/// Whether an external dependency's endpoint is one its workloads can use: an `amqp://` or
-/// `amqps://` URL with a host and without credentials (they come from the Secret, encoded by the
-/// workload) for RabbitMQ, `host:port` for Redis and Cassandra. Otherwise every workload pod
-/// would fail at start; refused here, the pipeline reports which endpoint and why.
-fn check_endpoint(dependency: Dependency, endpoint: &str) -> Result<(), String> {
-    match dependency {
-        Dependency::Rabbitmq => {
-            let url = url::Url::parse(endpoint).map_err(|error| format!("not a URL: {error}"))?;
-            if !matches!(url.scheme(), "amqp" | "amqps") {
-                return Err("not an amqp:// or amqps:// URL".to_owned());
-            }
-            if url.host_str().is_none_or(str::is_empty) {
-                return Err("no host".to_owned());
-            }
-            if !url.username().is_empty() || url.password().is_some() {
-                return Err(
-                    "carries credentials; put them in the Secret of credentialsSecretRef"
-                        .to_owned(),
-                );
-            }
-            Ok(())
-        }
-        Dependency::Redis | Dependency::Cassandra => {
-            let (host, port) = endpoint
-                .rsplit_once(':')
-                .ok_or_else(|| "not host:port".to_owned())?;
-            if host.is_empty() || host.contains(['/', '@', ' ']) {
-                return Err("not host:port".to_owned());
-            }
-            port.parse::<u16>()
-                .map(|_| ())
-                .map_err(|_| format!("port {port:?} is not a number from 0 to 65535"))
-        }
-    }
+    children.network_policies = network_policy::network_policies(&parent, valid, access);
+    children
 }
 
 /// Hash of what the workloads' behaviour depends on outside their own pod template: token
 /// settings, where the dependencies are, and every secret value they read. A change of any of it
 /// rolls the workloads; a change that the pod template already shows (replicas, image, env) does
 /// not need it, and scaling must not roll pods.
-pub fn config_hash(pipeline: &OrderPipeline, secrets: &Secrets) -> String {
-    let spec = &pipeline.spec;
+pub fn config_hash(valid: &ValidatedPipeline<'_>) -> String {
+    let spec = &valid.pipeline.spec;
     let mut hasher = Sha256::new();
     for part in [
         serde_json::to_vec(&spec.auth),
@@ -461,29 +335,39 @@ pub fn config_hash(pipeline: &OrderPipeline, secrets: &Secrets) -> String {
     ] {
         hasher.update(part.unwrap_or_default());
     }
+    let jwt = match &valid.jwt {
+        Jwt::Generated(jwt) => jwt.as_str(),
+        Jwt::Referenced => "",
+    };
+    let rabbitmq = valid.rabbitmq.managed();
+    let redis = valid.redis.managed();
     for value in [
-        &secrets.jwt,
-        &secrets.rabbitmq_password,
-        &secrets.redis_password,
+        jwt,
+        rabbitmq.map_or("", |rabbitmq| rabbitmq.password.as_str()),
+        redis.map_or("", |redis| redis.password.as_str()),
     ] {
-        hasher.update(value.as_deref().unwrap_or("").as_bytes());
+        hasher.update(value.as_bytes());
         hasher.update([0]);
     }
-    for passwords in [&secrets.rabbitmq_workloads, &secrets.redis_workloads] {
+    let none = BTreeMap::new();
+    for passwords in [
+        rabbitmq.map_or(&none, |rabbitmq| &rabbitmq.workloads),
+        redis.map_or(&none, |redis| &redis.workloads),
+    ] {
         for (workload, password) in passwords {
             hasher.update(workload.name().as_bytes());
             hasher.update(password.as_bytes());
             hasher.update([0]);
         }
     }
-    // Only when present, so that pipelines with an external Cassandra keep their hash (and their
+    // Only when managed, so that pipelines with an external Cassandra keep their hash (and their
     // pods) across the operator upgrade that introduced it. The superuser's password is the
     // credentials Job's alone.
-    if let Some(password) = &secrets.cassandra_password {
-        hasher.update(password.as_bytes());
+    if let Some(cassandra) = valid.cassandra.managed() {
+        hasher.update(cassandra.password.as_bytes());
         hasher.update([0]);
     }
-    for (name, data) in &secrets.referenced {
+    for (name, data) in &valid.referenced {
         hasher.update(name.as_bytes());
         for (key, value) in data {
             hasher.update(key.as_bytes());
@@ -562,15 +446,15 @@ mod tests {
         let first = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
         let second = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
         assert_eq!(first, second);
-        let base = config_hash(&pipeline(json!({})), &secrets());
+        let base = hash_of(&pipeline(json!({})), &secrets());
         let rotated = Secrets {
             jwt: Some("k".repeat(48)),
             ..secrets()
         };
-        assert_ne!(base, config_hash(&pipeline(json!({})), &rotated));
+        assert_ne!(base, hash_of(&pipeline(json!({})), &rotated));
         assert_ne!(
             base,
-            config_hash(
+            hash_of(
                 &pipeline(json!({"auth": {"tokenLifetimeSeconds": 600}})),
                 &secrets()
             )
@@ -578,7 +462,7 @@ mod tests {
         // Scaling does not roll pods.
         assert_eq!(
             base,
-            config_hash(&pipeline(json!({"gateway": {"replicas": 2}})), &secrets())
+            hash_of(&pipeline(json!({"gateway": {"replicas": 2}})), &secrets())
         );
     }
 
@@ -617,7 +501,7 @@ mod tests {
             ..images
         };
         let build_with = |spec: Value, running: &RunningImages| {
-            build(
+            build_with(
                 &pipeline(spec),
                 &secrets(),
                 &ReplicaOverrides::new(),

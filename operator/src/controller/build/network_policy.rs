@@ -20,10 +20,11 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use pipeline_api::{ExternalDependency, OrderPipeline};
+use pipeline_api::ExternalDependency;
 use pipeline_contract::{env, ports};
 
-use super::meta::Context;
+use super::super::validate::{Mode, ValidatedPipeline};
+use super::meta::Parent;
 use super::{Access, Dependency, Workload, names, rabbitmq};
 
 /// What the chart labels the operator's pods with, whatever the release is called.
@@ -56,13 +57,13 @@ fn in_namespace(namespace: &str, labels: &[(&str, &str)]) -> NetworkPolicyPeer {
 
 /// One policy per workload, then one per managed dependency.
 pub(super) fn network_policies(
-    context: &Context,
-    pipeline: &OrderPipeline,
+    parent: &Parent,
+    valid: &ValidatedPipeline<'_>,
     access: &Access,
 ) -> Vec<NetworkPolicy> {
     let mut policies = Vec::new();
     let pipeline_pods = || NetworkPolicyPeer {
-        pod_selector: Some(context.pipeline_pods()),
+        pod_selector: Some(parent.pipeline_pods()),
         ..NetworkPolicyPeer::default()
     };
     let admin = || {
@@ -88,15 +89,15 @@ pub(super) fn network_policies(
             None => vec![admin()],
         };
         policies.push(policy(
-            context,
-            &names::workload(context.name, workload),
+            parent,
+            &names::workload(parent.name, workload),
             workload.name(),
             ingress,
-            workload_egress(context, pipeline, workload),
+            workload_egress(parent, valid, workload),
         ));
     }
     for dependency in Dependency::ALL {
-        if dependency.spec(pipeline).managed.is_none() {
+        if !matches!(valid.mode(dependency), Mode::Managed(_)) {
             continue;
         }
         let mut ingress = vec![NetworkPolicyIngressRule {
@@ -117,15 +118,15 @@ pub(super) fn network_policies(
             // Clustering: RabbitMQ's peers (epmd, distribution), Cassandra's (gossip).
             egress.push(NetworkPolicyEgressRule {
                 to: Some(vec![NetworkPolicyPeer {
-                    pod_selector: Some(context.pipeline_component(dependency.name())),
+                    pod_selector: Some(parent.pipeline_component(dependency.name())),
                     ..NetworkPolicyPeer::default()
                 }]),
                 ports: None,
             });
         }
         policies.push(policy(
-            context,
-            &names::dependency(context.name, dependency),
+            parent,
+            &names::dependency(parent.name, dependency),
             dependency.name(),
             ingress,
             egress,
@@ -145,8 +146,8 @@ fn dns() -> NetworkPolicyEgressRule {
 
 /// Where `workload` may connect: DNS, the dependencies it uses, the notifier's webhook.
 fn workload_egress(
-    context: &Context,
-    pipeline: &OrderPipeline,
+    parent: &Parent,
+    valid: &ValidatedPipeline<'_>,
     workload: Workload,
 ) -> Vec<NetworkPolicyEgressRule> {
     let mut egress = vec![dns()];
@@ -159,21 +160,22 @@ fn workload_egress(
         if !used {
             continue;
         }
-        let spec = dependency.spec(pipeline);
-        if spec.managed.is_some() {
-            egress.push(NetworkPolicyEgressRule {
+        match valid.mode(dependency) {
+            Mode::Managed(_) => egress.push(NetworkPolicyEgressRule {
                 to: Some(vec![NetworkPolicyPeer {
-                    pod_selector: Some(context.pipeline_component(dependency.name())),
+                    pod_selector: Some(parent.pipeline_component(dependency.name())),
                     ..NetworkPolicyPeer::default()
                 }]),
                 ports: Some(vec![tcp(dependency.port())]),
-            });
-        } else if let Some(external) = &spec.external {
-            egress.extend(to_ports(external_ports(dependency, external)));
+            }),
+            Mode::External(external) => {
+                egress.extend(to_ports(external_ports(dependency, external)));
+            }
         }
     }
     if workload == Workload::Notifier {
-        let webhook = pipeline
+        let webhook = valid
+            .pipeline
             .spec
             .notifier
             .workload
@@ -221,16 +223,16 @@ fn to_ports(ports: Vec<u16>) -> Option<NetworkPolicyEgressRule> {
 
 /// The policy `name` of the pods of `component`: what they accept, and where they may connect.
 fn policy(
-    context: &Context,
+    parent: &Parent,
     name: &str,
     component: &str,
     ingress: Vec<NetworkPolicyIngressRule>,
     egress: Vec<NetworkPolicyEgressRule>,
 ) -> NetworkPolicy {
     NetworkPolicy {
-        metadata: context.metadata(name, component),
+        metadata: parent.metadata(name, component),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(context.pipeline_component(component)),
+            pod_selector: Some(parent.pipeline_component(component)),
             policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
             ingress: Some(ingress),
             egress: Some(egress),
@@ -258,12 +260,12 @@ mod tests {
 
     use super::super::test_support::*;
 
-    use super::super::{Access, Settings, build};
-    use super::super::{ReplicaOverrides, RunningImages};
+    use super::super::ReplicaOverrides;
+    use super::super::{Access, Settings};
     use k8s_openapi::api::networking::v1::NetworkPolicy;
 
     fn policies(access: Access) -> Vec<NetworkPolicy> {
-        build(
+        build_with(
             &pipeline(json!({})),
             &secrets(),
             &ReplicaOverrides::new(),
@@ -428,7 +430,7 @@ mod tests {
         );
 
         // External dependencies: their ports at any address; the notifier's webhook likewise.
-        let external = build(
+        let external = build_with(
             &pipeline(json!({
                 "rabbitmq": {"external": {"endpoints": ["amqps://mq.example.com/prod", "amqp://mq2:5673/prod"]}},
                 "redis": {"external": {"endpoints": ["cache.example.com:6380"]}},

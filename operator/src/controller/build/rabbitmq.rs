@@ -13,15 +13,15 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, ConfigMapVolumeSource, Container, PodSpec, Volume};
-use pipeline_api::RABBITMQ_MINIMUM_MEMORY_LIMIT;
 use pipeline_contract::topology;
 
+use super::super::validate::ManagedRabbitmq;
 use super::meta::{
-    Context, empty_dir, env_field, env_secret, env_value, mount, resources,
+    Parent, empty_dir, env_field, env_secret, env_value, mount, resources,
     restricted_container_security, secret_file_volume,
 };
 use super::statefulset::{DependencyPod, Managed};
-use super::{BuildError, Children, Dependency, Secrets, USERS_HASH, access, names};
+use super::{Children, Dependency, USERS_HASH, access, names};
 
 /// Copies the Erlang cookie from its Secret to `$HOME/.erlang.cookie`, owner-readable only.
 pub const RABBITMQ_COOKIE_SCRIPT: &str = include_str!("rabbitmq-cookie.sh");
@@ -32,7 +32,7 @@ pub const RABBITMQ_GROW_SCRIPT: &str = include_str!("rabbitmq-grow.sh");
 /// and `password` from that Secret, by key; only RabbitMQ's own pods mount the cookie.
 const COOKIE_KEY: &str = "erlang-cookie";
 /// The administrator: the operator's login to the management API, and people's.
-const ADMIN_USER: &str = "pipeline";
+pub const ADMIN_USER: &str = "pipeline";
 /// The credentials Secret's key holding the definitions the nodes import at boot: the users,
 /// with password hashes only, and their permissions.
 const DEFINITIONS_KEY: &str = "definitions.json";
@@ -61,23 +61,16 @@ const RABBITMQ_ENABLED_PLUGINS: &str = "[rabbitmq_management,rabbitmq_prometheus
 /// Adds the credentials Secret and the configuration ConfigMap to `children`; returns the pod.
 pub(super) fn pod(
     managed: &Managed,
-    secrets: &Secrets,
+    rabbitmq: &ManagedRabbitmq<'_>,
     children: &mut Children,
-) -> Result<DependencyPod, BuildError> {
-    let context = managed.context;
+) -> DependencyPod {
+    let parent = managed.parent;
     let component = Dependency::Rabbitmq.name();
-    let password = secrets
-        .rabbitmq_password
-        .as_deref()
-        .ok_or(BuildError::MissingSecret("rabbitmq"))?;
-    let credentials = names::credentials_secret(context.name, Dependency::Rabbitmq);
-    let cookie = secrets
-        .rabbitmq_erlang_cookie
-        .as_deref()
-        .ok_or(BuildError::MissingSecret("rabbitmq erlang cookie"))?;
-    let definitions =
-        access::rabbitmq_definitions((ADMIN_USER, password), &secrets.rabbitmq_workloads);
-    let workload_keys = access::password_entries(&secrets.rabbitmq_workloads);
+    let password = rabbitmq.password.as_str();
+    let credentials = names::credentials_secret(parent.name, Dependency::Rabbitmq);
+    let cookie = rabbitmq.erlang_cookie.as_str();
+    let definitions = access::rabbitmq_definitions((ADMIN_USER, password), &rabbitmq.workloads);
+    let workload_keys = access::password_entries(&rabbitmq.workloads);
     let mut data = vec![
         ("username", ADMIN_USER),
         ("password", password),
@@ -91,19 +84,16 @@ pub(super) fn pod(
     );
     children
         .secrets
-        .push(context.secret(&credentials, component, &data));
-    let memory_limit = managed.memory_limit(
-        RABBITMQ_MINIMUM_MEMORY_LIMIT,
-        "its memory high watermark is 60% of it",
-    )?;
-    let config = names::rabbitmq_config(context.name);
+        .push(parent.secret(&credentials, component, &data));
+    let memory_limit = rabbitmq.memory_limit;
+    let config = names::rabbitmq_config(parent.name);
     children.config_maps.push(ConfigMap {
-        metadata: context.metadata(&config, component),
+        metadata: parent.metadata(&config, component),
         data: Some(BTreeMap::from([
             (
                 "rabbitmq.conf".to_owned(),
                 rabbitmq_config(
-                    context,
+                    parent,
                     managed.spec.replicas,
                     rabbitmq_watermark(memory_limit),
                 ),
@@ -118,8 +108,8 @@ pub(super) fn pod(
     if managed.spec.replicas > 1 {
         children.jobs.push(grow_job(managed));
     }
-    let headless = names::headless_domain(context.name, Dependency::Rabbitmq, context.namespace);
-    Ok(DependencyPod {
+    let headless = names::headless_domain(parent.name, Dependency::Rabbitmq, parent.namespace);
+    DependencyPod {
         ports: vec![
             ("amqp", Dependency::Rabbitmq.port()),
             ("management", MANAGEMENT_PORT),
@@ -184,9 +174,9 @@ pub(super) fn pod(
             ),
             cookie_volume(&credentials),
         ],
-        init_containers: vec![cookie_container(&managed.image, "data", RABBITMQ_DATA_DIR)],
+        init_containers: vec![cookie_container(managed.image, "data", RABBITMQ_DATA_DIR)],
         annotations: BTreeMap::from([(USERS_HASH.to_owned(), access::digest(&definitions))]),
-    })
+    }
 }
 
 /// The cookie, alone, from the credentials Secret: readable by the pod's group (`fsGroup`), so
@@ -231,12 +221,12 @@ fn sh_c(script: &str) -> Vec<String> {
 /// is a new Job, which grows the queues onto the new nodes; after `ttlSecondsAfterFinished` the
 /// next full apply runs it again, which changes nothing when every queue has all its members.
 pub(super) fn grow_job(managed: &Managed) -> Job {
-    let context = managed.context;
+    let parent = managed.parent;
     let nodes: Vec<String> = (0..managed.spec.replicas)
         .map(|index| {
             format!(
                 "rabbit@{}",
-                names::pod_host(context.name, Dependency::Rabbitmq, index, context.namespace)
+                names::pod_host(parent.name, Dependency::Rabbitmq, index, parent.namespace)
             )
         })
         .collect();
@@ -245,7 +235,7 @@ pub(super) fn grow_job(managed: &Managed) -> Job {
         .join(" ");
     let container = Container {
         name: "grow".to_owned(),
-        image: Some(managed.image.clone()),
+        image: Some(managed.image.to_owned()),
         command: Some(sh_c(RABBITMQ_GROW_SCRIPT)),
         env: Some(vec![
             env_value("HOME", "/tmp"),
@@ -258,13 +248,13 @@ pub(super) fn grow_job(managed: &Managed) -> Job {
         security_context: Some(restricted_container_security()),
         ..Container::default()
     };
-    let credentials = names::credentials_secret(context.name, Dependency::Rabbitmq);
-    context.hashed_job(
+    let credentials = names::credentials_secret(parent.name, Dependency::Rabbitmq);
+    parent.hashed_job(
         GROW,
         PodSpec {
             hostname: Some("grow".to_owned()),
             subdomain: Some(managed.headless.clone()),
-            init_containers: Some(vec![cookie_container(&managed.image, "tmp", "/tmp")]),
+            init_containers: Some(vec![cookie_container(managed.image, "tmp", "/tmp")]),
             containers: vec![container],
             volumes: Some(vec![empty_dir("tmp"), cookie_volume(&credentials)]),
             ..PodSpec::default()
@@ -287,13 +277,13 @@ fn rabbitmq_watermark(memory_limit: u64) -> u64 {
 /// [`rabbitmq_watermark`]). No `default_queue_type` (3.10 does not know the key; the workloads
 /// declare their queues `x-queue-type: quorum` themselves) and no `queue_master_locator`
 /// (deprecated).
-fn rabbitmq_config(context: &Context, replicas: i32, watermark: u64) -> String {
+fn rabbitmq_config(parent: &Parent, replicas: i32, watermark: u64) -> String {
     let nodes: String = (0..replicas)
         .map(|index| {
             format!(
                 "cluster_formation.classic_config.nodes.{} = rabbit@{}\n",
                 index + 1,
-                names::pod_host(context.name, Dependency::Rabbitmq, index, context.namespace)
+                names::pod_host(parent.name, Dependency::Rabbitmq, index, parent.namespace)
             )
         })
         .collect();

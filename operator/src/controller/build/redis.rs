@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use super::super::validate::ManagedRedis;
 use super::meta::{env_secret, mount, secret_file_volume};
 use super::statefulset::{DependencyPod, Managed};
-use super::{BuildError, Children, Dependency, Secrets, USERS_HASH, access, names};
+use super::{Children, Dependency, USERS_HASH, access, names};
 
 /// Where Redis keeps its data (the append-only file): the claim's mount.
 const REDIS_DATA_DIR: &str = "/data";
@@ -25,23 +26,20 @@ const REDIS_COMMAND: &str = "umask 077; exec redis-server --appendonly yes --app
 /// Adds the credentials Secret to `children`; returns the pod.
 pub(super) fn pod(
     managed: &Managed,
-    secrets: &Secrets,
+    redis: &ManagedRedis<'_>,
     children: &mut Children,
-) -> Result<DependencyPod, BuildError> {
-    let context = managed.context;
-    let password = secrets
-        .redis_password
-        .as_deref()
-        .ok_or(BuildError::MissingSecret("redis"))?;
-    let credentials = names::credentials_secret(context.name, Dependency::Redis);
-    let acl = access::redis_acl(password, &secrets.redis_workloads);
-    let keys = access::password_entries(&secrets.redis_workloads);
+) -> DependencyPod {
+    let parent = managed.parent;
+    let password = redis.password.as_str();
+    let credentials = names::credentials_secret(parent.name, Dependency::Redis);
+    let acl = access::redis_acl(password, &redis.workloads);
+    let keys = access::password_entries(&redis.workloads);
     let mut data = vec![("password", password), (ACL_KEY, acl.as_str())];
     data.extend(keys.iter().map(|(key, value)| (key.as_str(), *value)));
     children
         .secrets
-        .push(context.secret(&credentials, Dependency::Redis.name(), &data));
-    Ok(DependencyPod {
+        .push(parent.secret(&credentials, Dependency::Redis.name(), &data));
+    DependencyPod {
         ports: vec![("redis", Dependency::Redis.port())],
         client_ports: 1,
         // The `default` user's password, for people and tools exec'd into the pod
@@ -53,7 +51,7 @@ pub(super) fn pod(
         volumes: vec![secret_file_volume("acl", &credentials, ACL_KEY, ACL_KEY)],
         init_containers: Vec::new(),
         annotations: BTreeMap::from([(USERS_HASH.to_owned(), access::digest(&acl))]),
-    })
+    }
 }
 
 #[cfg(test)]

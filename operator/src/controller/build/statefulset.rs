@@ -1,8 +1,7 @@
 //! What the three managed dependencies share: the client and headless Services, the StatefulSet
-//! (its pod skeleton, probes, data claim and retention), the disruption budget, and the memory
-//! limit the ones that size themselves from it need. What differs between them is a
-//! [`DependencyPod`], which each dependency's module fills in (and which adds the dependency's
-//! own Secret, ConfigMap or Job); this is the one place that chooses the module.
+//! (its pod skeleton, probes, data claim and retention) and the disruption budget. What differs
+//! between them is a [`DependencyPod`], which each dependency's module fills in from its
+//! validated part of the pipeline (and which adds the dependency's own Secret, ConfigMap or Job).
 
 use std::collections::BTreeMap;
 
@@ -18,26 +17,40 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pipeline_api::{ManagedDependency, Resources};
 
+use super::super::validate::Node;
 use super::meta::{
-    Context, DEPENDENCY_USER, container_port, empty_dir, mount, pod_security, resources,
+    DEPENDENCY_USER, Parent, container_port, empty_dir, mount, pod_security, resources,
     restricted_container_security,
 };
-use super::{BuildError, Children, Dependency, Secrets, cassandra, names, rabbitmq, redis};
-use crate::quantity;
+use super::{Children, Dependency, names};
 
 /// One managed dependency of one pipeline, as its module builds it.
 pub(super) struct Managed<'a> {
-    pub(super) context: &'a Context<'a>,
+    pub(super) parent: &'a Parent<'a>,
     pub(super) dependency: Dependency,
     pub(super) spec: &'a ManagedDependency,
-    /// The spec's image, else the running one, else the operator's default.
-    pub(super) image: String,
+    /// The image it runs (chosen by validation).
+    pub(super) image: &'a str,
     /// The spec's resources, replacing the dependency's defaults whole.
-    pub(super) resources: Resources,
+    pub(super) resources: &'a Resources,
     /// `<pipeline>-<dependency>`: the StatefulSet and its client Service.
     pub(super) name: String,
     /// The headless Service, the StatefulSet's `serviceName`.
     pub(super) headless: String,
+}
+
+impl<'a> Managed<'a> {
+    pub(super) fn new(parent: &'a Parent<'a>, dependency: Dependency, node: &'a Node<'a>) -> Self {
+        Self {
+            parent,
+            dependency,
+            spec: node.spec,
+            image: &node.image,
+            resources: &node.resources,
+            name: names::dependency(parent.name, dependency),
+            headless: names::headless_service(parent.name, dependency),
+        }
+    }
 }
 
 /// What differs between the three dependencies' pods.
@@ -61,48 +74,15 @@ pub(super) struct DependencyPod {
     pub(super) annotations: BTreeMap<String, String>,
 }
 
-/// Adds a managed dependency's objects to `children`: its own (by its module), its Services, its
-/// StatefulSet and, with more than one replica, its disruption budget.
-pub(super) fn managed_dependency(
-    context: &Context,
-    dependency: Dependency,
-    spec: &ManagedDependency,
-    current_image: &str,
-    secrets: &Secrets,
-    children: &mut Children,
-) -> Result<(), BuildError> {
-    if let Some(why) = dependency.single_node_why()
-        && spec.replicas > 1
-    {
-        return Err(BuildError::SingleNode {
-            name: dependency.name(),
-            title: dependency.title(),
-            replicas: spec.replicas,
-            why,
-        });
-    }
-    let managed = Managed {
-        context,
-        dependency,
-        spec,
-        image: spec
-            .image
-            .clone()
-            .unwrap_or_else(|| current_image.to_owned()),
-        resources: spec
-            .resources
-            .clone()
-            .unwrap_or_else(|| dependency.default_resources()),
-        name: names::dependency(context.name, dependency),
-        headless: names::headless_service(context.name, dependency),
-    };
-    let pod = match dependency {
-        Dependency::Rabbitmq => rabbitmq::pod(&managed, secrets, children)?,
-        Dependency::Redis => redis::pod(&managed, secrets, children)?,
-        Dependency::Cassandra => cassandra::pod(&managed, secrets, children)?,
-    };
+/// Adds what every managed dependency has to `children`, around the `pod` its module made (which
+/// added the dependency's own Secret, ConfigMap or Job): its Services, its StatefulSet and, with
+/// more than one replica, its disruption budget.
+pub(super) fn add(managed: &Managed<'_>, pod: DependencyPod, children: &mut Children) {
+    let parent = managed.parent;
+    let spec = managed.spec;
+    let dependency = managed.dependency;
     let component = dependency.name();
-    children.services.push(context.service(
+    children.services.push(parent.service(
         &managed.name,
         component,
         pod.ports.get(..pod.client_ports).unwrap_or_default(),
@@ -110,18 +90,17 @@ pub(super) fn managed_dependency(
     ));
     children
         .services
-        .push(context.service(&managed.headless, component, &pod.ports, true));
-    children.stateful_sets.push(stateful_set(&managed, pod));
+        .push(parent.service(&managed.headless, component, &pod.ports, true));
+    children.stateful_sets.push(stateful_set(managed, pod));
     if spec.replicas > 1 {
         children
             .disruption_budgets
-            .push(context.disruption_budget(&managed.name, component));
+            .push(parent.disruption_budget(&managed.name, component));
     }
-    Ok(())
 }
 
 fn stateful_set(managed: &Managed, pod: DependencyPod) -> StatefulSet {
-    let context = managed.context;
+    let parent = managed.parent;
     let component = managed.dependency.name();
     let port = IntOrString::Int(i32::from(managed.dependency.port()));
     let mut mounts = vec![mount("data", pod.data_dir), mount("tmp", "/tmp")];
@@ -130,7 +109,7 @@ fn stateful_set(managed: &Managed, pod: DependencyPod) -> StatefulSet {
     volumes.extend(pod.volumes);
     let container = Container {
         name: component.to_owned(),
-        image: Some(managed.image.clone()),
+        image: Some(managed.image.to_owned()),
         command: Some(pod.command),
         env: Some(pod.env),
         ports: Some(
@@ -140,7 +119,7 @@ fn stateful_set(managed: &Managed, pod: DependencyPod) -> StatefulSet {
                 .collect(),
         ),
         volume_mounts: Some(mounts),
-        resources: Some(resources(Some(&managed.resources))),
+        resources: Some(resources(Some(managed.resources))),
         security_context: Some(restricted_container_security()),
         readiness_probe: Some(Probe {
             tcp_socket: Some(TCPSocketAction {
@@ -164,7 +143,7 @@ fn stateful_set(managed: &Managed, pod: DependencyPod) -> StatefulSet {
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some("data".to_owned()),
-            labels: Some(context.labels(component)),
+            labels: Some(parent.labels(component)),
             ..ObjectMeta::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
@@ -196,12 +175,12 @@ fn stateful_set(managed: &Managed, pod: DependencyPod) -> StatefulSet {
         ..PodSpec::default()
     };
     StatefulSet {
-        metadata: context.metadata(&managed.name, component),
+        metadata: parent.metadata(&managed.name, component),
         spec: Some(StatefulSetSpec {
             service_name: Some(managed.headless.clone()),
             replicas: Some(managed.spec.replicas),
             pod_management_policy: Some("Parallel".to_owned()),
-            selector: context.label_selector(component),
+            selector: parent.label_selector(component),
             // Claims outlive the pipeline: deleting the resource never deletes data by
             // surprise; the documented cleanup deletes them explicitly.
             persistent_volume_claim_retention_policy: Some(
@@ -212,7 +191,7 @@ fn stateful_set(managed: &Managed, pod: DependencyPod) -> StatefulSet {
             ),
             template: PodTemplateSpec {
                 metadata: Some({
-                    let mut metadata = context.pod_metadata(component);
+                    let mut metadata = parent.pod_metadata(component);
                     if !pod.annotations.is_empty() {
                         metadata
                             .annotations
@@ -230,42 +209,6 @@ fn stateful_set(managed: &Managed, pod: DependencyPod) -> StatefulSet {
     }
 }
 
-impl Managed<'_> {
-    /// The memory limit in bytes of a dependency that derives a setting from it (`why`), which
-    /// must be at least `minimum`; else a refusal that says what is wrong and what to set.
-    pub(super) fn memory_limit(&self, minimum: &str, why: &str) -> Result<u64, BuildError> {
-        let dependency = self.dependency;
-        let name = dependency.name();
-        let field = format!("spec.{name}.managed.resources.limits.memory");
-        let default_limit = dependency
-            .default_resources()
-            .limits
-            .remove("memory")
-            .unwrap_or_default();
-        let refuse = |problem: String| {
-            BuildError::DependencyResources(format!(
-                "{problem}, and a managed {} needs at least {minimum}: {why}. Set {field} to \
-                 {minimum} or more, or leave out spec.{name}.managed.resources for the defaults \
-                 (a {default_limit} limit)",
-                dependency.title()
-            ))
-        };
-        let Some(limit) = self.resources.limits.get("memory") else {
-            return Err(refuse(format!(
-                "spec.{name}.managed.resources sets no memory limit"
-            )));
-        };
-        let bytes =
-            quantity::memory_bytes(limit).map_err(|error| refuse(format!("{field}: {error}")))?;
-        let minimum_bytes = quantity::memory_bytes(minimum)
-            .map_err(|error| refuse(format!("the minimum itself: {error}")))?;
-        if bytes < minimum_bytes {
-            return Err(refuse(format!("{field} is {limit}")));
-        }
-        Ok(bytes)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -274,9 +217,8 @@ mod tests {
 
     use super::super::test_support::*;
     use super::super::{
-        BuildError, CASSANDRA_CONFIG_SCRIPT, CASSANDRA_CREDENTIALS_SCRIPT, Children, Dependency,
-        RABBITMQ_COOKIE_SCRIPT, RABBITMQ_GROW_SCRIPT, RABBITMQ_IMAGE, ReplicaOverrides,
-        RunningImages, Settings, build,
+        CASSANDRA_CONFIG_SCRIPT, CASSANDRA_CREDENTIALS_SCRIPT, Children, Dependency,
+        RABBITMQ_COOKIE_SCRIPT, RABBITMQ_GROW_SCRIPT, RABBITMQ_IMAGE, ReplicaOverrides, Settings,
     };
 
     #[test]
@@ -299,7 +241,7 @@ mod tests {
                 .image
                 .clone()
         };
-        let children = build(
+        let children = build_with(
             &pipeline(json!({})),
             &secrets(),
             &ReplicaOverrides::new(),
@@ -317,7 +259,7 @@ mod tests {
             Some(RABBITMQ_IMAGE)
         );
         let explicit = json!({"redis": {"managed": {"image": "redis:8.0.0"}}});
-        let children = build(
+        let children = build_with(
             &pipeline(explicit),
             &secrets(),
             &ReplicaOverrides::new(),
@@ -490,7 +432,7 @@ mod tests {
     #[test]
     fn a_dependency_without_a_memory_limit_it_can_run_with_is_refused_saying_what_to_set() {
         let refusal = |spec: Value| match build_default(&pipeline(spec), &secrets(), "0.1.0") {
-            Err(BuildError::DependencyResources(message)) => message,
+            Err(ValidationError::DependencyResources(message)) => message,
             other => panic!("expected a refusal, got {other:?}"),
         };
         let cassandra =
@@ -528,8 +470,9 @@ mod tests {
         let message = refusal(rabbitmq(json!({"limits": {"memory": "500M"}})));
         assert!(message.contains("limits.memory is 500M"), "{message}");
         // The refusal is an invalid spec, reported as such.
-        let error = crate::controller::Error::Build(BuildError::DependencyResources(message));
-        assert_eq!(error.kind(), crate::metrics::ErrorKind::Build);
+        let error =
+            crate::controller::Error::Validate(ValidationError::DependencyResources(message));
+        assert_eq!(error.kind(), crate::metrics::ErrorKind::Validate);
 
         // The minimum itself is enough; Redis derives nothing from its limit and needs none.
         for spec in [

@@ -9,10 +9,16 @@ use kube::core::ObjectMeta;
 use pipeline_api::{OrderPipeline, OrderPipelineSpec};
 use serde_json::Value;
 
-use super::Workload;
-use super::{BuildError, Children, ReplicaOverrides, RunningImages, Secrets, Settings, build};
+pub(crate) use super::super::dereference::Secrets;
+use super::super::dereference::{Dereferenced, Running};
+pub(crate) use super::super::validate::Error as ValidationError;
+use super::super::validate::{self, validate};
+use super::{Children, Dependency, ReplicaOverrides, Settings, Workload, build};
 
-pub(super) fn pipeline(spec: serde_json::Value) -> OrderPipeline {
+/// The image each managed dependency runs now, for tests of what the build keeps.
+pub(crate) type RunningImages = BTreeMap<Dependency, String>;
+
+pub(crate) fn pipeline(spec: serde_json::Value) -> OrderPipeline {
     let spec: OrderPipelineSpec = serde_json::from_value(spec).unwrap();
     let mut pipeline = OrderPipeline::new("shop", spec);
     pipeline.metadata = ObjectMeta {
@@ -28,8 +34,8 @@ pub(super) fn build_default(
     pipeline: &OrderPipeline,
     secrets: &Secrets,
     version: &str,
-) -> Result<Children, BuildError> {
-    build(
+) -> Result<Children, validate::Error> {
+    build_with(
         pipeline,
         secrets,
         &ReplicaOverrides::new(),
@@ -39,7 +45,45 @@ pub(super) fn build_default(
     )
 }
 
-pub(super) fn secrets() -> Secrets {
+/// The configuration hash of what validation makes of `pipeline` and `secrets`.
+pub(super) fn hash_of(pipeline: &OrderPipeline, secrets: &Secrets) -> String {
+    let found = Dereferenced {
+        secrets: secrets.clone(),
+        ..Dereferenced::default()
+    };
+    super::config_hash(&validate(pipeline, found, &Default::default()).unwrap())
+}
+
+/// Validation and the build, as a reconcile runs them on what dereference found.
+pub(super) fn build_with(
+    pipeline: &OrderPipeline,
+    secrets: &Secrets,
+    overrides: &ReplicaOverrides,
+    running: &RunningImages,
+    settings: &Settings,
+    version: &str,
+) -> Result<Children, validate::Error> {
+    let found = Dereferenced {
+        secrets: secrets.clone(),
+        running: running
+            .iter()
+            .map(|(dependency, image)| {
+                (
+                    *dependency,
+                    Running {
+                        image: Some(image.clone()),
+                        replicas: None,
+                    },
+                )
+            })
+            .collect(),
+        replicas: BTreeMap::new(),
+    };
+    let valid = validate(pipeline, found, &settings.images)?;
+    Ok(build(&valid, overrides, &settings.access, version))
+}
+
+pub(crate) fn secrets() -> Secrets {
     Secrets {
         jwt: Some("j".repeat(48)),
         rabbitmq_password: Some("rabbitpassword".into()),

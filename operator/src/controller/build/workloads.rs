@@ -16,8 +16,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pipeline_api::{ExternalDependency, OrderPipeline, ServiceSpec, ServiceType, WorkloadSpec};
 use pipeline_contract::{env, ports, probes};
 
+use super::super::validate::{Mode, ValidatedPipeline};
 use super::meta::{
-    Context, container_port, env_secret, env_value, pod_security, resources,
+    Parent, container_port, env_secret, env_value, pod_security, resources,
     restricted_container_security,
 };
 use super::{
@@ -31,20 +32,21 @@ const RUN_AS_USER: i64 = 65532;
 /// Adds `workload`'s Deployment, and its Service and PodDisruptionBudget where it has them, to
 /// `children`. The autoscaler's replica count, when there is one, replaces the spec's.
 pub(super) fn workload(
-    context: &Context,
-    pipeline: &OrderPipeline,
+    parent: &Parent,
+    valid: &ValidatedPipeline<'_>,
     workload: Workload,
     overrides: &ReplicaOverrides,
     hash: &str,
     operator_version: &str,
     children: &mut Children,
 ) {
+    let pipeline = valid.pipeline;
     let spec = workload_spec(workload, pipeline);
     let replicas = overrides.get(&workload).copied().unwrap_or(spec.replicas);
-    let name = names::workload(context.name, workload);
+    let name = names::workload(parent.name, workload);
     children.deployments.push(deployment(
-        context,
-        pipeline,
+        parent,
+        valid,
         workload,
         spec,
         replicas,
@@ -54,7 +56,7 @@ pub(super) fn workload(
     if let (Some(port), Some(exposure)) =
         (workload.http_port(), workload_service(workload, pipeline))
     {
-        let mut service = context.service(
+        let mut service = parent.service(
             &name,
             workload.name(),
             &[("http", port), ("admin", ports::ADMIN)],
@@ -66,7 +68,7 @@ pub(super) fn workload(
     if replicas > 1 {
         children
             .disruption_budgets
-            .push(context.disruption_budget(&name, workload.name()));
+            .push(parent.disruption_budget(&name, workload.name()));
     }
 }
 
@@ -95,8 +97,8 @@ fn expose(service: &mut Service, exposure: &ServiceSpec) {
 const ENDPOINT_PROPAGATION_SECONDS: i64 = 5;
 
 fn deployment(
-    context: &Context,
-    pipeline: &OrderPipeline,
+    parent: &Parent,
+    valid: &ValidatedPipeline<'_>,
     workload: Workload,
     spec: &WorkloadSpec,
     replicas: i32,
@@ -108,7 +110,7 @@ fn deployment(
         .image
         .clone()
         .unwrap_or_else(|| format!("{WORKLOAD_IMAGE_REPOSITORY}/{component}:{operator_version}"));
-    let mut env = dependency_env(context, pipeline, workload);
+    let mut env = dependency_env(parent, valid, workload);
     env.push(env_value(env::ADMIN_PORT, ports::ADMIN.to_string()));
     env.push(env_value(env::LOG_FORMAT, "json"));
     let mut container_ports = vec![container_port("admin", ports::ADMIN)];
@@ -160,10 +162,10 @@ fn deployment(
         ..Container::default()
     };
     Deployment {
-        metadata: context.metadata(&names::workload(context.name, workload), component),
+        metadata: parent.metadata(&names::workload(parent.name, workload), component),
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
-            selector: context.label_selector(component),
+            selector: parent.label_selector(component),
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".to_owned()),
                 rolling_update: Some(RollingUpdateDeployment {
@@ -173,7 +175,7 @@ fn deployment(
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(context.labels(component)),
+                    labels: Some(parent.labels(component)),
                     annotations: Some(BTreeMap::from([(CONFIG_HASH.to_owned(), hash.to_owned())])),
                     ..ObjectMeta::default()
                 }),
@@ -194,15 +196,19 @@ fn deployment(
 /// Where `workload` finds the dependencies it uses, and how it logs in to them: RabbitMQ (all
 /// but the dashboard) and Redis (all), each as the workload's own user; Cassandra and the token
 /// settings (the gateway).
-fn dependency_env(context: &Context, pipeline: &OrderPipeline, workload: Workload) -> Vec<EnvVar> {
+fn dependency_env(
+    parent: &Parent,
+    valid: &ValidatedPipeline<'_>,
+    workload: Workload,
+) -> Vec<EnvVar> {
     let mut env = Vec::new();
     if workload.uses_rabbitmq() {
-        env.extend(rabbitmq_env(context, pipeline, workload));
+        env.extend(rabbitmq_env(parent, valid, workload));
     }
-    env.extend(redis_env(context, pipeline, workload));
+    env.extend(redis_env(parent, valid, workload));
     if workload.uses_cassandra() {
-        env.extend(cassandra_env(context, pipeline));
-        env.extend(token_env(context, pipeline));
+        env.extend(cassandra_env(parent, valid));
+        env.extend(token_env(parent, valid.pipeline));
     }
     env
 }
@@ -212,21 +218,15 @@ pub fn password_key(workload: Workload) -> String {
     format!("{}-password", workload.name())
 }
 
-fn rabbitmq_env(context: &Context, pipeline: &OrderPipeline, workload: Workload) -> Vec<EnvVar> {
-    let spec = &pipeline.spec.rabbitmq;
-    match (&spec.managed, &spec.external) {
-        (Some(managed), _) => {
-            let credentials = names::credentials_secret(context.name, Dependency::Rabbitmq);
-            let urls: Vec<String> = (0..managed.replicas)
+fn rabbitmq_env(parent: &Parent, valid: &ValidatedPipeline<'_>, workload: Workload) -> Vec<EnvVar> {
+    match &valid.rabbitmq {
+        Mode::Managed(managed) => {
+            let credentials = names::credentials_secret(parent.name, Dependency::Rabbitmq);
+            let urls: Vec<String> = (0..managed.node.spec.replicas)
                 .map(|index| {
                     format!(
                         "amqp://{}:{}/%2f",
-                        names::pod_host(
-                            context.name,
-                            Dependency::Rabbitmq,
-                            index,
-                            context.namespace
-                        ),
+                        names::pod_host(parent.name, Dependency::Rabbitmq, index, parent.namespace),
                         Dependency::Rabbitmq.port()
                     )
                 })
@@ -241,8 +241,7 @@ fn rabbitmq_env(context: &Context, pipeline: &OrderPipeline, workload: Workload)
                 env_value(env::RABBITMQ_URLS, urls.join(",")),
             ]
         }
-        (None, Some(external)) => external_rabbitmq_env(external, workload),
-        (None, None) => Vec::new(),
+        Mode::External(external) => external_rabbitmq_env(external, workload),
     }
 }
 
@@ -259,29 +258,28 @@ fn external_rabbitmq_env(external: &ExternalDependency, workload: Workload) -> V
     env
 }
 
-fn redis_env(context: &Context, pipeline: &OrderPipeline, workload: Workload) -> Vec<EnvVar> {
-    let spec = &pipeline.spec.redis;
-    match (&spec.managed, &spec.external) {
-        (Some(_), _) => vec![
+fn redis_env(parent: &Parent, valid: &ValidatedPipeline<'_>, workload: Workload) -> Vec<EnvVar> {
+    match &valid.redis {
+        Mode::Managed(_) => vec![
             env_value(
                 env::REDIS_ADDR,
                 format!(
                     "{}:{}",
-                    names::service_host(context.name, Dependency::Redis, context.namespace),
+                    names::service_host(parent.name, Dependency::Redis, parent.namespace),
                     Dependency::Redis.port()
                 ),
             ),
             env_value(env::REDIS_USERNAME, workload.name()),
             env_secret(
                 env::REDIS_PASSWORD,
-                &names::credentials_secret(context.name, Dependency::Redis),
+                &names::credentials_secret(parent.name, Dependency::Redis),
                 &password_key(workload),
             ),
             // The ACL users' key patterns are the seed's exact keys: a prefix from the spec's
             // `env` would put every key out of the workload's reach.
             env_value(env::REDIS_KEY_PREFIX, ""),
         ],
-        (None, Some(external)) => {
+        Mode::External(external) => {
             let mut env = vec![env_value(
                 env::REDIS_ADDR,
                 external.endpoints.first().cloned().unwrap_or_default(),
@@ -296,7 +294,6 @@ fn redis_env(context: &Context, pipeline: &OrderPipeline, workload: Workload) ->
             }
             env
         }
-        (None, None) => Vec::new(),
     }
 }
 
@@ -313,17 +310,16 @@ fn optional_env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     var
 }
 
-fn cassandra_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
-    let spec = &pipeline.spec.cassandra;
-    match (&spec.managed, &spec.external) {
-        (Some(managed), _) => {
-            let credentials = names::credentials_secret(context.name, Dependency::Cassandra);
+fn cassandra_env(parent: &Parent, valid: &ValidatedPipeline<'_>) -> Vec<EnvVar> {
+    match &valid.cassandra {
+        Mode::Managed(managed) => {
+            let credentials = names::credentials_secret(parent.name, Dependency::Cassandra);
             vec![
                 env_value(
                     env::CASSANDRA_ADDR,
                     format!(
                         "{}:{}",
-                        names::service_host(context.name, Dependency::Cassandra, context.namespace),
+                        names::service_host(parent.name, Dependency::Cassandra, parent.namespace),
                         Dependency::Cassandra.port()
                     ),
                 ),
@@ -331,11 +327,11 @@ fn cassandra_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
                 env_secret(env::CASSANDRA_PASSWORD, &credentials, "password"),
                 env_value(
                     env::CASSANDRA_REPLICATION_FACTOR,
-                    managed.replicas.min(3).to_string(),
+                    managed.node.spec.replicas.min(3).to_string(),
                 ),
             ]
         }
-        (None, Some(external)) => {
+        Mode::External(external) => {
             let mut env = vec![env_value(env::CASSANDRA_ADDR, external.endpoints.join(","))];
             if let Some(secret) = &external.credentials_secret_ref {
                 env.push(env_secret(env::CASSANDRA_USER, &secret.name, "username"));
@@ -347,15 +343,14 @@ fn cassandra_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
             }
             env
         }
-        (None, None) => Vec::new(),
     }
 }
 
 /// The token signing key (the user's Secret, or the generated `<name>-jwt`) and lifetime.
-fn token_env(context: &Context, pipeline: &OrderPipeline) -> Vec<EnvVar> {
+fn token_env(parent: &Parent, pipeline: &OrderPipeline) -> Vec<EnvVar> {
     let (secret, key) = match &pipeline.spec.auth.jwt_secret_ref {
         Some(reference) => (reference.name.clone(), reference.key.clone()),
-        None => (names::jwt_secret(context.name), "secret".to_owned()),
+        None => (names::jwt_secret(parent.name), "secret".to_owned()),
     };
     vec![
         env_secret(env::JWT_SECRET, &secret, &key),
@@ -372,9 +367,7 @@ mod tests {
     use serde_json::json;
 
     use super::super::test_support::*;
-    use super::super::{
-        Children, ReplicaOverrides, RunningImages, Secrets, Settings, Workload, build, config_hash,
-    };
+    use super::super::{Children, ReplicaOverrides, Settings, Workload};
     use super::ENDPOINT_PROPAGATION_SECONDS;
 
     #[test]
@@ -458,7 +451,7 @@ mod tests {
     #[test]
     fn autoscaler_overrides_replace_the_spec_count() {
         let overrides = ReplicaOverrides::from([(Workload::Processor, 4)]);
-        let children = build(
+        let children = build_with(
             &pipeline(json!({})),
             &secrets(),
             &overrides,
@@ -661,16 +654,16 @@ mod tests {
         let text = serde_json::to_string(&children.deployments).unwrap();
         assert!(!text.contains("superuser-password"));
         // A new Cassandra password rolls the workloads; the superuser's is not theirs.
-        let base = config_hash(&pipeline(json!({})), &secrets());
+        let base = hash_of(&pipeline(json!({})), &secrets());
         let rotated = Secrets {
             cassandra_password: Some("another".into()),
             ..secrets()
         };
-        assert_ne!(base, config_hash(&pipeline(json!({})), &rotated));
+        assert_ne!(base, hash_of(&pipeline(json!({})), &rotated));
         let superuser = Secrets {
             cassandra_superuser_password: Some("another".into()),
             ..secrets()
         };
-        assert_eq!(base, config_hash(&pipeline(json!({})), &superuser));
+        assert_eq!(base, hash_of(&pipeline(json!({})), &superuser));
     }
 }

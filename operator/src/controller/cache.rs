@@ -1,0 +1,326 @@
+//! Where a reconcile reads the pipeline's children: the controller's own watch caches.
+//!
+//! The controller watches the Deployments, StatefulSets, Services and Secrets carrying the
+//! operator's label to know when to reconcile (`owns`). The same watches fill reflector stores
+//! (kube's `shared_stream_controllers` pattern), so a reconcile reads its children from memory
+//! instead of listing and getting them again: a watch-triggered resync of a converged pipeline
+//! sends no request but the status read it may need.
+//!
+//! A cache holds only objects with the operator's label, so a miss is no proof that a name is
+//! free: an object of the same name made by someone else would not be in it. What must know
+//! (a generated Secret read back, the ownership check before an apply) asks the API server on a
+//! miss ([`Reader::get`]); what only needs the operator's own children takes the miss as it is
+//! ([`Reader::cached`]).
+//!
+//! Without a running controller (a reconcile called directly, as the tests of a restart do)
+//! there are no caches and every read goes to the API server.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::Stream;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, Secret, Service};
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector::store::Writer};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+/// The controller's stores of the pipelines' children.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // kube's stores are not Debug
+pub struct Stores {
+    deployments: Store<Deployment>,
+    stateful_sets: Store<StatefulSet>,
+    services: Store<Service>,
+    secrets: Store<Secret>,
+    /// True once every store has had its first complete listing (see [`announce_ready`]).
+    ready: watch::Receiver<bool>,
+}
+
+/// The writing halves of [`Stores`], consumed by the watches that fill them.
+#[allow(missing_debug_implementations)] // kube's writers are not Debug
+pub struct Writers {
+    pub deployments: Writer<Deployment>,
+    pub stateful_sets: Writer<StatefulSet>,
+    pub services: Writer<Service>,
+    pub secrets: Writer<Secret>,
+    /// For [`announce_ready`].
+    pub ready: watch::Sender<bool>,
+}
+
+impl Stores {
+    pub fn new() -> (Stores, Writers) {
+        let (deployments, deployments_writer) = reflector::store();
+        let (stateful_sets, stateful_sets_writer) = reflector::store();
+        let (services, services_writer) = reflector::store();
+        let (secrets, secrets_writer) = reflector::store();
+        let (ready_sender, ready) = watch::channel(false);
+        (
+            Stores {
+                deployments,
+                stateful_sets,
+                services,
+                secrets,
+                ready,
+            },
+            Writers {
+                deployments: deployments_writer,
+                stateful_sets: stateful_sets_writer,
+                services: services_writer,
+                secrets: secrets_writer,
+                ready: ready_sender,
+            },
+        )
+    }
+
+    /// Waits until every store has had its first complete listing. Any number of reconciles
+    /// may wait at once.
+    async fn ready(&self) {
+        // An error means the announcing task is gone (the controller is stopping): reads then
+        // find what the store last had, and the reconcile's writes decide.
+        let _ = self.ready.clone().wait_for(|ready| *ready).await;
+    }
+
+    /// How many objects the stores hold (for the operator's metrics and benchmark).
+    pub fn len(&self) -> usize {
+        self.deployments.len() + self.stateful_sets.len() + self.services.len() + self.secrets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Sets `ready` once every store of `stores` has had its first complete listing. Run it as one
+/// task per controller: kube's `Store::wait_until_ready` wakes only the last task that polled
+/// it (a oneshot receiver behind a mutex), so sixteen reconciles waiting on it at once left
+/// fifteen of them waiting forever.
+pub async fn announce_ready(stores: Stores, ready: watch::Sender<bool>) {
+    let (deployments, stateful_sets, services, secrets) = futures::join!(
+        stores.deployments.wait_until_ready(),
+        stores.stateful_sets.wait_until_ready(),
+        stores.services.wait_until_ready(),
+        stores.secrets.wait_until_ready(),
+    );
+    if deployments.is_ok() && stateful_sets.is_ok() && services.is_ok() && secrets.is_ok() {
+        ready.send_replace(true);
+    }
+}
+
+/// The stream of `api`'s labelled objects that fills `writer` and triggers the owners'
+/// reconciles (deletions included). Each object is trimmed to what a reconcile reads
+/// ([`Cached::trim`]) before it is cached: the caches then cost a fraction of the objects'
+/// size.
+pub fn watch<K: Cached>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+    watcher(api, config)
+        .default_backoff()
+        .modify(|object| {
+            object.meta_mut().managed_fields = None;
+            object.trim();
+        })
+        .reflect(writer)
+        .touched_objects()
+}
+
+/// The kinds the controller caches.
+pub trait Cached:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    fn store(stores: &Stores) -> &Store<Self>;
+
+    /// Drops what no reconcile reads. What stays: the metadata (owner references for the
+    /// ownership check, generation and resource version for the ledger, labels for the
+    /// status), and per kind what dereference and status read.
+    fn trim(&mut self);
+}
+
+impl Cached for Deployment {
+    fn store(stores: &Stores) -> &Store<Self> {
+        &stores.deployments
+    }
+
+    /// Keeps `spec.replicas` and the status (ready replicas).
+    fn trim(&mut self) {
+        if let Some(spec) = &mut self.spec {
+            spec.template = Default::default();
+        }
+        self.metadata.annotations = None;
+    }
+}
+
+impl Cached for StatefulSet {
+    fn store(stores: &Stores) -> &Store<Self> {
+        &stores.stateful_sets
+    }
+
+    /// Keeps `spec.replicas`, the status, and the first container's name and image (what a
+    /// running dependency keeps across operator upgrades).
+    fn trim(&mut self) {
+        if let Some(spec) = &mut self.spec {
+            let first = spec
+                .template
+                .spec
+                .as_ref()
+                .and_then(|pod| pod.containers.first())
+                .map(|container| Container {
+                    name: container.name.clone(),
+                    image: container.image.clone(),
+                    ..Container::default()
+                });
+            spec.template = PodTemplateSpec {
+                metadata: None,
+                spec: first.map(|container| PodSpec {
+                    containers: vec![container],
+                    ..PodSpec::default()
+                }),
+            };
+            spec.volume_claim_templates = None;
+        }
+        self.metadata.annotations = None;
+    }
+}
+
+impl Cached for Service {
+    fn store(stores: &Stores) -> &Store<Self> {
+        &stores.services
+    }
+
+    /// Keeps only the metadata: the ledger compares resource versions.
+    fn trim(&mut self) {
+        self.spec = None;
+        self.status = None;
+        self.metadata.annotations = None;
+    }
+}
+
+impl Cached for Secret {
+    fn store(stores: &Stores) -> &Store<Self> {
+        &stores.secrets
+    }
+
+    /// Keeps the data: generated values are read back from it.
+    fn trim(&mut self) {
+        self.metadata.annotations = None;
+    }
+}
+
+/// Reads for one reconcile.
+#[derive(Clone)]
+pub struct Reader {
+    client: Client,
+    stores: Option<Stores>,
+}
+
+impl Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("cached", &self.stores.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reader {
+    /// Reads from `stores` when the controller fills them, else from the API server.
+    pub fn new(client: Client, stores: Option<Stores>) -> Self {
+        Self { client, stores }
+    }
+
+    /// Waits for the caches' first listing, so that a miss means what it says.
+    pub async fn ready(&self) {
+        if let Some(stores) = &self.stores {
+            stores.ready().await;
+        }
+    }
+
+    /// One of the operator's own children, as the cache has it (a miss: there is none with the
+    /// operator's label); without caches, from the API server.
+    pub async fn cached<K: Cached>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<K>>, kube::Error> {
+        match &self.stores {
+            Some(stores) => Ok(K::store(stores).get(&ObjectRef::new(name).within(namespace))),
+            None => self.fetch(namespace, name).await,
+        }
+    }
+
+    /// The object called `name`, whoever made it: from the cache when it is there, else from
+    /// the API server.
+    pub async fn get<K: Cached>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<K>>, kube::Error> {
+        if let Some(stores) = &self.stores
+            && let Some(found) = K::store(stores).get(&ObjectRef::new(name).within(namespace))
+        {
+            return Ok(Some(found));
+        }
+        self.fetch(namespace, name).await
+    }
+
+    async fn fetch<K: Cached>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<K>>, kube::Error> {
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        Ok(api.get_opt(name).await?.map(Arc::new))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+
+    /// Sixteen reconciles start before the first listing, as when the operator starts with
+    /// pipelines in place: every one must go on once the stores are filled.
+    #[tokio::test]
+    async fn every_reconcile_waiting_for_the_first_listing_goes_on() {
+        let (stores, mut writers) = Stores::new();
+        let announcing = tokio::spawn(announce_ready(stores.clone(), writers.ready));
+        let waiting: Vec<_> = (0..16)
+            .map(|_| {
+                let stores = stores.clone();
+                tokio::spawn(async move { stores.ready().await })
+            })
+            .collect();
+        // Let them all wait first.
+        tokio::task::yield_now().await;
+        writers.deployments.apply_watcher_event(&Event::InitDone);
+        writers.stateful_sets.apply_watcher_event(&Event::InitDone);
+        writers.services.apply_watcher_event(&Event::InitDone);
+        writers.secrets.apply_watcher_event(&Event::InitDone);
+        let mut woken = 0;
+        for task in waiting {
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("a reconcile kept waiting for a store that is ready")
+                .unwrap();
+            woken += 1;
+        }
+        println!("{woken} of 16 waiting reconciles went on");
+        assert_eq!(woken, 16);
+        announcing.await.unwrap();
+    }
+}
