@@ -85,15 +85,6 @@ impl Stores {
         // find what the store last had, and the reconcile's writes decide.
         let _ = self.ready.clone().wait_for(|ready| *ready).await;
     }
-
-    /// How many objects the stores hold (for the operator's metrics and benchmark).
-    pub fn len(&self) -> usize {
-        self.deployments.len() + self.stateful_sets.len() + self.services.len() + self.secrets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Sets `ready` once every store of `stores` has had its first complete listing. Run it as one

@@ -16,8 +16,8 @@
 //!   that do not bump a generation) is healed by the full apply that runs at least every
 //!   [`FULL_APPLY_INTERVAL`], and at every change of the desired children.
 //!
-//! The ledger lives in memory and is cleared at the start of every leadership term, so a new
-//! leader's first pass applies everything.
+//! The ledger lives in memory, one per controller, and starts empty with every leadership term
+//! (see `controller::run`), so a new leader's first pass applies everything.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -185,14 +185,6 @@ impl Ledger {
         let now = entry.at;
         entries.retain(|_, old| now.saturating_duration_since(old.at) < FULL_APPLY_INTERVAL);
         entries.insert(uid.to_owned(), entry);
-    }
-
-    /// Forgets every pipeline (a new leadership term: another leader may have changed anything).
-    pub fn clear(&self) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clear();
     }
 
     /// Forgets a pipeline, so its next reconcile applies everything (after a failed apply, whose
@@ -390,16 +382,6 @@ mod tests {
             )
             .expect("an extra object is not drift");
         assert_eq!(with_extra.stateful_sets.len(), 1);
-    }
-
-    #[test]
-    fn clearing_forgets_every_pipeline() {
-        let ledger = Ledger::default();
-        let start = Instant::now();
-        ledger.record("uid-1", Entry::new(7, &applied(), start));
-        ledger.record("uid-2", Entry::new(8, &applied(), start));
-        ledger.clear();
-        assert!(ledger.is_empty());
     }
 
     #[test]

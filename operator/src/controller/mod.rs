@@ -71,7 +71,7 @@ pub struct Context {
     pub http: reqwest::Client,
     /// The autoscaler's scale-down windows (one set per controller: see [`run`]).
     pub windows: Arc<autoscale::Windows>,
-    /// What was last applied to each pipeline.
+    /// What was last applied to each pipeline (one ledger per controller: see [`run`]).
     pub ledger: Arc<ledger::Ledger>,
     /// Where pipelines are watched.
     pub scope: Scope,
@@ -253,7 +253,10 @@ fn forget_deleted(context: &Context) {
     let Some(pipelines) = &context.pipelines else {
         return;
     };
-    if context.windows.is_empty() && context.ledger.is_empty() {
+    // Only when there are more entries than live pipelines could have: no walk of the store on
+    // the reconciles of a steady state. (The ledger also drops entries too old to use.)
+    let live = pipelines.len();
+    if context.ledger.len() <= live && context.windows.len() <= 2 * live {
         return;
     }
     let alive: std::collections::HashSet<String> = pipelines
@@ -532,13 +535,13 @@ where
 }
 
 /// Runs the controller until `stop` resolves: one for the whole cluster, or one per namespace of
-/// a namespaced [`Scope`], sharing the metrics and the ledger.
+/// a namespaced [`Scope`], sharing the metrics. Each has its own caches, ledger and autoscaler
+/// windows, empty at the start: a replica that leads again may have missed another leader's
+/// changes.
 pub async fn run(
     context: Arc<Context>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    // A replica that leads again may have missed another leader's changes: start from nothing.
-    context.ledger.clear();
     let stop = stop.shared();
     let namespaces: Vec<Option<String>> = match &context.scope {
         Scope::Cluster => vec![None],
@@ -569,10 +572,12 @@ async fn run_in(
         scoped::<OrderPipeline>(&client, namespace),
         watcher::Config::default(),
     );
-    // This controller's own reads and windows; the ledger and metrics stay shared.
+    // This controller's own reads, ledger and windows (which it prunes by its own pipelines);
+    // the metrics stay shared.
     let context = Arc::new(Context {
         reader: Reader::new(client.clone(), Some(stores)),
         pipelines: Some(controller.store()),
+        ledger: Arc::default(),
         windows: Arc::default(),
         ..(*context).clone()
     });
