@@ -226,40 +226,44 @@ pub fn validate<'a>(
         Some(_) => Jwt::Referenced,
         None => Jwt::Generated(jwt.ok_or(Error::MissingSecret("jwt"))?),
     };
-    let rabbitmq = mode(pipeline, Dependency::Rabbitmq, &running, images, |node| {
-        Ok(ManagedRabbitmq {
-            memory_limit: memory_limit(Dependency::Rabbitmq, &node, RABBITMQ_MINIMUM_MEMORY)?,
-            node,
-            password: rabbitmq_password
-                .clone()
-                .ok_or(Error::MissingSecret("rabbitmq"))?,
-            erlang_cookie: rabbitmq_erlang_cookie
-                .clone()
-                .ok_or(Error::MissingSecret("rabbitmq erlang cookie"))?,
-            workloads: rabbitmq_workloads.clone(),
-        })
-    })?;
-    let redis = mode(pipeline, Dependency::Redis, &running, images, |node| {
+    let rabbitmq = mode(
+        pipeline,
+        Dependency::Rabbitmq,
+        &running,
+        images,
+        move |node| {
+            Ok(ManagedRabbitmq {
+                memory_limit: memory_limit(Dependency::Rabbitmq, &node, RABBITMQ_MINIMUM_MEMORY)?,
+                node,
+                password: rabbitmq_password.ok_or(Error::MissingSecret("rabbitmq"))?,
+                erlang_cookie: rabbitmq_erlang_cookie
+                    .ok_or(Error::MissingSecret("rabbitmq erlang cookie"))?,
+                workloads: rabbitmq_workloads,
+            })
+        },
+    )?;
+    let redis = mode(pipeline, Dependency::Redis, &running, images, move |node| {
         Ok(ManagedRedis {
             node,
-            password: redis_password
-                .clone()
-                .ok_or(Error::MissingSecret("redis"))?,
-            workloads: redis_workloads.clone(),
+            password: redis_password.ok_or(Error::MissingSecret("redis"))?,
+            workloads: redis_workloads,
         })
     })?;
-    let cassandra = mode(pipeline, Dependency::Cassandra, &running, images, |node| {
-        Ok(ManagedCassandra {
-            memory_limit: memory_limit(Dependency::Cassandra, &node, CASSANDRA_MINIMUM_MEMORY)?,
-            node,
-            password: cassandra_password
-                .clone()
-                .ok_or(Error::MissingSecret("cassandra"))?,
-            superuser_password: cassandra_superuser_password
-                .clone()
-                .ok_or(Error::MissingSecret("cassandra superuser"))?,
-        })
-    })?;
+    let cassandra = mode(
+        pipeline,
+        Dependency::Cassandra,
+        &running,
+        images,
+        move |node| {
+            Ok(ManagedCassandra {
+                memory_limit: memory_limit(Dependency::Cassandra, &node, CASSANDRA_MINIMUM_MEMORY)?,
+                node,
+                password: cassandra_password.ok_or(Error::MissingSecret("cassandra"))?,
+                superuser_password: cassandra_superuser_password
+                    .ok_or(Error::MissingSecret("cassandra superuser"))?,
+            })
+        },
+    )?;
     Ok(ValidatedPipeline {
         pipeline,
         name: name.clone(),
