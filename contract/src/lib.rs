@@ -192,6 +192,7 @@ pub mod topology {
 
 pub mod access;
 pub use access::Workload;
+pub mod order;
 
 /// Redis key layout. Keys are built only through [`keys::Keys`] so every workload spells them
 /// the same way.
@@ -282,46 +283,120 @@ pub const ORDER_RECORD_TTL_SECONDS: u64 = 7 * 24 * 3600;
 /// gateway (409 or 422), never accepted and then skipped as "already applied".
 pub const IDEMPOTENCY_CLAIM_TTL_SECONDS: u64 = ORDER_RECORD_TTL_SECONDS + 24 * 3600;
 
-/// Fields of the order hash at [`keys::order`], each written by exactly one workload.
+/// Fields of the order hash at [`keys::Keys::order`], each written by exactly one workload.
 pub mod order_fields {
     /// Written by the gateway once the broker confirmed the order: unix milliseconds.
     pub const ACCEPTED_AT: &str = "accepted_at";
     pub const SKU: &str = "sku";
     pub const QTY: &str = "qty";
-    /// Written by the processor, atomically with the stock change: `processed` or `rejected`.
-    /// Its presence is what makes a redelivered order a no-op.
+    /// Written by the processor, atomically with the stock change: one of
+    /// [`crate::order::outcome`]. Its presence is what makes a redelivered order a no-op.
     pub const OUTCOME: &str = "outcome";
     pub const PROCESSED_AT: &str = "processed_at";
-    /// Why an order was rejected (for example `out_of_stock`).
+    /// Why an order was rejected (for example [`crate::order::outcome::OUT_OF_STOCK`]).
     pub const REASON: &str = "reason";
-    /// Written by the notifier: `pending` before sending, `sent` after.
+    /// Written by the notifier: one of [`crate::order::notification`].
     pub const NOTIFICATION: &str = "notification";
     pub const NOTIFIED_AT: &str = "notified_at";
+}
+
+/// Fields of the seed's notification hash at [`keys::Keys::notification`], written by the
+/// notifier and read by the dashboard's `?order_id=`.
+pub mod notification_fields {
+    /// One of [`crate::order::notification`] (the seed's `status`).
+    pub const STATUS: &str = "status";
+    /// Unix milliseconds at which it was sent.
+    pub const SENT_AT: &str = "sent_at";
+    /// The order's owner: the order id alone is not unique across owners.
+    pub const OWNER: &str = "owner";
+}
+
+/// The shared field names and values for the workloads' Redis scripts, which would otherwise
+/// spell them as Lua literals of their own.
+pub mod lua {
+    use crate::order::{notification, outcome};
+    use crate::{notification_fields, order_fields};
+
+    /// Each name a script may use, and its value.
+    const NAMES: &[(&str, &str)] = &[
+        ("FIELD_ACCEPTED_AT", order_fields::ACCEPTED_AT),
+        ("FIELD_SKU", order_fields::SKU),
+        ("FIELD_QTY", order_fields::QTY),
+        ("FIELD_OUTCOME", order_fields::OUTCOME),
+        ("FIELD_PROCESSED_AT", order_fields::PROCESSED_AT),
+        ("FIELD_REASON", order_fields::REASON),
+        ("FIELD_NOTIFICATION", order_fields::NOTIFICATION),
+        ("FIELD_NOTIFIED_AT", order_fields::NOTIFIED_AT),
+        ("SEED_STATUS", notification_fields::STATUS),
+        ("SEED_SENT_AT", notification_fields::SENT_AT),
+        ("SEED_OWNER", notification_fields::OWNER),
+        ("PROCESSED", outcome::PROCESSED),
+        ("REJECTED", outcome::REJECTED),
+        ("OUT_OF_STOCK", outcome::OUT_OF_STOCK),
+        ("INVALID_INVENTORY", outcome::INVALID_INVENTORY),
+        ("PENDING", notification::PENDING),
+        ("SENT", notification::SENT),
+    ];
+
+    /// `body` with every name of the list declared before it as a Lua `local` holding its value
+    /// (`local FIELD_OUTCOME = 'outcome'`).
+    pub fn script(body: &str) -> String {
+        let mut script = String::new();
+        for (name, value) in NAMES {
+            // Every value is a plain identifier: no quote or backslash to escape.
+            debug_assert!(value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+            script.push_str(&format!("local {name} = '{value}'\n"));
+        }
+        script.push_str(body);
+        script
+    }
 }
 
 /// Messages on the wire (JSON).
 pub mod messages {
     use serde::{Deserialize, Serialize};
 
-    /// An accepted order, published by the gateway to [`crate::topology::ORDERS_EXCHANGE`].
+    /// The order itself, which every message about it starts with: its fields come first in
+    /// each message's JSON, exactly as if each message spelled them out.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct OrderPlaced {
-        /// The client's order id, unique per owner.
+    pub struct Order {
+        /// The client's order id, unique per owner ([`crate::order::check_id`]).
         pub order_id: String,
         /// The owner's account (the token's subject).
         pub owner: String,
         pub sku: String,
         pub qty: u32,
-        /// Unix milliseconds at which the gateway accepted it.
-        pub accepted_at: u64,
     }
 
-    impl OrderPlaced {
-        /// The AMQP `message-id`: unique across owners.
+    impl Order {
+        /// The AMQP `message-id` of every message about the order, and the notification's
+        /// idempotency key: unique across owners.
         pub fn message_id(&self) -> String {
             format!("{}:{}", self.owner, self.order_id)
         }
+
+        /// Checks what the JSON shape cannot: the grammar of the id and SKU, a non-empty owner
+        /// and a quantity in range. The gateway checked all of it, but a queue is an interface
+        /// anyone with credentials can publish to.
+        pub fn check(&self) -> Result<(), String> {
+            crate::order::check_id(&self.order_id).map_err(|error| format!("order_id {error}"))?;
+            crate::order::check_sku(&self.sku).map_err(|error| format!("sku {error}"))?;
+            if self.owner.is_empty() {
+                return Err("owner must not be empty".into());
+            }
+            crate::order::check_qty(i64::from(self.qty)).map_err(|error| format!("qty {error}"))?;
+            Ok(())
+        }
+    }
+
+    /// An accepted order, published by the gateway to [`crate::topology::ORDERS_EXCHANGE`].
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct OrderPlaced {
+        #[serde(flatten)]
+        pub order: Order,
+        /// Unix milliseconds at which the gateway accepted it.
+        pub accepted_at: u64,
     }
 
     /// What the processor decided.
@@ -332,21 +407,47 @@ pub mod messages {
         Rejected,
     }
 
+    impl Outcome {
+        /// As the order record's [`crate::order_fields::OUTCOME`] spells it (and the JSON).
+        pub fn as_str(self) -> &'static str {
+            match self {
+                Outcome::Processed => crate::order::outcome::PROCESSED,
+                Outcome::Rejected => crate::order::outcome::REJECTED,
+            }
+        }
+
+        /// The outcome a record's [`crate::order_fields::OUTCOME`] holds.
+        pub fn from_record(value: &str) -> Option<Outcome> {
+            [Outcome::Processed, Outcome::Rejected]
+                .into_iter()
+                .find(|outcome| outcome.as_str() == value)
+        }
+    }
+
     /// An order's outcome, published by the processor to [`crate::topology::EVENTS_EXCHANGE`]
     /// with routing key `order.created` or `order.rejected`.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct OrderOutcome {
-        pub order_id: String,
-        pub owner: String,
-        pub sku: String,
-        pub qty: u32,
+        #[serde(flatten)]
+        pub order: Order,
         pub outcome: Outcome,
         /// Why it was rejected, when it was.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub reason: Option<String>,
         /// Unix milliseconds at which the processor applied it.
         pub processed_at: u64,
+    }
+
+    /// A notification, as the notifier's webhook sink POSTs it.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Notification {
+        #[serde(flatten)]
+        pub order: Order,
+        /// Stable across redeliveries ([`Order::message_id`]), so the receiver can drop the
+        /// repeat a crash between sending and recording `sent` causes.
+        pub idempotency_key: String,
     }
 }
 
@@ -378,27 +479,110 @@ mod tests {
         assert_eq!(keys.order("u", "o"), "t1:order:u:o");
     }
 
-    #[test]
-    fn order_placed_round_trips_and_rejects_unknown_fields() {
-        let order = OrderPlaced {
+    fn order() -> Order {
+        Order {
             order_id: "order123".into(),
             owner: "customer@example.com".into(),
             sku: "mag-safe-phone-case".into(),
             qty: 2,
+        }
+    }
+
+    /// The bytes each message had when each spelled the order's fields out, so a workload of
+    /// either build reads the other's messages.
+    #[test]
+    fn messages_keep_their_wire_bytes() {
+        let order = order();
+        let placed = OrderPlaced {
+            order: order.clone(),
             accepted_at: 1_700_000_000_000,
         };
-        let json = serde_json::to_string(&order).unwrap();
-        assert_eq!(serde_json::from_str::<OrderPlaced>(&json).unwrap(), order);
-        assert_eq!(order.message_id(), "customer@example.com:order123");
-        let extra = json.replace("}", r#","extra":1}"#);
-        assert!(serde_json::from_str::<OrderPlaced>(&extra).is_err());
+        assert_eq!(
+            serde_json::to_string(&placed).unwrap(),
+            r#"{"order_id":"order123","owner":"customer@example.com","sku":"mag-safe-phone-case","qty":2,"accepted_at":1700000000000}"#
+        );
+        let outcome = OrderOutcome {
+            order: order.clone(),
+            outcome: Outcome::Rejected,
+            reason: Some("out_of_stock".into()),
+            processed_at: 1_700_000_000_001,
+        };
+        assert_eq!(
+            serde_json::to_string(&outcome).unwrap(),
+            r#"{"order_id":"order123","owner":"customer@example.com","sku":"mag-safe-phone-case","qty":2,"outcome":"rejected","reason":"out_of_stock","processed_at":1700000000001}"#
+        );
+        let notification = Notification {
+            idempotency_key: order.message_id(),
+            order,
+        };
+        assert_eq!(
+            serde_json::to_string(&notification).unwrap(),
+            r#"{"order_id":"order123","owner":"customer@example.com","sku":"mag-safe-phone-case","qty":2,"idempotency_key":"customer@example.com:order123"}"#
+        );
     }
 
     #[test]
-    fn outcome_serializes_in_snake_case() {
-        assert_eq!(
-            serde_json::to_string(&Outcome::Processed).unwrap(),
-            r#""processed""#
+    fn messages_round_trip_and_reject_unknown_or_missing_fields() {
+        let placed = OrderPlaced {
+            order: order(),
+            accepted_at: 1_700_000_000_000,
+        };
+        let json = serde_json::to_string(&placed).unwrap();
+        assert_eq!(serde_json::from_str::<OrderPlaced>(&json).unwrap(), placed);
+        assert_eq!(placed.order.message_id(), "customer@example.com:order123");
+        let extra = json.replace('}', r#","extra":1}"#);
+        assert!(serde_json::from_str::<OrderPlaced>(&extra).is_err());
+        let missing = json.replace(r#""qty":2,"#, "");
+        assert!(serde_json::from_str::<OrderPlaced>(&missing).is_err());
+        let negative = json.replace(r#""qty":2"#, r#""qty":-2"#);
+        assert!(serde_json::from_str::<OrderPlaced>(&negative).is_err());
+        // An outcome is not an order placed, nor the other way round.
+        let outcome = serde_json::to_string(&OrderOutcome {
+            order: order(),
+            outcome: Outcome::Processed,
+            reason: None,
+            processed_at: 1,
+        })
+        .unwrap();
+        assert!(serde_json::from_str::<OrderPlaced>(&outcome).is_err());
+        assert!(serde_json::from_str::<OrderOutcome>(&json).is_err());
+    }
+
+    #[test]
+    fn an_order_is_checked_beyond_its_shape() {
+        assert_eq!(order().check(), Ok(()));
+        let check = |change: fn(&mut Order)| {
+            let mut order = order();
+            change(&mut order);
+            order.check().unwrap_err()
+        };
+        assert!(check(|o| o.order_id = "a:b".into()).starts_with("order_id may contain"));
+        assert!(check(|o| o.sku.clear()).starts_with("sku must not be empty"));
+        assert!(check(|o| o.owner.clear()).starts_with("owner"));
+        assert!(check(|o| o.qty = 0).starts_with("qty must be between"));
+        assert!(check(|o| o.qty = order::MAX_QTY + 1).starts_with("qty must be between"));
+    }
+
+    #[test]
+    fn outcomes_are_spelled_as_the_record_spells_them() {
+        for outcome in [Outcome::Processed, Outcome::Rejected] {
+            assert_eq!(
+                serde_json::to_string(&outcome).unwrap(),
+                format!("\"{}\"", outcome.as_str())
+            );
+            assert_eq!(Outcome::from_record(outcome.as_str()), Some(outcome));
+        }
+        assert_eq!(Outcome::from_record("done"), None);
+    }
+
+    #[test]
+    fn scripts_get_every_shared_name() {
+        let script = lua::script("return FIELD_OUTCOME");
+        assert!(
+            script.contains("local FIELD_OUTCOME = 'outcome'\n"),
+            "{script}"
         );
+        assert!(script.contains("local SENT = 'sent'\n"), "{script}");
+        assert!(script.ends_with("\nreturn FIELD_OUTCOME"), "{script}");
     }
 }

@@ -16,6 +16,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use pipeline_contract::order::Status;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -187,10 +188,12 @@ pub async fn run(
                 status["id"] == json!(order_id),
                 "GET /orders/{{id}} answered another order: {status}"
             );
-            match status["status"].as_str() {
-                Some("notified") => Ok(Check::Done(status)),
-                Some("rejected") => bail!("the order was rejected: {status}"),
-                Some("accepted" | "processed") => Ok(Check::NotYet(status.to_string())),
+            match status["status"].as_str().map(str::parse::<Status>) {
+                Some(Ok(Status::Notified)) => Ok(Check::Done(status)),
+                Some(Ok(Status::Rejected)) => bail!("the order was rejected: {status}"),
+                Some(Ok(Status::Accepted | Status::Processed)) => {
+                    Ok(Check::NotYet(status.to_string()))
+                }
                 _ => bail!("GET /orders/{{id}} answered an unknown status: {status}"),
             }
         }

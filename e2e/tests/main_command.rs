@@ -46,7 +46,7 @@ const COMMAND_DEADLINE: Duration = Duration::from_secs(30);
 const READ_DEADLINE: Duration = Duration::from_secs(30);
 /// The keyspace the gateway keeps accounts in when `CASSANDRA_KEYSPACE` is unset, as under
 /// `cargo xtask run` (the seed's name).
-const ACCOUNTS_KEYSPACE: &str = "users_keyspace";
+const ACCOUNTS_KEYSPACE: &str = pipeline_contract::ACCOUNTS_KEYSPACE;
 
 #[test]
 fn the_readme_walkthrough_works_against_cargo_xtask_run() {

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use pipeline_contract::order::Status;
 use pipeline_contract::topology;
 use pipeline_e2e::cluster::{Cluster, ClusterConfig, SKIP_MESSAGE};
 use pipeline_e2e::flow::{self, Endpoints, Inventory, Walkthrough};
@@ -494,10 +495,10 @@ async fn campaign(
         let mut still = Vec::new();
         for id in pending {
             let status = order_status(&http, &gateway, &token, &id).await?;
-            match status.as_str() {
-                "notified" => notified += 1,
-                "accepted" | "processed" => still.push((id, status)),
-                other => bail!("order {id} ended {other:?}, expected notified"),
+            match status.parse::<Status>() {
+                Ok(Status::Notified) => notified += 1,
+                Ok(Status::Accepted | Status::Processed) => still.push((id, status)),
+                _ => bail!("order {id} ended {status:?}, expected notified"),
             }
         }
         if !still.is_empty() && Instant::now() >= deadline {

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod autoscale;
+pub mod config;
 pub mod controller;
 pub mod leader;
 pub mod management;

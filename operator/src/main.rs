@@ -1,19 +1,26 @@
 //! Wiring only: configuration, telemetry, client, metrics, admin listener, leader election.
+//! The configuration rules, the log format, the admin routes and the signal handling are the
+//! workloads' own (`workload-runtime`).
 
+use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
-use order_pipeline_operator::controller::build::{Access, DependencyImages};
-use order_pipeline_operator::controller::{Context, Scope};
+use order_pipeline_operator::config::{NAME, OperatorConfig};
+use order_pipeline_operator::controller::Context;
 use order_pipeline_operator::leader::{self, LeaseSettings};
-use order_pipeline_operator::metrics::{Metrics, serve_admin};
+use order_pipeline_operator::metrics::Metrics;
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
+use workload_runtime::admin::{self, Readiness};
+use workload_runtime::config::ProcessEnv;
+use workload_runtime::shutdown::Shutdown;
+use workload_runtime::telemetry;
 
-const NAME: &str = "order-pipeline-operator";
+/// How long the admin listener may take to close once the controller stopped.
+const ADMIN_GRACE: Duration = Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -21,114 +28,67 @@ async fn main() -> Result<()> {
         println!("{NAME} {}", env!("CARGO_PKG_VERSION"));
         return Ok(());
     }
-    let json = std::env::var("LOG_FORMAT")
-        .map(|f| f == "json")
-        .unwrap_or(true);
-    let filter = tracing_subscriber::EnvFilter::try_new(
-        std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into()),
+    let config = OperatorConfig::from_source(
+        &ProcessEnv,
+        std::io::stdout().is_terminal(),
+        std::process::id(),
     )
-    .context("invalid LOG_LEVEL")?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        // The reconcile span's fields (pipeline, namespace, generation) on every line.
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init();
-    } else {
-        builder.init();
-    }
-
-    let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        signal.cancel();
-    });
-    #[cfg(unix)]
-    {
-        let signal = shutdown.clone();
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::spawn(async move {
-            terminate.recv().await;
-            signal.cancel();
-        });
-    }
+    .context("invalid configuration")?;
+    telemetry::init(&config.log);
+    let shutdown = Shutdown::new();
+    shutdown.listen_for_signals();
 
     let client = Client::try_default()
         .await
         .context("failed to configure the Kubernetes client")?;
     let mut registry = Registry::with_prefix("orderpipeline_operator");
     let metrics = Arc::new(Metrics::register(&mut registry));
-    let ready = Arc::new(AtomicBool::new(false));
-    let admin_port = std::env::var("ADMIN_PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(9090);
-    let admin = serve_admin(
-        admin_port,
-        Arc::new(registry),
-        ready.clone(),
-        shutdown.clone(),
-    )
-    .await
-    .context("failed to bind the admin port")?;
-    let admin = tokio::spawn(admin);
-
+    // Ready once the API server answered; a standby replica is ready too (it is healthy, only
+    // not leading).
+    let readiness = Readiness::new();
+    let api_server = readiness.check("kubernetes-api");
+    admin::start(config.admin_port, registry, &readiness, &shutdown)
+        .await
+        .context("failed to bind the admin port")?;
     client
         .apiserver_version()
         .await
         .context("cannot reach the Kubernetes API server")?;
-    ready.store(true, Ordering::Relaxed);
+    api_server.set(true);
 
-    let identity =
-        std::env::var("POD_NAME").unwrap_or_else(|_| format!("{NAME}-{}", std::process::id()));
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
             controller: NAME.into(),
-            instance: Some(identity.clone()),
+            instance: Some(config.identity.clone()),
         },
     );
-    // Once, at startup: the images new managed dependencies run (the chart's dependencyImages).
-    let dependency_images = DependencyImages::from_env();
-    tracing::info!(?dependency_images, "default images of managed dependencies");
-    let operator_namespace =
-        std::env::var("OPERATOR_NAMESPACE").unwrap_or_else(|_| "default".into());
-    let scope = Scope::parse(&std::env::var("WATCH_NAMESPACES").unwrap_or_default())
-        .map_err(|problem| anyhow::anyhow!("WATCH_NAMESPACES is invalid: {problem}"))?;
-    tracing::info!(?scope, "watching OrderPipelines");
+    tracing::info!(
+        dependency_images = ?config.dependency_images,
+        scope = ?config.scope,
+        "watching OrderPipelines"
+    );
     let context = Arc::new(
         Context::new(client, recorder, metrics, env!("CARGO_PKG_VERSION"))
-            .with_dependency_images(dependency_images)
-            .with_access(Access {
-                operator_namespace: Some(operator_namespace.clone()),
-                metrics_namespace: std::env::var("METRICS_NAMESPACE")
-                    .ok()
-                    .filter(|namespace| !namespace.trim().is_empty()),
-            })
-            .with_scope(scope),
+            .with_dependency_images(config.dependency_images)
+            .with_access(config.access)
+            .with_scope(config.scope),
     );
-    let lease = LeaseSettings {
-        name: NAME.into(),
-        namespace: operator_namespace,
-        identity,
-        duration_seconds: 15,
-        grace_seconds: 5,
-    };
-    // One replica may run without a lease (the chart's leaderElection.enabled=false).
-    let elect = std::env::var("LEADER_ELECTION_ENABLED").map_or(true, |value| value != "false");
-    if elect {
-        leader::run(context, lease, shutdown.clone()).await?;
+    if config.leader_election {
+        let lease = LeaseSettings {
+            name: NAME.into(),
+            namespace: config.operator_namespace,
+            identity: config.identity,
+            duration_seconds: 15,
+            grace_seconds: 5,
+        };
+        leader::run(context, lease, shutdown.token()).await?;
     } else {
+        // One replica may run without a lease (the chart's leaderElection.enabled=false).
         context.metrics.leader.set(1);
-        order_pipeline_operator::controller::run(context, shutdown.clone().cancelled_owned()).await;
+        order_pipeline_operator::controller::run(context, shutdown.token().cancelled_owned()).await;
     }
-    shutdown.cancel();
-    let _ = admin.await;
+    shutdown.wait_for_tasks(ADMIN_GRACE).await;
     tracing::info!("operator stopped");
     Ok(())
 }

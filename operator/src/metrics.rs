@@ -1,24 +1,12 @@
-//! The operator's Prometheus metrics and its admin listener (`/healthz`, `/readyz`,
-//! `/metrics`). The workloads' admin server lives in `workload-runtime`, which links their
-//! broker and Redis drivers; the operator keeps its own small one so it links neither.
+//! The operator's Prometheus metrics, served on the workloads' admin listener
+//! (`workload_runtime::admin`).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use pipeline_contract::probes;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
 
 /// The reconcile step that failed.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -95,70 +83,17 @@ impl Metrics {
     }
 }
 
-#[derive(Debug, Clone)]
-struct AdminState {
-    registry: Arc<Registry>,
-    ready: Arc<AtomicBool>,
-}
-
-/// Serves the admin routes on `port` until `shutdown`. `ready` says whether the operator can
-/// talk to the API server (a standby replica is ready too: it is healthy, only not leading).
-pub async fn serve_admin(
-    port: u16,
-    registry: Arc<Registry>,
-    ready: Arc<AtomicBool>,
-    shutdown: CancellationToken,
-) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
-    let router = router(registry, ready);
-    Ok(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-    })
-}
-
-/// The admin routes: `/healthz`, `/readyz` and `/metrics`.
-pub fn router(registry: Arc<Registry>, ready: Arc<AtomicBool>) -> Router {
-    Router::new()
-        .route(probes::LIVENESS, get(|| async { "ok" }))
-        .route(probes::READINESS, get(readyz))
-        .route(probes::METRICS, get(metrics))
-        .with_state(AdminState { registry, ready })
-}
-
-async fn readyz(State(state): State<AdminState>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not connected to the API server\n",
-        )
-            .into_response()
-    }
-}
-
-async fn metrics(State(state): State<AdminState>) -> Response {
-    let mut body = String::new();
-    if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use axum::Router;
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
+    use pipeline_contract::probes;
+    use tokio_util::sync::CancellationToken;
     use tower::ServiceExt;
+    use workload_runtime::admin::{self, AdminState, Readiness};
 
     use super::*;
 
@@ -175,18 +110,30 @@ mod tests {
         (status, String::from_utf8(body.to_vec()).unwrap())
     }
 
+    /// The admin routes as `main` serves them: ready once the API server answered, and the
+    /// reconcile metrics under the operator's prefix.
     #[tokio::test]
     async fn admin_routes_report_health_readiness_and_the_reconcile_metrics() {
         let mut registry = Registry::with_prefix("orderpipeline_operator");
         let metrics = Metrics::register(&mut registry);
-        let ready = Arc::new(AtomicBool::new(false));
-        let router = router(Arc::new(registry), ready.clone());
+        let readiness = Readiness::new();
+        let api_server = readiness.check("kubernetes-api");
+        let router = admin::router(AdminState {
+            registry: Arc::new(registry),
+            readiness,
+            shutdown: CancellationToken::new(),
+        });
 
         assert_eq!(get(&router, probes::LIVENESS).await.0, StatusCode::OK);
         let (status, body) = get(&router, probes::READINESS).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(body.contains("API server"), "{body}");
-        ready.store(true, Ordering::Relaxed);
+        assert_eq!(
+            (status, body.as_str()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: kubernetes-api\n"
+            )
+        );
+        api_server.set(true);
         assert_eq!(get(&router, probes::READINESS).await.0, StatusCode::OK);
 
         metrics.reconciles.inc();

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use pipeline_contract::{Workload, ports};
+
 use crate::env::process::{run_capture, run_logged};
 use crate::env::{self, Layout};
 
@@ -53,61 +55,61 @@ const REQUIRED_LABELS: [&str; 5] = [
 /// images are small enough that its full copies do not matter.
 const BUILDAH_STORAGE_DRIVER: &str = "vfs";
 
-/// One image: a Dockerfile target built around one binary.
+/// One image: a Dockerfile target built around one binary, a workload's or the operator's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Image {
-    /// The Dockerfile target and the image name.
-    name: &'static str,
-    /// The cargo package that builds the binary.
-    package: &'static str,
-    /// The binary, its name in the build context and in the image's /usr/local/bin.
-    binary: &'static str,
-    /// The ports the image exposes: the business port, if any, then the admin port.
-    ports: &'static [u16],
+enum Image {
+    Workload(Workload),
+    Operator,
 }
 
+/// Every image, in the canonical order: the workloads as the contract lists them, then the
+/// operator.
 const IMAGES: [Image; 5] = [
-    Image {
-        name: "gateway",
-        package: "gateway",
-        binary: "gateway",
-        ports: &[8080, 9090],
-    },
-    Image {
-        name: "processor",
-        package: "processor",
-        binary: "processor",
-        ports: &[9090],
-    },
-    Image {
-        name: "notifier",
-        package: "notifier",
-        binary: "notifier",
-        ports: &[9090],
-    },
-    Image {
-        name: "dashboard",
-        package: "dashboard",
-        binary: "dashboard",
-        ports: &[8081, 9090],
-    },
-    Image {
-        name: "operator",
-        package: "order-pipeline-operator",
-        binary: "order-pipeline-operator",
-        ports: &[9090],
-    },
+    Image::Workload(Workload::ALL[0]),
+    Image::Workload(Workload::ALL[1]),
+    Image::Workload(Workload::ALL[2]),
+    Image::Workload(Workload::ALL[3]),
+    Image::Operator,
 ];
 
+/// The operator's cargo package and binary.
+const OPERATOR_BINARY: &str = "order-pipeline-operator";
+
 impl Image {
+    /// The Dockerfile target and the image name.
+    fn name(self) -> &'static str {
+        match self {
+            Image::Workload(workload) => workload.name(),
+            Image::Operator => "operator",
+        }
+    }
+
+    /// The cargo package that builds the binary, and the binary: its name in the build context
+    /// and in the image's /usr/local/bin. A workload's package is named after it.
+    fn binary(self) -> &'static str {
+        match self {
+            Image::Workload(workload) => workload.name(),
+            Image::Operator => OPERATOR_BINARY,
+        }
+    }
+
+    /// The ports the image exposes: the business port, if any, then the admin port.
+    fn ports(self) -> Vec<u16> {
+        let business = match self {
+            Image::Workload(workload) => workload.http_port(),
+            Image::Operator => None,
+        };
+        business.into_iter().chain([ports::ADMIN]).collect()
+    }
+
     /// `order-pipeline/<name>:<version>`.
     fn reference(self) -> String {
-        format!("{REPOSITORY}/{}:{VERSION}", self.name)
+        format!("{REPOSITORY}/{}:{VERSION}", self.name())
     }
 
     /// What `<binary> --version` prints.
     fn version_line(self) -> String {
-        format!("{} {VERSION}", self.binary)
+        format!("{} {VERSION}", self.binary())
     }
 }
 
@@ -115,9 +117,9 @@ impl Image {
 fn select(names: &[String]) -> Result<Vec<Image>> {
     if let Some(unknown) = names
         .iter()
-        .find(|name| !IMAGES.iter().any(|image| image.name == name.as_str()))
+        .find(|name| !IMAGES.iter().any(|image| image.name() == name.as_str()))
     {
-        let known: Vec<&str> = IMAGES.iter().map(|image| image.name).collect();
+        let known: Vec<&str> = IMAGES.iter().map(|image| image.name()).collect();
         bail!(
             "unknown image {unknown:?} (expected one of {})",
             known.join(", ")
@@ -125,13 +127,13 @@ fn select(names: &[String]) -> Result<Vec<Image>> {
     }
     Ok(IMAGES
         .into_iter()
-        .filter(|image| names.is_empty() || names.iter().any(|name| name == image.name))
+        .filter(|image| names.is_empty() || names.iter().any(|name| name == image.name()))
         .collect())
 }
 
 /// `<out>/<name>-<version>.oci.tar`.
 fn archive_path(out: &Path, image: Image) -> PathBuf {
-    out.join(format!("{}-{VERSION}.oci.tar", image.name))
+    out.join(format!("{}-{VERSION}.oci.tar", image.name()))
 }
 
 /// Builds the named images (all when none is named) and writes their archives to `out` (by
@@ -175,7 +177,7 @@ pub fn run(layout: &Layout, out: Option<PathBuf>, names: &[String]) -> Result<()
             .with_context(|| format!("failed to verify {}", image.reference()))?;
         println!(
             "==> images: {} done ({:.1}s)",
-            image.name,
+            image.name(),
             step.elapsed().as_secs_f64()
         );
         results.push(verified);
@@ -185,7 +187,7 @@ pub fn run(layout: &Layout, out: Option<PathBuf>, names: &[String]) -> Result<()
     let failures: Vec<String> = results
         .iter()
         .filter(|result| !result.problems.is_empty())
-        .map(|result| format!("{}: {}", result.image.name, result.problems.join("; ")))
+        .map(|result| format!("{}: {}", result.image.name(), result.problems.join("; ")))
         .collect();
     if !failures.is_empty() {
         bail!(
@@ -274,7 +276,7 @@ fn build_binaries(root: &Path) -> Result<PathBuf> {
         .args(["build", "--release", "--target", MUSL_TARGET])
         .current_dir(root);
     for image in IMAGES {
-        build.args(["--package", image.package]);
+        build.args(["--package", image.binary()]);
     }
     let status = build.status().context("failed to run cargo")?;
     if !status.success() {
@@ -298,8 +300,8 @@ fn stage_context(layout: &Layout, binaries: &Path, images: &[Image]) -> Result<P
     fs::create_dir_all(&context)
         .with_context(|| format!("failed to create {}", context.display()))?;
     for image in images {
-        let binary = binaries.join(image.binary);
-        let staged = context.join(image.binary);
+        let binary = binaries.join(image.binary());
+        let staged = context.join(image.binary());
         fs::hard_link(&binary, &staged)
             .or_else(|_| fs::copy(&binary, &staged).map(drop))
             .with_context(|| format!("failed to stage {}", binary.display()))?;
@@ -389,7 +391,7 @@ impl Builder {
         build
             .arg("--file")
             .arg(dockerfile)
-            .args(["--target", image.name, "--tag", &reference])
+            .args(["--target", image.name(), "--tag", &reference])
             .args(["--build-arg", &format!("VERSION={VERSION}")])
             .args(["--build-arg", &format!("SOURCE={}", labels.source)])
             .args(["--build-arg", &format!("LICENSES={}", labels.license)])
@@ -605,7 +607,7 @@ fn verify(builder: Builder, image: Image, archive: &Path, labels: &Labels) -> Re
         problems.push(format!("runs as {user:?}, expected {IMAGE_USER:?}"));
     }
     let exposed = builder.inspect(&reference, "{{.Config.ExposedPorts}}")?;
-    for port in image.ports {
+    for port in image.ports() {
         if !exposed.contains(&format!("{port}/tcp")) {
             problems.push(format!("does not expose {port}/tcp (exposes {exposed})"));
         }
@@ -648,7 +650,7 @@ fn table(results: &[Verified]) -> String {
         let _ = writeln!(
             text,
             "{:<10} {:<34} {:>9} {:>9}  {:<30} {}",
-            result.image.name,
+            result.image.name(),
             result.image.reference(),
             megabytes(result.image_bytes),
             megabytes(result.archive_bytes),
@@ -696,7 +698,7 @@ fn parse_go_list(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Adds containerd's image-name annotation (`io.containerd.image.name`, the fully qualified
+/// Adds containerd's image-name annotation (`io.containerd.image.name()`, the fully qualified
 /// name Kubernetes resolves `order-pipeline/<name>:<version>` to, and a name with a registry
 /// host such as `localhost/...` stays as it is) to an OCI index holding one manifest, as buildah
 /// writes it.
@@ -705,13 +707,13 @@ fn name_for_containerd(index_json: &str, reference: &str) -> Result<String> {
     if index_json.matches(ANNOTATIONS).count() != 1 {
         bail!("expected exactly one manifest with annotations");
     }
-    if index_json.contains("io.containerd.image.name") {
+    if index_json.contains("io.containerd.image.name()") {
         return Ok(index_json.to_owned());
     }
     let qualified = crate::cluster::qualified_reference(reference);
     Ok(index_json.replacen(
         ANNOTATIONS,
-        &format!("{ANNOTATIONS}\"io.containerd.image.name\":\"{qualified}\","),
+        &format!("{ANNOTATIONS}\"io.containerd.image.name()\":\"{qualified}\","),
         1,
     ))
 }
@@ -722,7 +724,7 @@ mod tests {
 
     #[test]
     fn selects_all_images_by_default_and_named_ones_in_order() {
-        let names = |images: Vec<Image>| images.iter().map(|i| i.name).collect::<Vec<_>>();
+        let names = |images: Vec<Image>| images.iter().map(|i| i.name()).collect::<Vec<_>>();
         assert_eq!(
             names(select(&[]).unwrap()),
             ["gateway", "processor", "notifier", "dashboard", "operator"]
@@ -738,7 +740,7 @@ mod tests {
 
     #[test]
     fn names_archives_and_references_by_version() {
-        let operator = IMAGES[4];
+        let operator = Image::Operator;
         assert_eq!(
             operator.reference(),
             format!("order-pipeline/operator:{VERSION}")
@@ -778,7 +780,7 @@ mod tests {
     fn names_the_image_for_containerd() {
         let index = r#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:ab","size":1,"annotations":{"org.opencontainers.image.ref.name":"order-pipeline/gateway:0.1.0"}}]}"#;
         let named = name_for_containerd(index, "order-pipeline/gateway:0.1.0").unwrap();
-        assert!(named.contains(r#""annotations":{"io.containerd.image.name":"docker.io/order-pipeline/gateway:0.1.0","org.opencontainers.image.ref.name":"order-pipeline/gateway:0.1.0"}"#), "{named}");
+        assert!(named.contains(r#""annotations":{"io.containerd.image.name()":"docker.io/order-pipeline/gateway:0.1.0","org.opencontainers.image.ref.name":"order-pipeline/gateway:0.1.0"}"#), "{named}");
         // Idempotent, and refuses what it does not understand.
         assert_eq!(name_for_containerd(&named, "x").unwrap(), named);
         assert!(name_for_containerd(r#"{"manifests":[]}"#, "x").is_err());
@@ -788,7 +790,7 @@ mod tests {
             "localhost/order-pipeline-deps/redis:7.0.15-0123456789ab",
         )
         .unwrap();
-        assert!(deps.contains(r#""io.containerd.image.name":"localhost/order-pipeline-deps/redis:7.0.15-0123456789ab""#), "{deps}");
+        assert!(deps.contains(r#""io.containerd.image.name()":"localhost/order-pipeline-deps/redis:7.0.15-0123456789ab""#), "{deps}");
     }
 
     #[test]
@@ -839,29 +841,20 @@ mod tests {
         }
         assert!(stage("base").contains(&format!("USER {IMAGE_USER}")));
         for image in IMAGES {
-            let body = stage(image.name);
-            let path = format!("/usr/local/bin/{}", image.binary);
+            let name = image.name();
+            let body = stage(name);
+            let path = format!("/usr/local/bin/{}", image.binary());
             assert!(
-                body.contains(&format!("COPY {} {path}\n", image.binary)),
-                "{}",
-                image.name
+                body.contains(&format!("COPY {} {path}\n", image.binary())),
+                "{name}"
             );
-            assert!(
-                body.contains(&format!("ENTRYPOINT [\"{path}\"]")),
-                "{}",
-                image.name
-            );
-            let ports: Vec<String> = image.ports.iter().map(u16::to_string).collect();
+            assert!(body.contains(&format!("ENTRYPOINT [\"{path}\"]")), "{name}");
+            let ports: Vec<String> = image.ports().iter().map(u16::to_string).collect();
             assert!(
                 body.contains(&format!("EXPOSE {}\n", ports.join(" "))),
-                "{}",
-                image.name
+                "{name}"
             );
-            assert!(
-                !body.contains("\nUSER "),
-                "{} overrides the user",
-                image.name
-            );
+            assert!(!body.contains("\nUSER "), "{name} overrides the user");
         }
     }
 

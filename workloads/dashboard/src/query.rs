@@ -9,18 +9,19 @@
 use axum::extract::Query;
 use axum::http::Uri;
 
+use pipeline_contract::order;
+
 use crate::problem::AppError;
 
 /// The query parameter asking for a SKU's inventory level.
 pub const SKU: &str = "sku";
 /// The query parameter asking for an order's notification status.
 pub const ORDER_ID: &str = "order_id";
-/// The same bounds as the gateway's order fields, so every SKU and order id it accepts can be
-/// looked up here.
-pub const MAX_SKU_LEN: usize = 128;
-pub const MAX_ORDER_ID_LEN: usize = 64;
 /// Unknown parameter names are echoed back in the problem; this bounds how much of one.
 const MAX_ECHOED_NAME_CHARS: usize = 64;
+
+/// The contract's check of one parameter's value.
+type Check = fn(&str) -> Result<(), order::NameError>;
 
 /// What a valid `GET /metrics` query asks for, beyond the processed-orders count it always gets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,9 +45,11 @@ impl MetricsQuery {
     pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, AppError> {
         let mut query = MetricsQuery::default();
         for (name, value) in pairs {
-            let (slot, max_len) = match name.as_str() {
-                SKU => (&mut query.sku, MAX_SKU_LEN),
-                ORDER_ID => (&mut query.order_id, MAX_ORDER_ID_LEN),
+            // The grammar of the gateway's order fields, so every SKU and order id it accepts
+            // can be looked up here.
+            let (slot, check): (_, Check) = match name.as_str() {
+                SKU => (&mut query.sku, order::check_sku),
+                ORDER_ID => (&mut query.order_id, order::check_id),
                 _ => return Err(unknown_parameter(&name)),
             };
             if slot.is_some() {
@@ -56,7 +59,8 @@ impl MetricsQuery {
                     format!("{name} may be given only once"),
                 ));
             }
-            check_value(&name, &value, max_len)?;
+            check(&value)
+                .map_err(|problem| AppError::bad_parameter(&name, format!("{name} {problem}")))?;
             *slot = Some(value);
         }
         Ok(query)
@@ -69,31 +73,6 @@ fn unknown_parameter(name: &str) -> AppError {
         &shown,
         format!("unknown query parameter {shown:?}; allowed: {SKU}, {ORDER_ID}"),
     )
-}
-
-fn check_value(name: &str, value: &str, max_len: usize) -> Result<(), AppError> {
-    if value.is_empty() {
-        return Err(AppError::bad_parameter(
-            name,
-            format!("{name} must not be empty"),
-        ));
-    }
-    if value.len() > max_len {
-        return Err(AppError::bad_parameter(
-            name,
-            format!("{name} must be at most {max_len} characters"),
-        ));
-    }
-    if !value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(AppError::bad_parameter(
-            name,
-            format!("{name} may contain only letters, digits, '.', '_' and '-'"),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -189,8 +168,8 @@ mod tests {
 
     #[test]
     fn lengths_are_bounded_like_the_gateways() {
-        let sku = "s".repeat(MAX_SKU_LEN);
-        let order_id = "o".repeat(MAX_ORDER_ID_LEN);
+        let sku = "s".repeat(order::MAX_SKU_LEN);
+        let order_id = "o".repeat(order::MAX_ID_LEN);
         assert!(parse(&format!("/metrics?sku={sku}&order_id={order_id}")).is_ok());
 
         let (parameter, detail) = rejected(&format!("/metrics?sku={sku}s"));

@@ -7,15 +7,13 @@
 //! missing.
 
 use pipeline_contract::keys::Keys;
+use pipeline_contract::notification_fields;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use crate::problem::AppError;
 use crate::query::MetricsQuery;
 
-/// The field of the notification hash ([`Keys::notification`]) that holds its status, as the
-/// seed's notifier wrote it.
-pub const NOTIFICATION_STATUS_FIELD: &str = "status";
 /// How much of a malformed stored value goes into the log, so one huge value cannot flood it.
 const MAX_LOGGED_VALUE_CHARS: usize = 64;
 
@@ -121,7 +119,7 @@ pub async fn read(
             Some(order_id) => hget(
                 redis.clone(),
                 keys.notification(order_id),
-                NOTIFICATION_STATUS_FIELD,
+                notification_fields::STATUS,
             )
             .await
             .map(Some),

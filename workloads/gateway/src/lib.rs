@@ -34,9 +34,9 @@ use utoipa::OpenApi;
 use workload_runtime::admin::{Readiness, ReadinessCheck};
 use workload_runtime::broker::{Backoff, Broker, BrokerConfig, BrokerMetrics, DeclareTopology};
 use workload_runtime::http_server::{self, HttpLimits};
+use workload_runtime::queues;
 use workload_runtime::redis_connection;
 use workload_runtime::shutdown::Shutdown;
-use workload_runtime::topology;
 
 use crate::client_address::TrustedProxies;
 use crate::config::GatewayConfig;
@@ -314,7 +314,7 @@ pub fn app(state: AppState) -> Router {
 /// routed and kept (a publish to an exchange with no queue would be unroutable).
 pub fn declare_topology() -> DeclareTopology {
     Arc::new(|channel: Channel| {
-        Box::pin(async move { topology::declare_work_queue(&channel, topology::ORDERS).await })
+        Box::pin(async move { queues::declare_work_queue(&channel, queues::ORDERS).await })
     })
 }
 

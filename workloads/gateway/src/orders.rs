@@ -12,8 +12,8 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use pipeline_contract::messages::OrderPlaced;
-use pipeline_contract::{ORDER_RECORD_TTL_SECONDS, order_fields, topology};
+use pipeline_contract::messages::{Order, OrderPlaced};
+use pipeline_contract::{ORDER_RECORD_TTL_SECONDS, order, order_fields, topology};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -37,10 +37,6 @@ const ORDER_UNCERTAIN: &str = "the order may or may not have been stored (the br
 /// What a retry is told while the first request for the order is still publishing it.
 const ORDER_IN_FLIGHT: &str =
     "an earlier request with this order id is still being stored; retry with the same body shortly";
-
-pub const MAX_ID_LEN: usize = 64;
-pub const MAX_SKU_LEN: usize = 128;
-pub const MAX_QTY: i64 = 10_000;
 
 /// The seed's order body.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -79,45 +75,19 @@ impl ValidOrder {
     }
 }
 
-fn check_token(field: &str, value: &str, max: usize) -> Result<(), AppError> {
-    if value.is_empty() {
-        return Err(AppError::bad_field(
-            field,
-            format!("{field} must not be empty"),
-        ));
-    }
-    if value.len() > max {
-        return Err(AppError::bad_field(
-            field,
-            format!("{field} must be at most {max} characters"),
-        ));
-    }
-    if !value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(AppError::bad_field(
-            field,
-            format!("{field} may contain only letters, digits, '.', '_' and '-'"),
-        ));
-    }
-    Ok(())
+/// The problem of a field that breaks the contract's grammar ([`pipeline_contract::order`]).
+fn bad_field(field: &str, problem: impl std::fmt::Display) -> AppError {
+    AppError::bad_field(field, format!("{field} {problem}"))
 }
 
 pub fn validate(request: OrderRequest) -> Result<ValidOrder, AppError> {
-    check_token("id", &request.id, MAX_ID_LEN)?;
-    check_token("sku", &request.sku, MAX_SKU_LEN)?;
-    if !(1..=MAX_QTY).contains(&request.qty) {
-        return Err(AppError::bad_field(
-            "qty",
-            format!("qty must be between 1 and {MAX_QTY}, got {}", request.qty),
-        ));
-    }
+    order::check_id(&request.id).map_err(|problem| bad_field("id", problem))?;
+    order::check_sku(&request.sku).map_err(|problem| bad_field("sku", problem))?;
+    let qty = order::check_qty(request.qty).map_err(|problem| bad_field("qty", problem))?;
     Ok(ValidOrder {
         id: request.id,
         sku: request.sku,
-        qty: u32::try_from(request.qty)
-            .map_err(|_| AppError::bad_field("qty", "qty out of range"))?,
+        qty,
     })
 }
 
@@ -202,15 +172,17 @@ async fn publish_claimed(
     claim: &Claim,
 ) -> Result<(StatusCode, String), AppError> {
     let message = OrderPlaced {
-        order_id: order.id.clone(),
-        owner: owner.to_owned(),
-        sku: order.sku.clone(),
-        qty: order.qty,
+        order: Order {
+            order_id: order.id.clone(),
+            owner: owner.to_owned(),
+            sku: order.sku.clone(),
+            qty: order.qty,
+        },
         accepted_at: now_unix_millis(),
     };
     let payload =
         serde_json::to_vec(&message).map_err(|error| AppError::internal("encode order", error))?;
-    let message_id = message.message_id();
+    let message_id = message.order.message_id();
     let published = state
         .broker()
         .publish(
@@ -303,18 +275,13 @@ impl OrderStatus {
     pub fn from_fields(id: &str, fields: &std::collections::HashMap<String, String>) -> Self {
         let number = |name: &str| fields.get(name).and_then(|value| value.parse().ok());
         let text = |name: &str| fields.get(name).cloned();
-        let status = if fields.get(order_fields::NOTIFICATION).map(String::as_str) == Some("sent") {
-            "notified"
-        } else {
-            match fields.get(order_fields::OUTCOME).map(String::as_str) {
-                Some("processed") => "processed",
-                Some("rejected") => "rejected",
-                _ => "accepted",
-            }
-        };
+        let status = order::Status::of(
+            fields.get(order_fields::OUTCOME).map(String::as_str),
+            fields.get(order_fields::NOTIFICATION).map(String::as_str),
+        );
         Self {
             id: id.to_owned(),
-            status: status.to_owned(),
+            status: status.as_str().to_owned(),
             sku: text(order_fields::SKU),
             qty: number(order_fields::QTY).and_then(|qty: u64| u32::try_from(qty).ok()),
             accepted_at: number(order_fields::ACCEPTED_AT),
@@ -343,7 +310,7 @@ pub async fn order_status(
     user: AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<OrderStatus>, AppError> {
-    check_token("id", &id, MAX_ID_LEN)?;
+    order::check_id(&id).map_err(|problem| bad_field("id", problem))?;
     let mut redis = state.redis();
     let fields: std::collections::HashMap<String, String> = redis
         .hgetall(state.keys().order(&user.email, &id))

@@ -73,10 +73,10 @@ async fn the_seed_walkthrough_with_its_documented_answers() {
     // Exactly one message, carrying the order as accepted, is on the cluster.
     let orders = gateway.drain_orders().await;
     assert_eq!(orders.len(), 1);
-    assert_eq!(orders[0].order_id, "order123");
-    assert_eq!(orders[0].owner, email);
+    assert_eq!(orders[0].order.order_id, "order123");
+    assert_eq!(orders[0].order.owner, email);
     assert_eq!(
-        (orders[0].sku.as_str(), orders[0].qty),
+        (orders[0].order.sku.as_str(), orders[0].order.qty),
         ("mag-safe-phone-case", 2)
     );
 

@@ -132,11 +132,11 @@ async fn accepted_orders_survive_the_loss_of_the_connected_node() {
     let mut seen = BTreeSet::new();
     for order in &on_cluster {
         assert!(
-            seen.insert(order.order_id.clone()),
+            seen.insert(order.order.order_id.clone()),
             "{} was published twice",
-            order.order_id
+            order.order.order_id
         );
-        assert!(statuses.contains_key(&order.order_id));
+        assert!(statuses.contains_key(&order.order.order_id));
     }
     let missing: Vec<_> = accepted
         .iter()

@@ -170,7 +170,7 @@ async fn clients_that_abort_and_retry_get_each_order_placed_once() {
     let results = join_all(orders).await;
     let mut copies: BTreeMap<String, usize> = BTreeMap::new();
     for order in gateway.drain_orders().await {
-        *copies.entry(order.order_id).or_default() += 1;
+        *copies.entry(order.order.order_id).or_default() += 1;
     }
     let aborted = results.iter().filter(|result| result.1).count();
     let accepted = results.iter().filter(|result| result.2 == 202).count();

@@ -122,7 +122,7 @@ async fn a_rolling_restart_under_load_answers_no_503_and_keeps_every_order() {
 
     let mut copies: BTreeMap<String, usize> = BTreeMap::new();
     for order in old.drain_orders().await {
-        *copies.entry(order.order_id).or_default() += 1;
+        *copies.entry(order.order.order_id).or_default() += 1;
     }
     let sent = CLIENTS * ORDERS_PER_CLIENT;
     let lost = (0..CLIENTS)

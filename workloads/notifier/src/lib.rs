@@ -21,11 +21,12 @@
 
 pub mod sink;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pipeline_contract::keys::Keys;
 use pipeline_contract::messages::{OrderOutcome, Outcome};
+use pipeline_contract::order::notification;
 use pipeline_contract::{env, topology};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -38,11 +39,12 @@ use workload_runtime::config::{self, ConfigError, Source};
 use workload_runtime::consumer::{
     self, ConsumerConfig, ConsumerMetrics, Disposition, Handler, Incoming,
 };
+use workload_runtime::queues;
 use workload_runtime::redis_connection::{RedisConfig, is_unavailable};
 use workload_runtime::shutdown::Shutdown;
-use workload_runtime::topology as queues;
 
-use crate::sink::{ConfiguredSink, LogSink, Notification, Sink, SinkError, WebhookSink};
+use crate::sink::{ConfiguredSink, LogSink, Sink, SinkError, WebhookSink};
+use pipeline_contract::messages::{Notification, Order};
 
 /// Which sink, and its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,25 +147,25 @@ impl NotifierConfig {
 
 /// Decides whether to send, atomically. KEYS: order record, lease, the seed's notification hash.
 /// ARGV: lease token, lease milliseconds, owner.
-const CLAIM: &str = r"
-if redis.call('HGET', KEYS[1], 'notification') == 'sent' then
-  return 'sent'
+const CLAIM_BODY: &str = r"
+if redis.call('HGET', KEYS[1], FIELD_NOTIFICATION) == SENT then
+  return SENT
 end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 'busy'
 end
-redis.call('HSET', KEYS[1], 'notification', 'pending')
-redis.call('HSET', KEYS[3], 'status', 'pending', 'owner', ARGV[3])
+redis.call('HSET', KEYS[1], FIELD_NOTIFICATION, PENDING)
+redis.call('HSET', KEYS[3], SEED_STATUS, PENDING, SEED_OWNER, ARGV[3])
 return 'claimed'
 ";
 
 /// Records `sent` only while the lease is ours, and releases it, atomically. KEYS: lease, order
 /// record, the seed's notification hash. ARGV: lease token, now (unix ms), owner, record TTL.
 /// Returns 1 when the lease was still ours.
-const MARK_SENT: &str = r"
+const MARK_SENT_BODY: &str = r"
 local ours = redis.call('GET', KEYS[1]) == ARGV[1]
-redis.call('HSET', KEYS[2], 'notification', 'sent', 'notified_at', ARGV[2])
-redis.call('HSET', KEYS[3], 'status', 'sent', 'sent_at', ARGV[2], 'owner', ARGV[3])
+redis.call('HSET', KEYS[2], FIELD_NOTIFICATION, SENT, FIELD_NOTIFIED_AT, ARGV[2])
+redis.call('HSET', KEYS[3], SEED_STATUS, SENT, SEED_SENT_AT, ARGV[2], SEED_OWNER, ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 if ours then
   redis.call('DEL', KEYS[1])
@@ -172,13 +174,23 @@ end
 return 0
 ";
 
+/// The scripts with the contract's field names and values declared, each hashed once.
+static CLAIM: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(&pipeline_contract::lua::script(CLAIM_BODY)));
+static MARK_SENT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(&pipeline_contract::lua::script(MARK_SENT_BODY)));
+
 /// Releases the lease if it is still ours. KEYS: lease. ARGV: token.
-const RELEASE_LEASE: &str = r"
+static RELEASE_LEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
-";
+",
+    )
+});
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
@@ -224,9 +236,7 @@ pub struct Notifier<S> {
 pub fn decode(body: &[u8]) -> Result<OrderOutcome, String> {
     let event: OrderOutcome =
         serde_json::from_slice(body).map_err(|error| format!("not an order event: {error}"))?;
-    if event.order_id.is_empty() || event.owner.is_empty() {
-        return Err("event without order_id or owner".into());
-    }
+    event.order.check()?;
     Ok(event)
 }
 
@@ -247,10 +257,10 @@ impl<S: Sink> Notifier<S> {
         }
     }
 
-    async fn notify(&self, event: &OrderOutcome) -> redis::RedisResult<Disposition> {
-        let record = self.keys.order(&event.owner, &event.order_id);
-        let lease = self.keys.notification_lease(&event.owner, &event.order_id);
-        let notification_key = self.keys.notification(&event.order_id);
+    async fn notify(&self, order: &Order) -> redis::RedisResult<Disposition> {
+        let record = self.keys.order(&order.owner, &order.order_id);
+        let lease = self.keys.notification_lease(&order.owner, &order.order_id);
+        let notification_key = self.keys.notification(&order.order_id);
         let token = uuid::Uuid::new_v4().to_string();
         // Another replica holding the lease is sending this very notification (a duplicate event)
         // or crashed while sending (its lease lapses). Wait here rather than requeue: a requeue
@@ -259,12 +269,12 @@ impl<S: Sink> Notifier<S> {
         let mut waited = false;
         loop {
             match self
-                .claim(&record, &lease, &notification_key, &token, &event.owner)
+                .claim(&record, &lease, &notification_key, &token, &order.owner)
                 .await?
                 .as_str()
             {
                 "claimed" => break,
-                "sent" => {
+                notification::SENT => {
                     self.metrics.count("duplicate");
                     return Ok(Disposition::Ack);
                 }
@@ -286,11 +296,8 @@ impl<S: Sink> Notifier<S> {
         let mut redis = self.redis.clone();
 
         let notification = Notification {
-            order_id: event.order_id.clone(),
-            owner: event.owner.clone(),
-            sku: event.sku.clone(),
-            qty: event.qty,
-            idempotency_key: format!("{}:{}", event.owner, event.order_id),
+            idempotency_key: order.message_id(),
+            order: order.clone(),
         };
         if let Err(error) = self.sink.send(&notification).await {
             self.release(&lease, &token).await;
@@ -300,18 +307,18 @@ impl<S: Sink> Notifier<S> {
                 SinkError::Permanent(reason) => Disposition::DeadLetter(reason),
             });
         }
-        let still_ours: i64 = redis::Script::new(MARK_SENT)
+        let still_ours: i64 = MARK_SENT
             .key(&lease)
             .key(&record)
             .key(&notification_key)
             .arg(&token)
             .arg(now_unix_millis())
-            .arg(&event.owner)
+            .arg(&order.owner)
             .arg(pipeline_contract::ORDER_RECORD_TTL_SECONDS)
             .invoke_async(&mut redis)
             .await?;
         if still_ours == 0 {
-            tracing::warn!(order_id = %event.order_id, "sending outlasted the lease; another replica may have sent it too");
+            tracing::warn!(order_id = %order.order_id, "sending outlasted the lease; another replica may have sent it too");
         }
         self.metrics.count("sent");
         Ok(Disposition::Ack)
@@ -328,7 +335,7 @@ impl<S: Sink> Notifier<S> {
         owner: &str,
     ) -> redis::RedisResult<String> {
         let mut redis = self.redis.clone();
-        redis::Script::new(CLAIM)
+        CLAIM
             .key(record)
             .key(lease)
             .key(notification_key)
@@ -341,7 +348,7 @@ impl<S: Sink> Notifier<S> {
 
     async fn release(&self, lease: &str, token: &str) {
         let mut redis = self.redis.clone();
-        let released: redis::RedisResult<i64> = redis::Script::new(RELEASE_LEASE)
+        let released: redis::RedisResult<i64> = RELEASE_LEASE
             .key(lease)
             .arg(token)
             .invoke_async(&mut redis)
@@ -361,10 +368,10 @@ impl<S: Sink> Handler for Notifier<S> {
         };
         if event.outcome != Outcome::Processed {
             // Only created orders are notified; a rejection routed here is acknowledged.
-            tracing::warn!(order_id = %event.order_id, "ignoring a non-created order event");
+            tracing::warn!(order_id = %event.order.order_id, "ignoring a non-created order event");
             return Disposition::Ack;
         }
-        match self.notify(&event).await {
+        match self.notify(&event.order).await {
             Ok(disposition) => disposition,
             Err(error) if is_unavailable(&error) => {
                 Disposition::Unavailable(format!("Redis is unavailable: {error}"))
@@ -530,12 +537,17 @@ mod tests {
     }
 
     #[test]
-    fn the_scripts_write_the_contracts_field_names() {
-        use pipeline_contract::order_fields;
-        let field = order_fields::NOTIFICATION;
-        assert!(CLAIM.contains(&format!("'{field}'")), "{field}");
-        for field in [order_fields::NOTIFICATION, order_fields::NOTIFIED_AT] {
-            assert!(MARK_SENT.contains(&format!("'{field}'")), "{field}");
+    fn the_scripts_spell_no_field_or_value_of_their_own() {
+        for body in [CLAIM_BODY, MARK_SENT_BODY] {
+            for literal in [
+                "'notification'",
+                "'status'",
+                "'pending'",
+                "'sent'",
+                "'owner'",
+            ] {
+                assert!(!body.contains(literal), "{literal} in {body}");
+            }
         }
     }
 
@@ -543,14 +555,23 @@ mod tests {
     fn decode_explains_poison() {
         assert!(decode(b"{").unwrap_err().starts_with("not an order event"));
         let event = OrderOutcome {
-            order_id: "o".into(),
-            owner: "u".into(),
-            sku: "s".into(),
-            qty: 1,
+            order: Order {
+                order_id: "o".into(),
+                owner: "u".into(),
+                sku: "s".into(),
+                qty: 1,
+            },
             outcome: Outcome::Processed,
             reason: None,
             processed_at: 1,
         };
         assert_eq!(decode(&serde_json::to_vec(&event).unwrap()).unwrap(), event);
+        let mut colon = event.clone();
+        colon.order.order_id = "a:b".into();
+        assert!(
+            decode(&serde_json::to_vec(&colon).unwrap())
+                .unwrap_err()
+                .starts_with("order_id")
+        );
     }
 }

@@ -5,19 +5,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use serde::Serialize;
 use workload_runtime::broker::Backoff;
 
-/// One notification to send.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Notification {
-    pub order_id: String,
-    pub owner: String,
-    pub sku: String,
-    pub qty: u32,
-    /// Stable across redeliveries: `<owner>:<order_id>`.
-    pub idempotency_key: String,
-}
+/// One notification to send: the webhook's JSON body.
+pub use pipeline_contract::messages::Notification;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SinkError {
@@ -50,9 +41,9 @@ impl Sink for LogSink {
             tokio::time::sleep(self.delay).await;
         }
         tracing::info!(
-            order_id = %notification.order_id,
-            sku = %notification.sku,
-            qty = notification.qty,
+            order_id = %notification.order.order_id,
+            sku = %notification.order.sku,
+            qty = notification.order.qty,
             "notification sent (log sink)"
         );
         Ok(())

@@ -13,7 +13,7 @@ use axum::routing::post;
 use notifier::sink::{Notification, Sink, SinkError, WebhookSink};
 use notifier::{Metrics, NotifierConfig, run};
 use pipeline_contract::keys::Keys;
-use pipeline_contract::messages::{OrderOutcome, Outcome};
+use pipeline_contract::messages::{Order, OrderOutcome, Outcome};
 use pipeline_contract::{env, topology};
 use prometheus_client::registry::Registry;
 use redis::AsyncCommands;
@@ -34,7 +34,7 @@ impl RecordingSink {
             .lock()
             .unwrap()
             .iter()
-            .filter(|n| n.order_id == order_id)
+            .filter(|n| n.order.order_id == order_id)
             .count()
     }
 }
@@ -112,10 +112,12 @@ impl Harness {
 
     async fn publish(&self, order_id: &str) {
         let event = OrderOutcome {
-            order_id: order_id.into(),
-            owner: "customer@example.com".into(),
-            sku: "case".into(),
-            qty: 1,
+            order: Order {
+                order_id: order_id.into(),
+                owner: "customer@example.com".into(),
+                sku: "case".into(),
+                qty: 1,
+            },
             outcome: Outcome::Processed,
             reason: None,
             processed_at: 1,
@@ -294,10 +296,12 @@ async fn serve_receiver(receiver: Receiver) -> String {
 
 fn notification(id: &str) -> Notification {
     Notification {
-        order_id: id.into(),
-        owner: "customer@example.com".into(),
-        sku: "case".into(),
-        qty: 2,
+        order: Order {
+            order_id: id.into(),
+            owner: "customer@example.com".into(),
+            sku: "case".into(),
+            qty: 2,
+        },
         idempotency_key: format!("customer@example.com:{id}"),
     }
 }

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use futures::StreamExt;
-use pipeline_contract::topology;
+use pipeline_contract::order::Status;
+use pipeline_contract::{order_fields, topology};
 use serde_json::json;
 
 use crate::Pipeline;
@@ -330,16 +331,16 @@ pub async fn check(
 
     let mut false_duplicates = Vec::new();
     for ((order, outcome), record) in load.orders.iter().zip(placed).zip(&records) {
-        match record.get("outcome").map(String::as_str) {
-            Some("processed") => {
+        match status(record) {
+            Status::Processed => counts.processed += 1,
+            Status::Notified => {
                 counts.processed += 1;
-                counts.notified +=
-                    usize::from(record.get("notification").map(String::as_str) == Some("sent"));
+                counts.notified += 1;
             }
-            Some("rejected") => counts.rejected += 1,
-            _ => {}
+            Status::Rejected => counts.rejected += 1,
+            Status::Accepted => {}
         }
-        if outcome.settled() == Some(409) && !record.contains_key("outcome") {
+        if outcome.settled() == Some(409) && !record.contains_key(order_fields::OUTCOME) {
             false_duplicates.push(order.id.clone());
         }
     }
@@ -349,9 +350,7 @@ pub async fn check(
             .orders
             .iter()
             .zip(&records)
-            .filter(|(order, record)| {
-                order.sku == sku && record.get("outcome").map(String::as_str) == Some("processed")
-            })
+            .filter(|(order, record)| order.sku == sku && status(record).is_applied())
             .map(|(order, _)| i64::from(order.qty))
             .sum();
         let left = pipeline.stock(sku).await?;
@@ -406,12 +405,16 @@ pub async fn check(
     Ok(counts)
 }
 
+/// Where the order of `record` stands.
+pub fn status(record: &BTreeMap<String, String>) -> Status {
+    Status::of(
+        record.get(order_fields::OUTCOME).map(String::as_str),
+        record.get(order_fields::NOTIFICATION).map(String::as_str),
+    )
+}
+
 fn settled(record: &BTreeMap<String, String>) -> bool {
-    match record.get("outcome").map(String::as_str) {
-        Some("processed") => record.get("notification").map(String::as_str) == Some("sent"),
-        Some("rejected") => true,
-        _ => false,
-    }
+    status(record).is_final()
 }
 
 async fn work_queue_depth(pipeline: &Pipeline) -> Result<u32> {

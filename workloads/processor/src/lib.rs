@@ -14,10 +14,11 @@
 
 #![forbid(unsafe_code)]
 
+use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pipeline_contract::keys::Keys;
-use pipeline_contract::messages::{OrderOutcome, OrderPlaced, Outcome};
+use pipeline_contract::messages::{Order, OrderOutcome, OrderPlaced, Outcome};
 use pipeline_contract::{IDEMPOTENCY_CLAIM_TTL_SECONDS, ORDER_RECORD_TTL_SECONDS, env, topology};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -30,9 +31,9 @@ use workload_runtime::config::{self, ConfigError, Source};
 use workload_runtime::consumer::{
     self, ConsumerConfig, ConsumerMetrics, Disposition, Handler, Incoming,
 };
+use workload_runtime::queues;
 use workload_runtime::redis_connection::{RedisConfig, is_unavailable};
 use workload_runtime::shutdown::Shutdown;
-use workload_runtime::topology as queues;
 
 /// The processor's configuration.
 #[derive(Debug, Clone)]
@@ -67,11 +68,11 @@ impl ProcessorConfig {
 /// (seconds). Returns {outcome, reason, processed_at, replayed (1 when the order had been
 /// applied before)}. The claim, if still there, is extended as the record is written, so it
 /// outlives the record however long the order waited in the queue.
-const APPLY_ORDER: &str = r"
-local existing = redis.call('HGET', KEYS[1], 'outcome')
+const APPLY_ORDER_BODY: &str = r"
+local existing = redis.call('HGET', KEYS[1], FIELD_OUTCOME)
 if existing then
-  return {existing, redis.call('HGET', KEYS[1], 'reason') or '',
-          redis.call('HGET', KEYS[1], 'processed_at') or ARGV[2], 1}
+  return {existing, redis.call('HGET', KEYS[1], FIELD_REASON) or '',
+          redis.call('HGET', KEYS[1], FIELD_PROCESSED_AT) or ARGV[2], 1}
 end
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('EXPIRE', KEYS[4], ARGV[4])
@@ -86,23 +87,27 @@ if kind ~= 'none' then
   -- numbers (doubles) hold exactly.
   local digits = raw and string.match(raw, '^%-?([1-9]%d*)$')
   if not (raw == '0' or (digits and #digits <= 15)) then
-    redis.call('HSET', KEYS[1], 'outcome', 'rejected', 'reason', 'invalid_inventory', 'processed_at', ARGV[2])
+    redis.call('HSET', KEYS[1], FIELD_OUTCOME, REJECTED, FIELD_REASON, INVALID_INVENTORY, FIELD_PROCESSED_AT, ARGV[2])
     redis.call('EXPIRE', KEYS[1], ARGV[3])
-    return {'rejected', 'invalid_inventory', ARGV[2], 0}
+    return {REJECTED, INVALID_INVENTORY, ARGV[2], 0}
   end
   stock = tonumber(raw)
 end
 if stock < qty then
-  redis.call('HSET', KEYS[1], 'outcome', 'rejected', 'reason', 'out_of_stock', 'processed_at', ARGV[2])
+  redis.call('HSET', KEYS[1], FIELD_OUTCOME, REJECTED, FIELD_REASON, OUT_OF_STOCK, FIELD_PROCESSED_AT, ARGV[2])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
-  return {'rejected', 'out_of_stock', ARGV[2], 0}
+  return {REJECTED, OUT_OF_STOCK, ARGV[2], 0}
 end
 redis.call('DECRBY', KEYS[2], qty)
 redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[1], 'outcome', 'processed', 'processed_at', ARGV[2])
+redis.call('HSET', KEYS[1], FIELD_OUTCOME, PROCESSED, FIELD_PROCESSED_AT, ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {'processed', '', ARGV[2], 0}
+return {PROCESSED, '', ARGV[2], 0}
 ";
+
+/// [`APPLY_ORDER_BODY`] with the contract's names declared, hashed once.
+static APPLY_ORDER: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(&pipeline_contract::lua::script(APPLY_ORDER_BODY)));
 
 /// What the inventory step decided for one order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,29 +119,11 @@ pub struct Applied {
     pub replayed: bool,
 }
 
-/// Checks a decoded order beyond its shape. The gateway validates orders, but the queue is an
-/// interface anyone with credentials can publish to.
-pub fn check(order: &OrderPlaced) -> Result<(), String> {
-    if order.order_id.is_empty() || order.order_id.contains(':') {
-        return Err(format!("invalid order_id {:?}", order.order_id));
-    }
-    if order.owner.is_empty() {
-        return Err("empty owner".into());
-    }
-    if order.sku.is_empty() {
-        return Err("empty sku".into());
-    }
-    if order.qty == 0 {
-        return Err("qty must be at least 1".into());
-    }
-    Ok(())
-}
-
 /// Decodes a delivery into an order, or says why it never will be one.
 pub fn decode(body: &[u8]) -> Result<OrderPlaced, String> {
     let order: OrderPlaced =
         serde_json::from_slice(body).map_err(|error| format!("not an order message: {error}"))?;
-    check(&order)?;
+    order.order.check()?;
     Ok(order)
 }
 
@@ -192,30 +179,25 @@ impl Processor {
     }
 
     /// Runs the inventory step for one order.
-    pub async fn apply(&self, order: &OrderPlaced) -> redis::RedisResult<Applied> {
+    pub async fn apply(&self, order: &Order) -> redis::RedisResult<Applied> {
         let mut redis = self.redis.clone();
-        let (outcome, reason, processed_at, replayed): (String, String, u64, i64) =
-            redis::Script::new(APPLY_ORDER)
-                .key(self.keys.order(&order.owner, &order.order_id))
-                .key(self.keys.inventory(&order.sku))
-                .key(self.keys.processed_count())
-                .key(self.keys.idempotency(&order.owner, &order.order_id))
-                .arg(order.qty)
-                .arg(now_unix_millis())
-                .arg(ORDER_RECORD_TTL_SECONDS)
-                .arg(IDEMPOTENCY_CLAIM_TTL_SECONDS)
-                .invoke_async(&mut redis)
-                .await?;
-        let outcome = match outcome.as_str() {
-            "processed" => Outcome::Processed,
-            "rejected" => Outcome::Rejected,
-            other => {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::UnexpectedReturnType,
-                    "unexpected outcome in the order record",
-                    other.to_owned(),
-                )));
-            }
+        let (outcome, reason, processed_at, replayed): (String, String, u64, i64) = APPLY_ORDER
+            .key(self.keys.order(&order.owner, &order.order_id))
+            .key(self.keys.inventory(&order.sku))
+            .key(self.keys.processed_count())
+            .key(self.keys.idempotency(&order.owner, &order.order_id))
+            .arg(order.qty)
+            .arg(now_unix_millis())
+            .arg(ORDER_RECORD_TTL_SECONDS)
+            .arg(IDEMPOTENCY_CLAIM_TTL_SECONDS)
+            .invoke_async(&mut redis)
+            .await?;
+        let Some(outcome) = Outcome::from_record(&outcome) else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "unexpected outcome in the order record",
+                outcome,
+            )));
         };
         Ok(Applied {
             outcome,
@@ -229,7 +211,7 @@ impl Processor {
 impl Handler for Processor {
     async fn handle(&self, message: Incoming) -> Disposition {
         let order = match decode(&message.body) {
-            Ok(order) => order,
+            Ok(placed) => placed.order,
             Err(reason) => return Disposition::DeadLetter(reason),
         };
         let applied = match self.apply(&order).await {
@@ -242,14 +224,10 @@ impl Handler for Processor {
         self.metrics
             .count(match (applied.replayed, applied.outcome) {
                 (true, _) => "replayed",
-                (false, Outcome::Processed) => "processed",
-                (false, Outcome::Rejected) => "rejected",
+                (false, outcome) => outcome.as_str(),
             });
         let event = OrderOutcome {
-            order_id: order.order_id.clone(),
-            owner: order.owner.clone(),
-            sku: order.sku.clone(),
-            qty: order.qty,
+            order: order.clone(),
             outcome: applied.outcome,
             reason: applied.reason.clone(),
             processed_at: applied.processed_at,
@@ -372,10 +350,12 @@ mod tests {
 
     fn order() -> OrderPlaced {
         OrderPlaced {
-            order_id: "order123".into(),
-            owner: "customer@example.com".into(),
-            sku: "mag-safe-phone-case".into(),
-            qty: 2,
+            order: Order {
+                order_id: "order123".into(),
+                owner: "customer@example.com".into(),
+                sku: "mag-safe-phone-case".into(),
+                qty: 2,
+            },
             accepted_at: 1,
         }
     }
@@ -394,27 +374,39 @@ mod tests {
                 .unwrap_err()
                 .contains("missing field")
         );
-        let zero = OrderPlaced { qty: 0, ..order() };
+        let mut zero = order();
+        zero.order.qty = 0;
         assert_eq!(
             decode(&serde_json::to_vec(&zero).unwrap()).unwrap_err(),
-            "qty must be at least 1"
+            "qty must be between 1 and 10000, got 0"
         );
-        let colon = OrderPlaced {
-            order_id: "a:b".into(),
-            ..order()
-        };
-        assert!(decode(&serde_json::to_vec(&colon).unwrap()).is_err());
+        let mut colon = order();
+        colon.order.order_id = "a:b".into();
+        assert!(
+            decode(&serde_json::to_vec(&colon).unwrap())
+                .unwrap_err()
+                .starts_with("order_id may contain only")
+        );
     }
 
+    /// Every name the script uses is one the contract declares: Lua reads an undeclared name
+    /// as nil, which Redis would take for a missing argument only when the script runs.
     #[test]
-    fn the_script_writes_the_contracts_field_names() {
-        use pipeline_contract::order_fields;
-        for field in [
-            order_fields::OUTCOME,
-            order_fields::REASON,
-            order_fields::PROCESSED_AT,
+    fn the_script_spells_no_field_or_value_of_its_own() {
+        for literal in ["'outcome'", "'processed'", "'rejected'", "'reason'"] {
+            assert!(!APPLY_ORDER_BODY.contains(literal), "{literal}");
+        }
+        let script = pipeline_contract::lua::script(APPLY_ORDER_BODY);
+        for name in [
+            "FIELD_OUTCOME",
+            "FIELD_REASON",
+            "FIELD_PROCESSED_AT",
+            "PROCESSED",
+            "REJECTED",
+            "OUT_OF_STOCK",
+            "INVALID_INVENTORY",
         ] {
-            assert!(APPLY_ORDER.contains(&format!("'{field}'")), "{field}");
+            assert!(script.contains(&format!("local {name} = ")), "{name}");
         }
     }
 

@@ -9,7 +9,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, Que
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Connection, ConnectionProperties};
 use pipeline_contract::keys::Keys;
-use pipeline_contract::messages::{OrderOutcome, OrderPlaced, Outcome};
+use pipeline_contract::messages::{Order, OrderOutcome, OrderPlaced, Outcome};
 use pipeline_contract::{env, topology};
 use processor::{Metrics, ProcessorConfig, run};
 use prometheus_client::registry::Registry;
@@ -290,10 +290,12 @@ impl Harness {
 
 fn order(id: &str, sku: &str, qty: u32) -> OrderPlaced {
     OrderPlaced {
-        order_id: id.into(),
-        owner: "customer@example.com".into(),
-        sku: sku.into(),
-        qty,
+        order: Order {
+            order_id: id.into(),
+            owner: "customer@example.com".into(),
+            sku: sku.into(),
+            qty,
+        },
         accepted_at: 1,
     }
 }
@@ -311,17 +313,17 @@ async fn orders_are_processed_or_rejected_and_stock_never_goes_negative() {
     let rest = harness.events(2).await;
 
     assert_eq!(
-        (first[0].order_id.as_str(), first[0].outcome),
+        (first[0].order.order_id.as_str(), first[0].outcome),
         ("a", Outcome::Processed)
     );
     assert_eq!(
-        (second[0].order_id.as_str(), second[0].outcome),
+        (second[0].order.order_id.as_str(), second[0].outcome),
         ("b", Outcome::Rejected)
     );
     assert_eq!(second[0].reason.as_deref(), Some("out_of_stock"));
     let outcome_of = |id: &str| {
         rest.iter()
-            .find(|event| event.order_id == id)
+            .find(|event| event.order.order_id == id)
             .unwrap()
             .clone()
     };
@@ -360,7 +362,7 @@ async fn a_redelivered_order_is_applied_once_and_its_outcome_republished() {
     assert!(
         events
             .iter()
-            .all(|event| event.outcome == Outcome::Processed && event.order_id == "same")
+            .all(|event| event.outcome == Outcome::Processed && event.order.order_id == "same")
     );
     assert!(
         events
@@ -393,7 +395,7 @@ async fn concurrent_orders_race_for_the_last_units_without_overselling() {
     let sold: u32 = events
         .iter()
         .filter(|e| e.outcome == Outcome::Processed)
-        .map(|e| e.qty)
+        .map(|e| e.order.qty)
         .sum();
     let stock = harness.stock("last").await.unwrap();
     assert!(stock >= 0, "stock went negative: {stock}");
@@ -401,9 +403,9 @@ async fn concurrent_orders_race_for_the_last_units_without_overselling() {
     // Only orders too big for what was left were rejected.
     for event in events.iter().filter(|e| e.outcome == Outcome::Rejected) {
         assert!(
-            i64::from(event.qty) > stock,
+            i64::from(event.order.qty) > stock,
             "{} rejected with {stock} left",
-            event.qty
+            event.order.qty
         );
     }
     harness.stop().await;
@@ -526,7 +528,7 @@ async fn dead_letters_are_listed_and_re_driven_by_the_processors_command() {
     );
     let events = harness.events(1).await;
     assert_eq!(
-        (events[0].order_id.as_str(), events[0].outcome),
+        (events[0].order.order_id.as_str(), events[0].outcome),
         ("stuck", Outcome::Processed)
     );
     assert_eq!(harness.stock("case").await, Some(3));
@@ -589,7 +591,10 @@ async fn orders_for_a_stock_that_is_not_an_integer_are_rejected_with_a_reason() 
 
     let events = harness.events(odd.len() + 3).await;
     let reason = |id: &str| {
-        let event = events.iter().find(|event| event.order_id == id).unwrap();
+        let event = events
+            .iter()
+            .find(|event| event.order.order_id == id)
+            .unwrap();
         (event.outcome, event.reason.clone())
     };
     for (index, value) in odd.iter().enumerate() {
@@ -679,7 +684,10 @@ async fn a_redis_outage_holds_orders_until_redis_is_back_and_dead_letters_none()
 
     redis.restore();
     let events = harness.events(usize::try_from(orders).unwrap()).await;
-    let mut ids: Vec<&str> = events.iter().map(|event| event.order_id.as_str()).collect();
+    let mut ids: Vec<&str> = events
+        .iter()
+        .map(|event| event.order.order_id.as_str())
+        .collect();
     ids.sort_unstable();
     assert_eq!(ids, ["held-0", "held-1", "held-2", "held-3"]);
     assert!(

@@ -255,7 +255,7 @@ pub const CASSANDRA_CONFIG_SCRIPT: &str = include_str!("cassandra-config.sh");
 /// Parameters, as environment variables: `CASSANDRA_HOST` (required), `CASSANDRA_PORT` (9042),
 /// `SUPERUSER_NAME` (`cassandra`), `DEFAULT_SUPERUSER_PASSWORD` (`cassandra`),
 /// `SUPERUSER_PASSWORD` (required: the new one), `APP_ROLE` (`pipeline`), `APP_PASSWORD`
-/// (required), `APP_KEYSPACE` (`users_keyspace`), `AUTH_REPLICATION_FACTOR` (1),
+/// (required), `APP_KEYSPACE` (required: the contract's accounts keyspace), `AUTH_REPLICATION_FACTOR` (1),
 /// `CONNECT_ATTEMPTS` (60) and `CONNECT_DELAY_SECONDS` (5).
 pub const CASSANDRA_CREDENTIALS_SCRIPT: &str = include_str!("cassandra-credentials.sh");
 

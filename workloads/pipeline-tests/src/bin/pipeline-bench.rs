@@ -31,7 +31,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use pipeline_contract::messages::{OrderOutcome, Outcome};
+use pipeline_contract::messages::{Order, OrderOutcome, Outcome};
 use pipeline_contract::{env, topology};
 use pipeline_tests::{Options, Pipeline};
 use prometheus_client::registry::Registry;
@@ -511,10 +511,12 @@ async fn notifier() -> Result<()> {
             let publisher = &publisher;
             async move {
                 let event = OrderOutcome {
-                    order_id: format!("n{index}"),
-                    owner: "bench@example.com".into(),
-                    sku: "s".into(),
-                    qty: 1,
+                    order: Order {
+                        order_id: format!("n{index}"),
+                        owner: "bench@example.com".into(),
+                        sku: "s".into(),
+                        qty: 1,
+                    },
                     outcome: Outcome::Processed,
                     reason: None,
                     processed_at: 1,
