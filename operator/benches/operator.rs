@@ -63,7 +63,7 @@ async fn main() -> Result<()> {
         .flat_map(|pipeline| volumes::default_claims(&pipeline))
         .collect();
     let volumes = volumes::provide(&client, &namespace, &claims).await?;
-    let mut operator = start_operator(&kubeconfig)?;
+    let mut operator = start_operator(&kubeconfig, &namespace)?;
     let result = run(&client, &namespace, &operator).await;
     let _ = Command::new("kill")
         .arg("-TERM")
@@ -288,7 +288,10 @@ fn pipeline(name: &str) -> Result<OrderPipeline> {
     }))?)
 }
 
-fn start_operator(kubeconfig: &str) -> Result<Child> {
+/// The operator watching `namespace` only, so what other runs and tests left in the shared
+/// control plane (their pipelines, a namespace still terminating) is neither reconciled nor
+/// cached, and the figures are those of this run's pipelines alone.
+fn start_operator(kubeconfig: &str, namespace: &str) -> Result<Child> {
     // OPERATOR_BINARY measures another build of the operator, such as the static musl binary
     // the image ships (`cargo xtask images operator`).
     let binary = std::env::var("OPERATOR_BINARY")
@@ -297,6 +300,7 @@ fn start_operator(kubeconfig: &str) -> Result<Child> {
     Command::new(&binary)
         .env("KUBECONFIG", kubeconfig)
         .env("LEADER_ELECTION_ENABLED", "false")
+        .env("WATCH_NAMESPACES", namespace)
         .env("ADMIN_PORT", ADMIN_PORT.to_string())
         .env("LOG_LEVEL", "warn")
         .stdin(Stdio::null())
