@@ -15,13 +15,17 @@
 //! Without a running controller (a reconcile called directly, as the tests of a restart do)
 //! there are no caches and every read goes to the API server.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
 use futures::Stream;
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStatus, StatefulSet, StatefulSetSpec, StatefulSetStatus,
+};
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
@@ -29,6 +33,8 @@ use kube::runtime::{WatchStreamExt, reflector::store::Writer};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
+
+use super::build::COMPONENT_LABEL;
 
 /// The controller's stores of the pipelines' children.
 #[derive(Clone)]
@@ -114,10 +120,7 @@ pub fn watch<K: Cached>(
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
     watcher(api, config)
         .default_backoff()
-        .modify(|object| {
-            object.meta_mut().managed_fields = None;
-            object.trim();
-        })
+        .modify(Cached::trim)
         .reflect(writer)
         .touched_objects()
 }
@@ -134,10 +137,31 @@ pub trait Cached:
 {
     fn store(stores: &Stores) -> &Store<Self>;
 
-    /// Drops what no reconcile reads. What stays: the metadata (owner references for the
-    /// ownership check, generation and resource version for the ledger, labels for the
-    /// status), and per kind what dereference and status read.
+    /// Replaces the object with one that holds only what a reconcile reads, built afresh
+    /// (what is kept is listed, not what is dropped, so a field a new Kubernetes version adds
+    /// is never cached by accident): the [`kept_metadata`], and per kind what dereference and
+    /// status read.
     fn trim(&mut self);
+}
+
+/// The metadata every cached object keeps: its name and namespace, the owner references (the
+/// ownership check), generation and resource version (the ledger), and of its labels only the
+/// component (the status).
+fn kept_metadata(metadata: &mut ObjectMeta) -> ObjectMeta {
+    let component = metadata
+        .labels
+        .as_mut()
+        .and_then(|labels| labels.remove_entry(COMPONENT_LABEL));
+    ObjectMeta {
+        name: metadata.name.take(),
+        namespace: metadata.namespace.take(),
+        uid: metadata.uid.take(),
+        resource_version: metadata.resource_version.take(),
+        generation: metadata.generation,
+        owner_references: metadata.owner_references.take(),
+        labels: component.map(|entry| BTreeMap::from([entry])),
+        ..ObjectMeta::default()
+    }
 }
 
 impl Cached for Deployment {
@@ -145,12 +169,19 @@ impl Cached for Deployment {
         &stores.deployments
     }
 
-    /// Keeps `spec.replicas` and the status (ready replicas).
+    /// Keeps `spec.replicas` and `status.readyReplicas`.
     fn trim(&mut self) {
-        if let Some(spec) = &mut self.spec {
-            spec.template = Default::default();
-        }
-        self.metadata.annotations = None;
+        *self = Deployment {
+            metadata: kept_metadata(&mut self.metadata),
+            spec: self.spec.as_ref().map(|spec| DeploymentSpec {
+                replicas: spec.replicas,
+                ..DeploymentSpec::default()
+            }),
+            status: self.status.as_ref().map(|status| DeploymentStatus {
+                ready_replicas: status.ready_replicas,
+                ..DeploymentStatus::default()
+            }),
+        };
     }
 }
 
@@ -159,30 +190,37 @@ impl Cached for StatefulSet {
         &stores.stateful_sets
     }
 
-    /// Keeps `spec.replicas`, the status, and the first container's name and image (what a
-    /// running dependency keeps across operator upgrades).
+    /// Keeps `spec.replicas`, `status.readyReplicas`, and the first container's name and image
+    /// (what a running dependency keeps across operator upgrades).
     fn trim(&mut self) {
-        if let Some(spec) = &mut self.spec {
-            let first = spec
-                .template
-                .spec
-                .as_ref()
-                .and_then(|pod| pod.containers.first())
-                .map(|container| Container {
-                    name: container.name.clone(),
-                    image: container.image.clone(),
-                    ..Container::default()
-                });
-            spec.template = PodTemplateSpec {
-                metadata: None,
-                spec: first.map(|container| PodSpec {
-                    containers: vec![container],
-                    ..PodSpec::default()
-                }),
-            };
-            spec.volume_claim_templates = None;
-        }
-        self.metadata.annotations = None;
+        let first = self
+            .spec
+            .as_mut()
+            .and_then(|spec| spec.template.spec.as_mut())
+            .and_then(|pod| (!pod.containers.is_empty()).then(|| pod.containers.swap_remove(0)))
+            .map(|container| Container {
+                name: container.name,
+                image: container.image,
+                ..Container::default()
+            });
+        *self = StatefulSet {
+            metadata: kept_metadata(&mut self.metadata),
+            spec: self.spec.as_ref().map(|spec| StatefulSetSpec {
+                replicas: spec.replicas,
+                template: PodTemplateSpec {
+                    metadata: None,
+                    spec: first.map(|container| PodSpec {
+                        containers: vec![container],
+                        ..PodSpec::default()
+                    }),
+                },
+                ..StatefulSetSpec::default()
+            }),
+            status: self.status.as_ref().map(|status| StatefulSetStatus {
+                ready_replicas: status.ready_replicas,
+                ..StatefulSetStatus::default()
+            }),
+        };
     }
 }
 
@@ -193,9 +231,10 @@ impl Cached for Service {
 
     /// Keeps only the metadata: the ledger compares resource versions.
     fn trim(&mut self) {
-        self.spec = None;
-        self.status = None;
-        self.metadata.annotations = None;
+        *self = Service {
+            metadata: kept_metadata(&mut self.metadata),
+            ..Service::default()
+        };
     }
 }
 
@@ -206,7 +245,11 @@ impl Cached for Secret {
 
     /// Keeps the data: generated values are read back from it.
     fn trim(&mut self) {
-        self.metadata.annotations = None;
+        *self = Secret {
+            metadata: kept_metadata(&mut self.metadata),
+            data: self.data.take(),
+            ..Secret::default()
+        };
     }
 }
 
@@ -313,5 +356,93 @@ mod tests {
         println!("{woken} of 16 waiting reconciles went on");
         assert_eq!(woken, 16);
         announcing.await.unwrap();
+    }
+
+    /// A StatefulSet as the API server sends it keeps exactly what the reconcile reads.
+    #[test]
+    fn a_trimmed_stateful_set_keeps_what_reconciles_read_and_nothing_else() {
+        let mut stateful_set: StatefulSet = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "shop-rabbitmq", "namespace": "ns", "uid": "u1",
+                "resourceVersion": "42", "generation": 3,
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "labels": {"app.kubernetes.io/component": "rabbitmq", "app.kubernetes.io/name": "order-pipeline"},
+                "annotations": {"note": "x"},
+                "ownerReferences": [{"apiVersion": "orderpipeline.dev/v1alpha1", "kind": "OrderPipeline", "name": "shop", "uid": "p1", "controller": true}],
+                "managedFields": [{"manager": "order-pipeline-operator", "operation": "Apply"}],
+            },
+            "spec": {
+                "replicas": 3, "serviceName": "shop-rabbitmq-headless",
+                "selector": {"matchLabels": {"app.kubernetes.io/component": "rabbitmq"}},
+                "template": {
+                    "metadata": {"labels": {"app.kubernetes.io/component": "rabbitmq"}},
+                    "spec": {"containers": [
+                        {"name": "rabbitmq", "image": "rabbitmq:3.13.7", "env": [{"name": "A", "value": "b"}]},
+                        {"name": "exporter", "image": "exporter:1"},
+                    ]},
+                },
+                "volumeClaimTemplates": [{"metadata": {"name": "data"}}],
+            },
+            "status": {"replicas": 3, "readyReplicas": 2, "conditions": [{"type": "X", "status": "True"}]},
+        }))
+        .unwrap();
+        stateful_set.trim();
+        assert_eq!(
+            serde_json::to_value(&stateful_set).unwrap(),
+            serde_json::json!({
+                "apiVersion": "apps/v1",
+                "kind": "StatefulSet",
+                "metadata": {
+                    "name": "shop-rabbitmq", "namespace": "ns", "uid": "u1",
+                    "resourceVersion": "42", "generation": 3,
+                    "labels": {"app.kubernetes.io/component": "rabbitmq"},
+                    "ownerReferences": [{"apiVersion": "orderpipeline.dev/v1alpha1", "kind": "OrderPipeline", "name": "shop", "uid": "p1", "controller": true}],
+                },
+                "spec": {
+                    "replicas": 3,
+                    "selector": {},
+                    "template": {"spec": {"containers": [{"name": "rabbitmq", "image": "rabbitmq:3.13.7"}]}},
+                },
+                "status": {"replicas": 0, "readyReplicas": 2},
+            })
+        );
+    }
+
+    #[test]
+    fn trimmed_deployments_services_and_secrets_keep_their_reads() {
+        let mut deployment: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shop-gateway", "generation": 2, "labels": {"app.kubernetes.io/component": "gateway", "other": "x"}},
+            "spec": {"replicas": 2, "selector": {}, "template": {"spec": {"containers": [{"name": "gateway"}]}}},
+            "status": {"readyReplicas": 1, "conditions": [{"type": "Available", "status": "True"}]},
+        }))
+        .unwrap();
+        deployment.trim();
+        assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(2));
+        assert_eq!(
+            deployment.spec.as_ref().unwrap().template,
+            PodTemplateSpec::default()
+        );
+        assert_eq!(deployment.status.as_ref().unwrap().ready_replicas, Some(1));
+        assert_eq!(deployment.status.as_ref().unwrap().conditions, None);
+        assert_eq!(deployment.metadata.generation, Some(2));
+        assert_eq!(deployment.metadata.labels.as_ref().unwrap().len(), 1);
+
+        let mut service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shop-gateway", "resourceVersion": "7"},
+            "spec": {"ports": [{"port": 8080}]},
+        }))
+        .unwrap();
+        service.trim();
+        assert_eq!(service.spec, None);
+        assert_eq!(service.metadata.resource_version.as_deref(), Some("7"));
+
+        let mut secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shop-jwt"},
+            "type": "Opaque",
+            "data": {"secret": "c2VjcmV0"},
+        }))
+        .unwrap();
+        secret.trim();
+        assert_eq!(secret.data.unwrap()["secret"].0, b"secret");
     }
 }

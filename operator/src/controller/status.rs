@@ -16,7 +16,7 @@ use pipeline_contract::ports;
 use serde_json::json;
 
 use super::apply::Applied;
-use super::build::{MANAGER, Workload};
+use super::build::{COMPONENT_LABEL, MANAGER, Workload};
 use crate::management;
 
 /// Why the status could not be read or written.
@@ -302,7 +302,7 @@ pub async fn update(
 
 fn component_of(labels: Option<&BTreeMap<String, String>>) -> String {
     labels
-        .and_then(|labels| labels.get("app.kubernetes.io/component"))
+        .and_then(|labels| labels.get(COMPONENT_LABEL))
         .cloned()
         .unwrap_or_else(|| "unknown".into())
 }

@@ -34,6 +34,9 @@ pub(super) const DEPENDENCY_USER: i64 = 999;
 /// `app.kubernetes.io/instance: shop` too), so what grants access, the NetworkPolicies, selects
 /// on this one: only this operator sets a label of its API group.
 pub(crate) const PIPELINE_LABEL: &str = "orderpipeline.dev/pipeline";
+/// Which part of the pipeline an object is (`gateway`, `rabbitmq`, ...): what the status
+/// reports each Deployment's and StatefulSet's replicas under.
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 
 /// The pipeline a build is for: what every child's metadata carries.
 pub(super) struct Parent<'a> {
@@ -53,10 +56,7 @@ impl Parent<'_> {
                 "app.kubernetes.io/instance".to_owned(),
                 self.name.to_owned(),
             ),
-            (
-                "app.kubernetes.io/component".to_owned(),
-                component.to_owned(),
-            ),
+            (COMPONENT_LABEL.to_owned(), component.to_owned()),
             (
                 "app.kubernetes.io/managed-by".to_owned(),
                 MANAGED_BY.to_owned(),

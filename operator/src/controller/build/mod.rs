@@ -39,6 +39,7 @@ pub use rabbitmq::{
     RABBITMQ_COOKIE_SCRIPT, RABBITMQ_GROW_SCRIPT,
 };
 
+pub use meta::COMPONENT_LABEL;
 use meta::Parent;
 
 use super::validate::{Jwt, Mode, ValidatedPipeline};
