@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail, ensure};
 use pipeline_contract::order::Status;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use testenv::gateway::GatewayClient;
 
 /// Sets a SKU's stock, as the seed's `redis-cli SET inventory:<sku> <level>` does.
 pub trait Inventory {
@@ -77,27 +78,12 @@ impl Walkthrough {
 /// How long the asynchronous part (processor, notifier) may take before the flow fails.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 
-/// The HTTP client of every test that talks to the workloads.
-///
-/// - Every URL is loopback (a local port or a port-forward): a proxy from the environment must
-///   not intercept it.
-/// - An idle pooled connection is dropped after [`POOL_IDLE`], well inside the workloads' own
-///   idle limit (`HTTP_HEADER_READ_TIMEOUT_MS`, 10 s by default), after which the server closes
-///   it. Through a port-forward that close does not reach this side: the local connection stays
-///   open, and the next request sent on it fails with "connection closed before message
-///   completed". A fault test whose senders wait out an outage left connections idle that long
-///   and failed that way.
-pub fn http_client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .pool_idle_timeout(POOL_IDLE)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("failed to build the HTTP client")
+/// The HTTP client of every test that talks to the workloads: the test kit's, whose idle
+/// connections expire before the workloads close them (a close that does not travel back
+/// through a port-forward).
+pub fn http_client() -> reqwest::Client {
+    testenv::gateway::http_client()
 }
-
-/// How long [`http_client`] keeps an idle connection.
-pub const POOL_IDLE: Duration = Duration::from_secs(3);
 
 /// Runs the walkthrough and checks every documented answer. Prints one line per checked step.
 pub async fn run(
@@ -106,8 +92,8 @@ pub async fn run(
     walkthrough: &Walkthrough,
     deadline: Duration,
 ) -> Result<()> {
-    let http = http_client()?;
-    let gateway = &endpoints.gateway;
+    let http = http_client();
+    let client = GatewayClient::with_http(endpoints.gateway.clone(), http.clone());
     let dashboard = &endpoints.dashboard;
     let Walkthrough {
         email,
@@ -124,11 +110,8 @@ pub async fn run(
         .with_context(|| format!("failed to set the stock of {sku} to {stock}"))?;
     step(&format!("inventory:{sku} set to {stock}"));
 
-    let credentials = json!({"email": email, "password": password});
-    let response = http
-        .post(format!("{gateway}/register"))
-        .json(&credentials)
-        .send()
+    let response = client
+        .register(email, password)
         .await
         .context("POST /register")?;
     expect_text(
@@ -139,23 +122,12 @@ pub async fn run(
     )
     .await?;
 
-    let response = http
-        .post(format!("{gateway}/login"))
-        .json(&credentials)
-        .send()
-        .await
-        .context("POST /login")?;
+    let response = client.login(email, password).await.context("POST /login")?;
     let login = expect_json(response, StatusCode::OK, "POST /login").await?;
     let token = token_of(&login)?;
     step("POST /login -> 200 {\"token\":\"eyJ...\"}");
 
-    let order = json!({"id": order_id, "sku": sku, "qty": qty});
-    let place = || {
-        http.post(format!("{gateway}/orders"))
-            .bearer_auth(&token)
-            .json(&order)
-            .send()
-    };
+    let place = || client.order(&token, order_id, sku, *qty);
     let response = place().await.context("POST /orders")?;
     expect_text(
         response,
@@ -173,14 +145,11 @@ pub async fn run(
     )
     .await?;
 
-    let order_url = format!("{gateway}/orders/{order_id}");
     let status = eventually("the order to be notified", deadline, || {
-        let (http, order_url, token) = (&http, &order_url, &token);
+        let (client, token) = (&client, &token);
         async move {
-            let response = http
-                .get(order_url)
-                .bearer_auth(token)
-                .send()
+            let response = client
+                .order_status(token, order_id)
                 .await
                 .context("GET /orders/{id}")?;
             let status = expect_json(response, StatusCode::OK, "GET /orders/{id}").await?;
@@ -242,10 +211,8 @@ pub async fn run(
     .await?;
     step(&format!("GET /metrics?order_id={order_id} -> {metrics}"));
 
-    let response = http
-        .delete(format!("{gateway}/delete-user"))
-        .bearer_auth(&token)
-        .send()
+    let response = client
+        .delete_user(&token)
         .await
         .context("DELETE /delete-user")?;
     expect_text(
@@ -255,10 +222,8 @@ pub async fn run(
         "DELETE /delete-user",
     )
     .await?;
-    let response = http
-        .get(&order_url)
-        .bearer_auth(&token)
-        .send()
+    let response = client
+        .order_status(&token, order_id)
         .await
         .context("GET /orders/{id} after the account was deleted")?;
     ensure!(

@@ -31,7 +31,8 @@ use pipeline_contract::topology;
 use pipeline_e2e::cluster::{Cluster, ClusterConfig, SKIP_MESSAGE};
 use pipeline_e2e::flow::{self, Endpoints, Inventory, Walkthrough};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
+use testenv::gateway::GatewayClient;
 use tokio::sync::Mutex;
 
 /// Orders the fault test places, with this many in flight at once, each sender pausing this long
@@ -47,6 +48,8 @@ const KILL_AFTER_ACCEPTED: usize = ORDERS / 3;
 const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
 /// How long the replacement pod and the backlog may take on a small node.
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(240);
+/// The campaign account's password.
+const PASSWORD: &str = "securepassword123";
 
 fn url_from_env(name: &str) -> Option<String> {
     std::env::var(name)
@@ -312,19 +315,16 @@ async fn logins_fail_clearly_while_cassandra_is_deleted_and_orders_go_on() -> Re
 /// A login the fault may try, as the campaign's account.
 #[derive(Clone)]
 struct Login {
-    http: reqwest::Client,
-    gateway: String,
-    credentials: Value,
+    client: GatewayClient,
+    email: String,
 }
 
 impl Login {
     /// One `POST /login`: its status and body.
     async fn attempt(&self) -> Result<(StatusCode, String)> {
         let response = self
-            .http
-            .post(format!("{}/login", self.gateway))
-            .json(&self.credentials)
-            .send()
+            .client
+            .login(&self.email, PASSWORD)
             .await
             .context("POST /login")?;
         let status = response.status();
@@ -353,17 +353,20 @@ async fn campaign(
     let gateway_forward = cluster.forward_service("gateway").await?;
     let dashboard_forward = cluster.forward_service("dashboard").await?;
     let (gateway, dashboard) = (gateway_forward.url(), dashboard_forward.url());
-    let http = flow::http_client()?;
+    let http = flow::http_client();
 
     let run = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
     let sku = format!("fault-{run}");
     let stock: i64 = 1_000_000;
     cluster.redis_inventory().await?.set(&sku, stock).await?;
-    let (token, credentials) = account(&http, &gateway, &run).await?;
+    let client = GatewayClient::with_http(gateway.clone(), http.clone());
+    let (email, token) = client
+        .account(&format!("fault-{run}"), PASSWORD)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let login = Login {
-        http: http.clone(),
-        gateway: gateway.clone(),
-        credentials,
+        client: client.clone(),
+        email,
     };
     let dead_before = dead_letters(&cluster).await?;
 
@@ -387,13 +390,7 @@ async fn campaign(
     };
     let mut senders = Vec::new();
     for _ in 0..CONCURRENCY {
-        let (http, gateway, token, sku, run) = (
-            http.clone(),
-            gateway.clone(),
-            token.clone(),
-            sku.clone(),
-            run.clone(),
-        );
+        let (client, token, sku, run) = (client.clone(), token.clone(), sku.clone(), run.clone());
         let (next, accepted, refused, accepted_count) = (
             next.clone(),
             accepted.clone(),
@@ -408,11 +405,8 @@ async fn campaign(
                 }
                 tokio::time::sleep(PACE).await;
                 let id = format!("fault-{run}-{index}");
-                let response = http
-                    .post(format!("{gateway}/orders"))
-                    .bearer_auth(&token)
-                    .json(&json!({"id": id, "sku": sku, "qty": 1}))
-                    .send()
+                let response = client
+                    .order(&token, &id, &sku, 1)
                     .await
                     .with_context(|| format!("POST /orders {id}"))?;
                 let status = response.status();
@@ -461,11 +455,8 @@ async fn campaign(
     for (id, _, _) in &refused {
         let deadline = Instant::now() + RECOVERY_DEADLINE;
         loop {
-            let status = http
-                .post(format!("{gateway}/orders"))
-                .bearer_auth(&token)
-                .json(&json!({"id": id, "sku": sku, "qty": 1}))
-                .send()
+            let status = client
+                .order(&token, id, &sku, 1)
                 .await
                 .with_context(|| format!("retry POST /orders {id}"))?
                 .status();
@@ -494,7 +485,7 @@ async fn campaign(
     while !pending.is_empty() {
         let mut still = Vec::new();
         for id in pending {
-            let status = order_status(&http, &gateway, &token, &id).await?;
+            let status = order_status(&client, &token, &id).await?;
             match status.parse::<Status>() {
                 Ok(Status::Notified) => notified += 1,
                 Ok(Status::Accepted | Status::Processed) => still.push((id, status)),
@@ -627,45 +618,9 @@ async fn dead_letters(cluster: &Cluster) -> Result<u64> {
         .sum())
 }
 
-/// Registers a fresh account and logs in; returns the token and the credentials.
-async fn account(http: &reqwest::Client, gateway: &str, run: &str) -> Result<(String, Value)> {
-    let credentials =
-        json!({"email": format!("fault-{run}@example.com"), "password": "securepassword123"});
-    let registered = http
-        .post(format!("{gateway}/register"))
-        .json(&credentials)
-        .send()
-        .await?;
-    ensure!(
-        registered.status() == StatusCode::CREATED,
-        "POST /register answered {}",
-        registered.status()
-    );
-    let login: Value = http
-        .post(format!("{gateway}/login"))
-        .json(&credentials)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let token = login["token"]
-        .as_str()
-        .map(str::to_owned)
-        .with_context(|| format!("no token in {login}"))?;
-    Ok((token, credentials))
-}
-
-async fn order_status(
-    http: &reqwest::Client,
-    gateway: &str,
-    token: &str,
-    id: &str,
-) -> Result<String> {
-    let body: Value = http
-        .get(format!("{gateway}/orders/{id}"))
-        .bearer_auth(token)
-        .send()
+async fn order_status(client: &GatewayClient, token: &str, id: &str) -> Result<String> {
+    let body: Value = client
+        .order_status(token, id)
         .await?
         .error_for_status()
         .with_context(|| format!("GET /orders/{id}"))?

@@ -8,15 +8,13 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
 use pipeline_api::OrderPipeline;
 use serde_json::json;
-use support::{
-    chart_identity, client, install_crd, new_context, remove_chart_identity, wait_ready,
-};
+use support::{TestNamespace, wait_ready};
 
 const MANAGEMENT: &str = "http://127.0.0.1:15672";
 
@@ -60,18 +58,11 @@ async fn recorded_decision(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processor_replicas_follow_the_queue_within_bounds() {
-    let environment = testenv::Env::load();
-    let admin = client().await;
-    install_crd(&admin).await;
-    let namespace = testenv::unique("opscale");
-    Api::<Namespace>::all(admin.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let vhost = testenv::Vhost::create(&environment, "autoscale").await;
+    let test = TestNamespace::create("opscale").await;
+    let (admin, namespace) = (test.admin.clone(), test.name.clone());
+    // The broker side: a vhost of the test's own, removed when dropped.
+    let isolation = testenv::Isolation::new("autoscale").await;
+    let (environment, vhost) = (&isolation.env, isolation.vhost());
     let user = environment.require("OP_RABBITMQ_USER");
     let password = environment.require("OP_RABBITMQ_PASSWORD");
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &namespace);
@@ -97,9 +88,7 @@ async fn processor_replicas_follow_the_queue_within_bounds() {
         .error_for_status()
         .unwrap();
 
-    let (operator_client, operator_namespace) = chart_identity().await;
-    let context = new_context(&operator_client);
-    let operator = support::RunningOperator::start(context.clone());
+    let (operator, _) = test.operator().await;
 
     let pipelines: Api<OrderPipeline> = Api::namespaced(admin.clone(), &namespace);
     let pipeline: OrderPipeline = serde_json::from_value(json!({
@@ -178,9 +167,4 @@ async fn processor_replicas_follow_the_queue_within_bounds() {
     assert_eq!(occurrences, 2, "one Scaled event per decision");
 
     operator.stop().await;
-    let _ = Api::<Namespace>::all(admin.clone())
-        .delete(&namespace, &DeleteParams::default())
-        .await;
-    remove_chart_identity(&operator_namespace);
-    vhost.delete().await;
 }

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use order_pipeline_operator::controller::build::{
     self, CASSANDRA_CREDENTIALS_SCRIPT, CASSANDRA_ROLE, MANAGER, ReplicaOverrides,
 };
@@ -36,6 +36,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use serde_json::json;
+use support::TestNamespace;
 
 /// The cqlsh of Cassandra 5.0, which the image's `bin/cqlsh` is.
 const CQLSH_VERSION: &str = "6.2.0";
@@ -464,22 +465,8 @@ fn ensure_cqlsh() -> Result<PathBuf> {
 
 /// A paused pipeline (no operator acts on it) in a namespace of its own that enforces the
 /// restricted Pod Security Standard.
-async fn paused_pipeline(client: &Client) -> OrderPipeline {
-    support::install_crd(client).await;
-    let namespace = testenv::unique("opcc");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {
-                "name": namespace,
-                "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
-            }}))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    let pipelines: Api<OrderPipeline> = Api::namespaced(client.clone(), &namespace);
+async fn paused_pipeline(test: &TestNamespace) -> OrderPipeline {
+    let pipelines: Api<OrderPipeline> = test.api();
     let pipeline: OrderPipeline = serde_json::from_value(json!({
         "apiVersion": "orderpipeline.dev/v1alpha1",
         "kind": "OrderPipeline",
@@ -507,12 +494,17 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_are_generated_once_and_the_job_applies_as_the_api_server_allows() {
-    let client = support::client().await;
-    let pipeline = paused_pipeline(&client).await;
+    let test = TestNamespace::create_labelled(
+        "opcc",
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
+    )
+    .await;
+    let client = test.admin.clone();
+    let pipeline = paused_pipeline(&test).await;
     let namespace = pipeline.namespace().unwrap();
     // The operator's steps run as the Helm chart's ServiceAccount, so the chart's RBAC is what
     // allows them; the test's own reads use the admin client.
-    let (operator_client, operator_namespace) = support::chart_identity().await;
+    let (operator_client, _) = test.chart_identity().await;
     let secrets_api: Api<Secret> = Api::namespaced(operator_client.clone(), &namespace);
     let jobs: Api<Job> = Api::namespaced(operator_client.clone(), &namespace);
     let admin_jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
@@ -648,11 +640,4 @@ async fn passwords_are_generated_once_and_the_job_applies_as_the_api_server_allo
         "a changed template under the old name: {refused}"
     );
     apply(&jobs, &renamed).await.unwrap();
-
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .delete(&namespace, &DeleteParams::default())
-        .await
-        .unwrap();
-    support::remove_chart_identity(&operator_namespace);
 }

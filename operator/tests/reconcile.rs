@@ -9,15 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{
-    chart_identity, client, install_crd, new_context, provide_volumes, remove_chart_identity,
-    volumes, wait_ready,
-};
+use support::{TestNamespace, volumes, wait_ready};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{
-    Namespace, PersistentVolume, PersistentVolumeClaim, PodTemplateSpec, Secret, Service,
-};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PodTemplateSpec, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -99,24 +94,15 @@ fn template(deployment: &Deployment) -> &PodTemplateSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
-    let client = client().await;
-    install_crd(&client).await;
-    let namespace = testenv::unique("op");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    let test = TestNamespace::create("op").await;
+    let (client, namespace) = (test.admin.clone(), test.name.clone());
     // The sample's claims once its RabbitMQ is one node (below).
-    let volumes = provide_volumes(&client, &namespace, &volumes::default_claims("shop")).await;
+    test.provide_volumes(&volumes::default_claims("shop")).await;
 
     // The operator runs as the Helm chart's ServiceAccount: a rule missing from the chart fails
     // this test. The assertions use the admin client.
-    let (operator_client, operator_namespace) = chart_identity().await;
-    let context = new_context(&operator_client);
+    let (operator_client, _) = test.chart_identity().await;
+    let context = test.context(&operator_client);
     let operator = support::RunningOperator::start(context.clone());
 
     let pipelines: Api<OrderPipeline> = Api::namespaced(client.clone(), &namespace);
@@ -176,7 +162,7 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
             .await
             .unwrap();
     }
-    let fresh = new_context(&operator_client);
+    let fresh = test.context(&operator_client);
     controller::reconcile(
         Arc::new(pipelines.get("shop").await.unwrap()),
         fresh.clone(),
@@ -324,7 +310,7 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
     );
 
     // Restarting the operator (a new context) converges on the same generated secrets.
-    let restarted = new_context(&operator_client);
+    let restarted = test.context(&operator_client);
     controller::reconcile(Arc::new(pipelines.get("shop").await.unwrap()), restarted)
         .await
         .unwrap();
@@ -373,13 +359,4 @@ async fn a_pipeline_converges_stays_quiet_scales_and_is_collected() {
     );
 
     operator.stop().await;
-    namespaces
-        .delete(&namespace, &DeleteParams::default())
-        .await
-        .unwrap();
-    let volume_api: Api<PersistentVolume> = Api::all(client.clone());
-    for volume in volumes {
-        let _ = volume_api.delete(&volume, &DeleteParams::default()).await;
-    }
-    remove_chart_identity(&operator_namespace);
 }

@@ -9,23 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolume};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use order_pipeline_operator::controller;
 use order_pipeline_operator::leader::{self, LeaseSettings};
 use pipeline_api::OrderPipeline;
 use serde_json::json;
-use support::{
-    chart_identity, client, install_crd, new_context, provide_volumes, remove_chart_identity,
-    volumes,
-};
+use support::{TestNamespace, volumes};
 use tokio_util::sync::CancellationToken;
 
-/// Held by each test for as long as it runs an operator. A cluster-wide operator reconciles every
-/// namespace's pipelines, other tests' included; one at a time, each test sees only its own
-/// operator's doing (the namespaced test asserts what its operator never touched).
+/// Held by each test for as long as it runs an operator. Each operator watches only its test's
+/// namespace, so they could run at once; one at a time keeps the control plane and kwok on two
+/// cores as quick as the tests' deadlines were set for.
 static OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// External Redis and Cassandra (nothing listens there; these tests never run the workloads'
@@ -69,34 +65,6 @@ async fn wait_converged(pipelines: &Api<OrderPipeline>, name: &str) {
     .await;
 }
 
-async fn namespace(client: &kube::Client) -> String {
-    let name = testenv::unique("opsafe");
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    name
-}
-
-async fn cleanup(
-    client: &kube::Client,
-    namespace: &str,
-    volumes: Vec<String>,
-    operator_namespace: &str,
-) {
-    let _ = Api::<Namespace>::all(client.clone())
-        .delete(namespace, &DeleteParams::default())
-        .await;
-    let volume_api: Api<PersistentVolume> = Api::all(client.clone());
-    for volume in volumes {
-        let _ = volume_api.delete(&volume, &DeleteParams::default()).await;
-    }
-    remove_chart_identity(operator_namespace);
-}
-
 async fn wait_for<K, F>(api: &Api<K>, name: &str, what: &str, condition: F)
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
@@ -114,14 +82,11 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_pipelines_are_left_alone_and_stateful_scale_down_is_refused() {
     let _one_operator = OPERATOR.lock().await;
-    let admin = client().await;
-    install_crd(&admin).await;
-    let namespace = namespace(&admin).await;
-    let claims = volumes::claims("guarded", &[("rabbitmq", 2)]);
-    let volumes = provide_volumes(&admin, &namespace, &claims).await;
-    let (operator_client, operator_namespace) = chart_identity().await;
-    let context = new_context(&operator_client);
-    let operator = support::RunningOperator::start(context.clone());
+    let test = TestNamespace::create("opsafe").await;
+    let (admin, namespace) = (test.admin.clone(), test.name.clone());
+    test.provide_volumes(&volumes::claims("guarded", &[("rabbitmq", 2)]))
+        .await;
+    let (operator, context) = test.operator().await;
 
     let pipelines: Api<OrderPipeline> = Api::namespaced(admin.clone(), &namespace);
     pipelines
@@ -270,21 +235,19 @@ async fn paused_pipelines_are_left_alone_and_stateful_scale_down_is_refused() {
     .await;
 
     operator.stop().await;
-    cleanup(&admin, &namespace, volumes, &operator_namespace).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_reconciles_and_the_standby_takes_over() {
     let _one_operator = OPERATOR.lock().await;
-    let admin = client().await;
-    install_crd(&admin).await;
-    let namespace = namespace(&admin).await;
-    let claims = volumes::claims("led", &[("rabbitmq", 2)]);
-    let volumes = provide_volumes(&admin, &namespace, &claims).await;
+    let test = TestNamespace::create("opsafe").await;
+    let (admin, namespace) = (test.admin.clone(), test.name.clone());
+    test.provide_volumes(&volumes::claims("led", &[("rabbitmq", 2)]))
+        .await;
     // The lease lives where the chart's Role allows it: the operator's own namespace.
-    let (operator_client, operator_namespace) = chart_identity().await;
+    let (operator_client, operator_namespace) = test.chart_identity().await;
     let replicas: Vec<(Arc<controller::Context>, CancellationToken)> = (0..2)
-        .map(|_| (new_context(&operator_client), CancellationToken::new()))
+        .map(|_| (test.context(&operator_client), CancellationToken::new()))
         .collect();
     let mut tasks = Vec::new();
     for (index, (context, shutdown)) in replicas.iter().enumerate() {
@@ -366,7 +329,6 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over() {
     for task in tasks {
         task.await.unwrap().unwrap();
     }
-    cleanup(&admin, &namespace, volumes, &operator_namespace).await;
 }
 
 /// A pipeline whose dependencies are all external: only the four workloads, which kwok runs, so
@@ -404,10 +366,8 @@ fn degraded_with(pipeline: Option<&OrderPipeline>, reason: &str) -> Option<Strin
 async fn foreign_objects_are_left_alone_and_a_broken_pipeline_blocks_no_other() {
     let _one_operator = OPERATOR.lock().await;
     use k8s_openapi::api::core::v1::{Secret, Service};
-    let admin = client().await;
-    install_crd(&admin).await;
-    let namespace = namespace(&admin).await;
-    let (operator_client, operator_namespace) = chart_identity().await;
+    let test = TestNamespace::create("opsafe").await;
+    let (admin, namespace) = (test.admin.clone(), test.name.clone());
     let services: Api<Service> = Api::namespaced(admin.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &namespace);
     // A user's own Service and Secret, with the names the pipelines' children would have.
@@ -432,8 +392,7 @@ async fn foreign_objects_are_left_alone_and_a_broken_pipeline_blocks_no_other() 
         .unwrap();
     let before = services.get("squatter-gateway").await.unwrap();
 
-    let context = new_context(&operator_client);
-    let operator = support::RunningOperator::start(context.clone());
+    let (operator, context) = test.operator().await;
     let pipelines: Api<OrderPipeline> = Api::namespaced(admin.clone(), &namespace);
     let plain = json!({"endpoints": ["amqp://rabbitmq.example.invalid:5672/%2f"]});
     // Autoscaled on an external broker whose vhost the autoscaler decodes: nothing answers at
@@ -537,7 +496,6 @@ async fn foreign_objects_are_left_alone_and_a_broken_pipeline_blocks_no_other() 
     );
 
     operator.stop().await;
-    cleanup(&admin, &namespace, Vec::new(), &operator_namespace).await;
 }
 
 /// Invariants of the chart's namespaced mode (`watchNamespaces`), under its rendered Roles: the
@@ -549,16 +507,17 @@ async fn a_namespaced_operator_works_in_its_namespaces_and_is_refused_elsewhere(
     let _one_operator = OPERATOR.lock().await;
     use k8s_openapi::api::batch::v1::Job;
     use k8s_openapi::api::core::v1::{Pod, Secret};
-    let admin = client().await;
-    install_crd(&admin).await;
-    let watched = namespace(&admin).await;
-    let ignored = namespace(&admin).await;
-    let (operator_client, operator_namespace) =
-        support::chart_identity_watching(&[watched.as_str()]).await;
-    let context = Arc::new(
-        Arc::unwrap_or_clone(new_context(&operator_client))
-            .with_scope(controller::Scope::Namespaces(vec![watched.clone()])),
+    let watched_namespace = TestNamespace::create("opsafe").await;
+    let ignored_namespace = TestNamespace::create("opsafe").await;
+    let admin = watched_namespace.admin.clone();
+    let (watched, ignored) = (
+        watched_namespace.name.clone(),
+        ignored_namespace.name.clone(),
     );
+    let (operator_client, _) = watched_namespace
+        .chart_identity_watching(&[watched.as_str()])
+        .await;
+    let context = watched_namespace.context(&operator_client);
     let plain = json!({"endpoints": ["amqp://rabbitmq.example.invalid:5672/%2f"]});
     let elsewhere: Api<OrderPipeline> = Api::namespaced(admin.clone(), &ignored);
     elsewhere
@@ -650,8 +609,4 @@ async fn a_namespaced_operator_works_in_its_namespaces_and_is_refused_elsewhere(
     );
 
     operator.stop().await;
-    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
-        .delete(&ignored, &DeleteParams::default())
-        .await;
-    cleanup(&admin, &watched, Vec::new(), &operator_namespace).await;
 }

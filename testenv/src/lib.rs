@@ -7,7 +7,11 @@
 //! never passes silently.
 
 pub mod access;
+pub mod gateway;
+pub mod isolation;
 pub mod proxy;
+
+pub use isolation::Isolation;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -76,6 +80,18 @@ fn parse(text: &str) -> BTreeMap<String, String> {
         .filter_map(|line| line.split_once('='))
         .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
         .collect()
+}
+
+/// Waits until `done` holds, checking every 50 ms; panics naming `what` after `within`.
+pub async fn wait_until(what: &str, within: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// A name no other test (or earlier run) uses: for key prefixes, queues, keyspaces, namespaces.

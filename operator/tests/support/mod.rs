@@ -7,13 +7,15 @@ pub mod volumes;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::PostParams;
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config, CustomResourceExt};
-use order_pipeline_operator::controller::Context;
+use order_pipeline_operator::controller::{Context, Scope};
 use order_pipeline_operator::metrics::Metrics;
 use pipeline_api::OrderPipeline;
 use prometheus_client::registry::Registry;
@@ -52,6 +54,144 @@ pub async fn install_crd(client: &Client) {
 /// Volumes reserved for `claims` in `namespace` (see [`volumes`]).
 pub async fn provide_volumes(client: &Client, namespace: &str, claims: &[String]) -> Vec<String> {
     volumes::provide(client, namespace, claims).await.unwrap()
+}
+
+/// A namespace of the test's own, and what the test made for it: the volumes its claims bind
+/// to and the chart identities its operators ran as. All of it is removed when this is dropped,
+/// also when the test panics: a cleanup at the end of a test was skipped by every failed
+/// assertion, and the shared control plane kept the namespaces, volumes and cluster-wide roles
+/// (a later benchmark then reconciled a hundred pipelines nobody asked for).
+///
+/// The controllers [`TestNamespace::operator`] starts watch this namespace only, so tests that
+/// run at once in the same control plane never reconcile each other's pipelines.
+pub struct TestNamespace {
+    /// A cluster-admin client, for the test's own reads and writes.
+    pub admin: Client,
+    pub name: String,
+    volumes: std::sync::Mutex<Vec<String>>,
+    identities: std::sync::Mutex<Vec<String>>,
+}
+
+impl TestNamespace {
+    /// Installs the CRD and creates `<label>-<random>`.
+    pub async fn create(label: &str) -> Self {
+        Self::create_labelled(label, &[]).await
+    }
+
+    /// [`Self::create`], the namespace carrying `labels` (a Pod Security Standard, say).
+    pub async fn create_labelled(label: &str, labels: &[(&str, &str)]) -> Self {
+        let admin = client().await;
+        install_crd(&admin).await;
+        let name = testenv::unique(label);
+        let labels: std::collections::BTreeMap<&str, &str> = labels.iter().copied().collect();
+        Api::<Namespace>::all(admin.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(
+                    serde_json::json!({"metadata": {"name": name, "labels": labels}}),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap_or_else(|error| panic!("failed to create namespace {name}: {error}"));
+        Self {
+            admin,
+            name,
+            volumes: std::sync::Mutex::default(),
+            identities: std::sync::Mutex::default(),
+        }
+    }
+
+    /// An API of this namespace, as the admin.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.admin.clone(), &self.name)
+    }
+
+    /// Volumes for `claims` in this namespace (see [`volumes`]), deleted with it.
+    pub async fn provide_volumes(&self, claims: &[String]) {
+        let made = provide_volumes(&self.admin, &self.name, claims).await;
+        lock(&self.volumes).extend(made);
+    }
+
+    /// A client acting as the Helm chart's ServiceAccount and the namespace it lives in (see
+    /// [`chart_identity`]), removed with this namespace.
+    pub async fn chart_identity(&self) -> (Client, String) {
+        self.chart_identity_watching(&[]).await
+    }
+
+    /// [`chart_identity_watching`], removed with this namespace.
+    pub async fn chart_identity_watching(&self, namespaces: &[&str]) -> (Client, String) {
+        let (client, identity) = chart_identity_watching(namespaces).await;
+        lock(&self.identities).push(identity.clone());
+        (client, identity)
+    }
+
+    /// The reconcile context of `client`, its controller scoped to this namespace.
+    pub fn context(&self, client: &Client) -> Arc<Context> {
+        Arc::new(
+            Arc::unwrap_or_clone(new_context(client))
+                .with_scope(Scope::Namespaces(vec![self.name.clone()])),
+        )
+    }
+
+    /// The controller, running as the chart's identity and watching this namespace, with its
+    /// context.
+    pub async fn operator(&self) -> (RunningOperator, Arc<Context>) {
+        let (client, _) = self.chart_identity().await;
+        let context = self.context(&client);
+        (RunningOperator::start(context.clone()), context)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Synchronous (kubectl), so it also runs while a panic unwinds; nothing waits for the
+        // namespace's finalization.
+        let env = testenv::Env::load();
+        let kubectl = |args: &[&str]| {
+            let _ = std::process::Command::new(env.require("OP_KUBECTL"))
+                .args(args)
+                .env("KUBECONFIG", env.require("KUBECONFIG"))
+                .output();
+        };
+        kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+        let volumes = std::mem::take(&mut *lock(&self.volumes));
+        if !volumes.is_empty() {
+            let mut args = vec![
+                "delete",
+                "persistentvolume",
+                "--wait=false",
+                "--ignore-not-found",
+            ];
+            args.extend(volumes.iter().map(String::as_str));
+            kubectl(&args);
+        }
+        for identity in std::mem::take(&mut *lock(&self.identities)) {
+            remove_chart_identity(&identity);
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `test` in a fresh [`TestNamespace`] (in the manner of linkerd2's policy-test
+/// `with_temp_ns`): the namespace and what the test made for it are removed when `test` returns
+/// or panics.
+pub async fn with_namespace<F, Fut>(label: &str, test: F)
+where
+    F: FnOnce(Arc<TestNamespace>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let namespace = Arc::new(TestNamespace::create(label).await);
+    test(namespace).await;
 }
 
 pub fn new_context(client: &Client) -> Arc<Context> {

@@ -431,9 +431,12 @@ async fn a_failed_publish_answers_503_and_releases_the_id() {
     let (email, token) = gateway.account().await;
     // Remove the queue: the exchange then has nowhere to route, so the broker returns the
     // message and the gateway must not claim success.
-    let connection = Connection::connect(&gateway.vhost.urls[0], ConnectionProperties::default())
-        .await
-        .unwrap();
+    let connection = Connection::connect(
+        &gateway.isolation.vhost().urls[0],
+        ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
         .queue_delete(

@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::Gateway;
@@ -16,39 +15,11 @@ const ORDERS: usize = 1500;
 const STOP_AFTER: usize = 400;
 const WORKERS: usize = 8;
 
-fn node_ctl(ctl: &str, node: usize, action: &str) {
-    let status = Command::new(ctl)
-        .arg((node + 1).to_string())
-        .arg(action)
-        .status()
-        .unwrap_or_else(|error| panic!("failed to run {ctl}: {error}"));
-    assert!(status.success(), "{ctl} {} {action} failed", node + 1);
-}
-
-struct RestartOnDrop {
-    ctl: String,
-    node: Option<usize>,
-}
-
-impl Drop for RestartOnDrop {
-    fn drop(&mut self) {
-        if let Some(node) = self.node.take() {
-            node_ctl(&self.ctl, node, "start");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_orders_survive_the_loss_of_the_connected_node() {
-    let env = testenv::Env::load();
-    let ctl = env.require("OP_RABBITMQ_NODE_CTL");
     let gateway = Gateway::start().await;
     let (_, token) = gateway.account().await;
     let connected = gateway.state.broker().current().expect("connected").node;
-    let mut restart = RestartOnDrop {
-        ctl: ctl.clone(),
-        node: None,
-    };
 
     let (sender, mut results) = tokio::sync::mpsc::unbounded_channel();
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -86,11 +57,10 @@ async fn accepted_orders_survive_the_loss_of_the_connected_node() {
     while let Some((id, status)) = results.recv().await {
         statuses.insert(id, status);
         if statuses.len() == STOP_AFTER {
-            let ctl = ctl.clone();
+            // Its guard restarts the node when dropped, even when an assertion fails.
             stopping = Some(tokio::task::spawn_blocking(move || {
-                node_ctl(&ctl, connected, "stop")
+                testenv::UndoNodeFault::new(connected, "stop", "start")
             }));
-            restart.node = Some(connected);
         }
         assert!(
             started.elapsed() < Duration::from_secs(240),
@@ -100,7 +70,7 @@ async fn accepted_orders_survive_the_loss_of_the_connected_node() {
     for worker in workers {
         worker.await.unwrap();
     }
-    stopping.expect("node stop started").await.unwrap();
+    let restart = stopping.expect("node stop started").await.unwrap();
 
     let accepted: BTreeSet<&String> = statuses
         .iter()

@@ -39,7 +39,10 @@ struct Tally {
 async fn a_rolling_restart_under_load_answers_no_503_and_keeps_every_order() {
     let old = Gateway::start().await;
     let new = Gateway::start_with(|vars| {
-        vars.insert(env::RABBITMQ_URLS.to_owned(), old.vhost.urls.join(","));
+        vars.insert(
+            env::RABBITMQ_URLS.to_owned(),
+            old.isolation.vhost().urls.join(","),
+        );
         vars.insert(
             env::REDIS_KEY_PREFIX.to_owned(),
             old.keys.prefix().to_owned(),

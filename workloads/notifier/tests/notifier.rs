@@ -14,10 +14,10 @@ use notifier::sink::{Notification, Sink, SinkError, WebhookSink};
 use notifier::{Metrics, NotifierConfig, run};
 use pipeline_contract::keys::Keys;
 use pipeline_contract::messages::{Order, OrderOutcome, Outcome};
-use pipeline_contract::{env, topology};
+use pipeline_contract::topology;
 use prometheus_client::registry::Registry;
 use redis::AsyncCommands;
-use testenv::{Env, Vhost};
+use testenv::Isolation;
 use workload_runtime::admin::Readiness;
 use workload_runtime::broker::{Broker, BrokerConfig, BrokerMetrics, Publish};
 use workload_runtime::shutdown::Shutdown;
@@ -47,7 +47,8 @@ impl Sink for RecordingSink {
 }
 
 struct Harness {
-    vhost: Vhost,
+    /// The test's vhost, key prefix and Redis connection, removed when the harness is dropped.
+    isolation: Isolation,
     keys: Keys,
     redis: redis::aio::ConnectionManager,
     publisher: Broker,
@@ -57,17 +58,9 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
-        let environment = Env::load();
-        let vhost = Vhost::create(&environment, "notifier").await;
-        let keys = Keys::new(format!("{}:", testenv::unique("notify")));
-        let source = BTreeMap::from([
-            (env::RABBITMQ_URLS.to_owned(), vhost.urls.join(",")),
-            (
-                env::REDIS_ADDR.to_owned(),
-                environment.require("OP_REDIS_ADDR"),
-            ),
-            (env::REDIS_KEY_PREFIX.to_owned(), keys.prefix().to_owned()),
-        ]);
+        let isolation = Isolation::new("notifier").await;
+        let (vhost, keys) = (isolation.vhost(), isolation.keys.clone());
+        let source = isolation.variables();
         let mut config = NotifierConfig::from_source(&source).unwrap();
         config.lease = Duration::from_secs(2);
         let shutdown = Shutdown::new();
@@ -90,20 +83,14 @@ impl Harness {
             .wait_connected(Duration::from_secs(30))
             .await
             .expect("connected");
-        let redis = redis::aio::ConnectionManager::new(
-            redis::Client::open(environment.require("OP_REDIS_URL")).unwrap(),
-        )
-        .await
-        .unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !readiness.failing().is_empty() {
-            assert!(tokio::time::Instant::now() < deadline, "notifier not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        testenv::wait_until("the notifier's readiness", Duration::from_secs(30), || {
+            readiness.failing().is_empty()
+        })
+        .await;
         Self {
-            vhost,
+            redis: isolation.redis.clone(),
+            isolation,
             keys,
-            redis,
             publisher,
             sink,
             shutdown,
@@ -159,11 +146,12 @@ impl Harness {
     /// Waits until the queue is empty and nothing is unacknowledged, so every delivery was handled.
     async fn wait_idle(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let vhost = self.isolation.vhost();
         loop {
             // The management API's counts lag by up to a few seconds; require two quiet readings.
-            if self.vhost.queue_messages(topology::NOTIFIER_QUEUE).await == Some(0) {
+            if vhost.queue_messages(topology::NOTIFIER_QUEUE).await == Some(0) {
                 tokio::time::sleep(Duration::from_secs(6)).await;
-                if self.vhost.queue_messages(topology::NOTIFIER_QUEUE).await == Some(0) {
+                if vhost.queue_messages(topology::NOTIFIER_QUEUE).await == Some(0) {
                     return;
                 }
             }
@@ -178,12 +166,6 @@ impl Harness {
     async fn stop(self) {
         self.shutdown.trigger();
         assert!(self.shutdown.wait_for_tasks(Duration::from_secs(20)).await);
-        testenv::delete_redis_prefix(
-            &testenv::Env::load().require("OP_REDIS_URL"),
-            self.keys.prefix(),
-        )
-        .await;
-        self.vhost.delete().await;
     }
 }
 

@@ -24,7 +24,7 @@ use anyhow::{Result, ensure};
 use futures::StreamExt;
 use pipeline_contract::order::Status;
 use pipeline_contract::{order_fields, topology};
-use serde_json::json;
+use testenv::gateway::GatewayClient;
 
 use crate::Pipeline;
 
@@ -106,33 +106,29 @@ impl Load {
     /// until `give_up` after its first attempt.
     pub async fn place(
         &self,
-        http: &reqwest::Client,
-        gateway: &str,
+        gateway: &GatewayClient,
         per_second: u32,
         give_up: Duration,
     ) -> Vec<Placed> {
-        self.place_with(http, gateway, per_second, give_up, None)
-            .await
+        self.place_with(gateway, per_second, give_up, None).await
     }
 
     /// As [`Load::place`], but every client gives up its first attempt after `first_attempt`
     /// (a client that aborts mid-request: hyper drops the gateway's handler), then retries.
     pub async fn place_impatiently(
         &self,
-        http: &reqwest::Client,
-        gateway: &str,
+        gateway: &GatewayClient,
         per_second: u32,
         give_up: Duration,
         first_attempt: Duration,
     ) -> Vec<Placed> {
-        self.place_with(http, gateway, per_second, give_up, Some(first_attempt))
+        self.place_with(gateway, per_second, give_up, Some(first_attempt))
             .await
     }
 
     async fn place_with(
         &self,
-        http: &reqwest::Client,
-        gateway: &str,
+        gateway: &GatewayClient,
         per_second: u32,
         give_up: Duration,
         first_attempt: Option<Duration>,
@@ -142,7 +138,7 @@ impl Load {
         futures::stream::iter(self.orders.iter().enumerate())
             .map(|(index, order)| async move {
                 tokio::time::sleep_until(started + spacing * index as u32).await;
-                place_one(http, gateway, order, give_up, first_attempt).await
+                place_one(gateway, order, give_up, first_attempt).await
             })
             .buffered(16)
             .collect()
@@ -151,24 +147,20 @@ impl Load {
 }
 
 async fn place_one(
-    http: &reqwest::Client,
-    gateway: &str,
+    gateway: &GatewayClient,
     order: &Order,
     give_up: Duration,
     first_attempt: Option<Duration>,
 ) -> Placed {
     let deadline = tokio::time::Instant::now() + give_up;
-    let body = json!({"id": order.id, "sku": order.sku, "qty": order.qty});
     let mut placed = Placed::default();
     loop {
         let timeout = match first_attempt {
             Some(first) if placed.attempts() == 0 => first,
             _ => Duration::from_secs(15),
         };
-        let sent = http
-            .post(format!("{gateway}/orders"))
-            .bearer_auth(&order.token)
-            .json(&body)
+        let sent = gateway
+            .order_request(&order.token, &order.id, order.sku, i64::from(order.qty))
             .timeout(timeout)
             .send()
             .await;
@@ -210,10 +202,7 @@ pub async fn under_fault(
     per_second: u32,
     fault: impl std::future::Future<Output = ()>,
 ) -> Result<Counts> {
-    let (placed, ()) = tokio::join!(
-        load.place(&pipeline.http, &pipeline.gateway, per_second, GIVE_UP),
-        fault
-    );
+    let (placed, ()) = tokio::join!(load.place(&pipeline.client, per_second, GIVE_UP), fault);
     check(pipeline, load, &placed, SETTLE).await
 }
 
@@ -437,7 +426,7 @@ async fn dead_letters(pipeline: &Pipeline) -> Result<u32> {
 /// node that answers; the management API's counts lag by seconds).
 async fn ready_messages(pipeline: &Pipeline, queue: &str) -> Result<u32> {
     let mut last_error = None;
-    for url in &pipeline.vhost.urls {
+    for url in &pipeline.vhost().urls {
         match lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await {
             Ok(connection) => {
                 let channel = connection.create_channel().await?;

@@ -14,8 +14,9 @@ use anyhow::{Context, Result, bail};
 use pipeline_contract::keys::Keys;
 use pipeline_contract::{Workload, env};
 use prometheus_client::registry::Registry;
-use serde_json::{Value, json};
-use testenv::{Env, Vhost};
+use serde_json::Value;
+use testenv::gateway::GatewayClient;
+use testenv::{Isolation, Vhost};
 use workload_runtime::admin::Readiness;
 use workload_runtime::shutdown::Shutdown;
 
@@ -53,14 +54,15 @@ pub struct Pipeline {
     pub gateway: String,
     pub dashboard: String,
     pub http: reqwest::Client,
+    /// The kit's client of the gateway's API.
+    pub client: GatewayClient,
     pub keys: Keys,
     pub redis: redis::aio::ConnectionManager,
-    pub vhost: Vhost,
+    /// The test's vhost, key prefix, Redis connection and workload users, removed on drop.
+    pub isolation: Isolation,
     /// The variables each workload process needs to join this pipeline (for the crash test):
     /// its own credentials, as in its pod.
     pub variables: BTreeMap<Workload, BTreeMap<String, String>>,
-    /// The Redis ACL users made for the workloads, deleted on stop.
-    redis_users: Vec<String>,
     readiness: Vec<(&'static str, Readiness)>,
     registries: Vec<(&'static str, Registry)>,
     shutdown: Shutdown,
@@ -79,10 +81,9 @@ impl Pipeline {
     }
 
     async fn start_parts(options: Options, with_consumers: bool) -> Result<Self> {
-        let environment = Env::load();
-        let vhost = Vhost::create(&environment, "pipeline").await;
-        let keys = Keys::new(format!("{}:", testenv::unique("pipe")));
-        let redis_url = environment.require("OP_REDIS_URL");
+        let isolation = Isolation::new("pipeline").await;
+        let (environment, vhost) = (&isolation.env, isolation.vhost());
+        let keys = isolation.keys.clone();
         let common: BTreeMap<String, String> = [
             (
                 env::REDIS_ADDR,
@@ -100,13 +101,11 @@ impl Pipeline {
         // Each workload with only what its pod gets: its own RabbitMQ and Redis users (the
         // grants of `pipeline_contract::access`), Cassandra and the signing key for the gateway.
         let mut variables = BTreeMap::new();
-        let mut redis_users = Vec::new();
         for workload in Workload::ALL {
             let mut own = common.clone();
-            let redis_user = testenv::access::redis_user(&redis_url, workload, &keys).await;
-            own.insert(env::REDIS_USERNAME.into(), redis_user.username.clone());
+            let redis_user = isolation.redis_user(workload).await;
+            own.insert(env::REDIS_USERNAME.into(), redis_user.username);
             own.insert(env::REDIS_PASSWORD.into(), redis_user.password);
-            redis_users.push(redis_user.username);
             if let Some(user) = vhost.workload_user(workload).await {
                 own.insert(env::RABBITMQ_URLS.into(), vhost.bare_urls().join(","));
                 own.insert(env::RABBITMQ_USERNAME.into(), user.username);
@@ -189,19 +188,16 @@ impl Pipeline {
             readiness.push(("notifier", ready));
         }
 
-        let redis = redis::aio::ConnectionManager::new(redis::Client::open(
-            environment.require("OP_REDIS_URL"),
-        )?)
-        .await?;
+        let client = GatewayClient::with_http(gateway.clone(), reqwest::Client::new());
         let pipeline = Self {
             gateway,
             dashboard,
-            http: reqwest::Client::new(),
+            http: client.http.clone(),
+            client,
             keys,
-            redis,
-            vhost,
+            redis: isolation.redis.clone(),
+            isolation,
             variables,
-            redis_users,
             readiness,
             registries,
             shutdown,
@@ -240,44 +236,25 @@ impl Pipeline {
 
     /// Registers and logs in a fresh account; returns its email and token.
     pub async fn account(&self) -> Result<(String, String)> {
-        let email = format!("{}@example.com", testenv::unique("buyer"));
-        let credentials = json!({"email": email, "password": PASSWORD});
-        let registered = self
-            .http
-            .post(format!("{}/register", self.gateway))
-            .json(&credentials)
-            .send()
-            .await?;
-        if registered.status() != 201 {
-            bail!("register answered {}", registered.status());
-        }
-        let login: Value = self
-            .http
-            .post(format!("{}/login", self.gateway))
-            .json(&credentials)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let token = login["token"]
-            .as_str()
-            .context("login without token")?
-            .to_owned();
-        Ok((email, token))
+        self.client
+            .account("buyer", PASSWORD)
+            .await
+            .map_err(anyhow::Error::msg)
     }
 
     /// Places an order; returns the HTTP status.
     pub async fn order(&self, token: &str, id: &str, sku: &str, qty: u32) -> Result<u16> {
         Ok(self
-            .http
-            .post(format!("{}/orders", self.gateway))
-            .bearer_auth(token)
-            .json(&json!({"id": id, "sku": sku, "qty": qty}))
-            .send()
+            .client
+            .order(token, id, sku, i64::from(qty))
             .await?
             .status()
             .as_u16())
+    }
+
+    /// The pipeline's vhost.
+    pub fn vhost(&self) -> &Vhost {
+        self.isolation.vhost()
     }
 
     pub async fn set_stock(&self, sku: &str, stock: i64) -> Result<()> {
@@ -353,15 +330,10 @@ impl Pipeline {
             .unwrap_or(0)
     }
 
+    /// Stops the workloads; the isolation's cleanup follows when the pipeline is dropped.
     pub async fn stop(self) {
         self.shutdown.trigger();
         self.shutdown.wait_for_tasks(Duration::from_secs(20)).await;
-        let redis_url = testenv::Env::load().require("OP_REDIS_URL");
-        testenv::delete_redis_prefix(&redis_url, self.keys.prefix()).await;
-        for user in &self.redis_users {
-            testenv::access::delete_redis_user(&redis_url, user).await;
-        }
-        self.vhost.delete().await;
     }
 }
 

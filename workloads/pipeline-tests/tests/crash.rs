@@ -70,12 +70,7 @@ async fn killing_processor_and_notifier_repeatedly_loses_and_repeats_nothing() {
     // every 0.3-0.8 s, so crashes land all through the flow.
     let mut kills: BTreeMap<&str, u32> = BTreeMap::new();
     let placed = {
-        let mut placing = std::pin::pin!(load.place(
-            &pipeline.http,
-            &pipeline.gateway,
-            80,
-            Duration::from_secs(60)
-        ));
+        let mut placing = std::pin::pin!(load.place(&pipeline.client, 80, Duration::from_secs(60)));
         loop {
             let pause = Duration::from_millis(rand::rng().random_range(300..800));
             tokio::select! {

@@ -15,8 +15,7 @@ async fn clients_that_abort_and_retry_lose_and_double_nothing() {
     let load = Load::new(&pipeline, "abort", 400).await.unwrap();
     let placed = load
         .place_impatiently(
-            &pipeline.http,
-            &pipeline.gateway,
+            &pipeline.client,
             50,
             Duration::from_secs(90),
             Duration::from_millis(3),

@@ -51,7 +51,8 @@ async fn the_gateway_killed_mid_load_loses_and_doubles_nothing() {
     wait_answering(&pipeline.http, &url).await;
 
     let load = Load::new(&pipeline, "gwkill", 500).await.unwrap();
-    let placing = load.place(&pipeline.http, &url, 25, Duration::from_secs(120));
+    let restarted = testenv::gateway::GatewayClient::with_http(url.clone(), pipeline.http.clone());
+    let placing = load.place(&restarted, 25, Duration::from_secs(120));
     let fault = async {
         tokio::time::sleep(Duration::from_secs(4)).await;
         gateway.crash_and_restart();

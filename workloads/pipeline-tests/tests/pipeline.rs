@@ -89,7 +89,7 @@ async fn thousands_of_orders_keep_every_invariant() {
 
     // Poison straight onto the orders exchange, as a misbehaving publisher would.
     let publisher = Broker::start(
-        BrokerConfig::new(pipeline.vhost.urls.clone(), "poison"),
+        BrokerConfig::new(pipeline.vhost().urls.clone(), "poison"),
         gateway::declare_topology(),
         BrokerMetrics::unregistered(),
         Readiness::new().check("rabbitmq"),
@@ -218,11 +218,11 @@ async fn thousands_of_orders_keep_every_invariant() {
     // The poison went to the dead-letter queue, each with its reason; nothing else did.
     let dead = topology::dead_letter_queue(topology::ORDERS_QUEUE);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while pipeline.vhost.queue_messages(&dead).await != Some(4) {
+    while pipeline.vhost().queue_messages(&dead).await != Some(4) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "poison not dead-lettered: {:?}",
-            pipeline.vhost.queue_messages(&dead).await
+            pipeline.vhost().queue_messages(&dead).await
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -14,13 +14,14 @@ use pipeline_contract::{env, topology};
 use processor::{Metrics, ProcessorConfig, run};
 use prometheus_client::registry::Registry;
 use redis::AsyncCommands;
-use testenv::{Env, Vhost};
+use testenv::{Env, Isolation};
 use workload_runtime::admin::Readiness;
 use workload_runtime::broker::{Broker, BrokerConfig, BrokerMetrics, Publish};
 use workload_runtime::shutdown::Shutdown;
 
 struct Harness {
-    vhost: Vhost,
+    /// The test's vhost, key prefix and Redis connection, removed when the harness is dropped.
+    isolation: Isolation,
     keys: Keys,
     redis: redis::aio::ConnectionManager,
     publisher: Broker,
@@ -37,15 +38,11 @@ impl Harness {
     /// A processor that reaches Redis at `redis_addr` (the test's own reads and writes go to
     /// the environment's Redis directly).
     async fn start_with_redis(prefetch: u16, redis_addr: &str) -> Self {
-        let environment = Env::load();
-        let vhost = Vhost::create(&environment, "processor").await;
-        let keys = Keys::new(format!("{}:", testenv::unique("proc")));
-        let source = std::collections::BTreeMap::from([
-            (env::RABBITMQ_URLS.to_owned(), vhost.urls.join(",")),
-            (env::REDIS_ADDR.to_owned(), redis_addr.to_owned()),
-            (env::REDIS_KEY_PREFIX.to_owned(), keys.prefix().to_owned()),
-            (env::PREFETCH.to_owned(), prefetch.to_string()),
-        ]);
+        let isolation = Isolation::new("processor").await;
+        let (vhost, keys) = (isolation.vhost(), isolation.keys.clone());
+        let mut source = isolation.variables();
+        source.insert(env::REDIS_ADDR.to_owned(), redis_addr.to_owned());
+        source.insert(env::PREFETCH.to_owned(), prefetch.to_string());
         let config = ProcessorConfig::from_source(&source).unwrap();
         let shutdown = Shutdown::new();
         let mut registry = Registry::default();
@@ -91,25 +88,15 @@ impl Harness {
             )
             .await
             .unwrap();
-        let redis = redis::aio::ConnectionManager::new(
-            redis::Client::open(environment.require("OP_REDIS_URL")).unwrap(),
-        )
-        .await
-        .unwrap();
         // Ready means the processor consumes: its broker session and Redis are up.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !readiness.failing().is_empty() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "processor not ready: {:?}",
-                readiness.failing()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        testenv::wait_until("the processor's readiness", Duration::from_secs(30), || {
+            readiness.failing().is_empty()
+        })
+        .await;
         Self {
-            vhost,
+            redis: isolation.redis.clone(),
+            isolation,
             keys,
-            redis,
             publisher,
             connection,
             shutdown,
@@ -218,7 +205,7 @@ impl Harness {
     /// Runs the processor's binary as an operator would: `processor dead-letters <action>`
     /// with this pipeline's variables. Returns its exit success and output.
     async fn dead_letters_command(&self, action: &str) -> (bool, String) {
-        let urls = self.vhost.urls.join(",");
+        let urls = self.isolation.vhost().urls.join(",");
         let action = action.to_owned();
         tokio::task::spawn_blocking(move || {
             let output = std::process::Command::new(env!("CARGO_BIN_EXE_processor"))
@@ -279,12 +266,6 @@ impl Harness {
             self.shutdown.wait_for_tasks(Duration::from_secs(20)).await,
             "processor did not stop"
         );
-        testenv::delete_redis_prefix(
-            &testenv::Env::load().require("OP_REDIS_URL"),
-            self.keys.prefix(),
-        )
-        .await;
-        self.vhost.delete().await;
     }
 }
 

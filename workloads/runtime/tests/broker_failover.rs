@@ -7,7 +7,6 @@
 //! after another, so no other test sees the cluster with a node missing.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,19 +23,6 @@ use workload_runtime::shutdown::Shutdown;
 const MESSAGES: usize = 3000;
 const STOP_AFTER: usize = 1000;
 
-fn node_ctl(ctl: &str, node: usize, action: &str) {
-    let status = Command::new(ctl)
-        .arg((node + 1).to_string())
-        .arg(action)
-        .status()
-        .unwrap_or_else(|error| panic!("failed to run {ctl}: {error}"));
-    assert!(
-        status.success(),
-        "{ctl} {} {action} failed: {status}",
-        node + 1
-    );
-}
-
 fn quorum_arguments() -> FieldTable {
     let mut arguments = FieldTable::default();
     arguments.insert(
@@ -44,21 +30,6 @@ fn quorum_arguments() -> FieldTable {
         AMQPValue::LongString("quorum".into()),
     );
     arguments
-}
-
-/// Restarts the stopped node even when an assertion fails, so later test binaries see a whole
-/// cluster.
-struct RestartOnDrop {
-    ctl: String,
-    node: Option<usize>,
-}
-
-impl Drop for RestartOnDrop {
-    fn drop(&mut self) {
-        if let Some(node) = self.node.take() {
-            node_ctl(&self.ctl, node, "start");
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,10 +40,9 @@ async fn publishing_survives_the_loss_of_the_connected_node() {
         .split(',')
         .map(str::to_owned)
         .collect();
-    let ctl = env.require("OP_RABBITMQ_NODE_CTL");
     assert_eq!(urls.len(), 3, "expected a three-node cluster");
     for node in 0..urls.len() {
-        node_ctl(&ctl, node, "status");
+        testenv::rabbitmq_node_ctl(node, "status");
     }
 
     let queue = testenv::unique("failover");
@@ -108,10 +78,9 @@ async fn publishing_survives_the_loss_of_the_connected_node() {
         .expect("connected to the cluster");
     assert!(readiness.failing().is_empty());
 
-    let mut restart = RestartOnDrop {
-        ctl: ctl.clone(),
-        node: None,
-    };
+    // The node stopped beside the stream; its guard restarts it when dropped, even when an
+    // assertion fails, so later test binaries see a whole cluster.
+    let mut stopped: Option<usize> = None;
     let mut stopping = None;
     let mut confirmed = BTreeSet::new();
     let mut failed_attempts = 0usize;
@@ -125,15 +94,14 @@ async fn publishing_survives_the_loss_of_the_connected_node() {
             "publishing stalled: {} of {MESSAGES} confirmed",
             confirmed.len()
         );
-        if next == STOP_AFTER && restart.node.is_none() {
+        if next == STOP_AFTER && stopped.is_none() {
             // Stop the very node the publisher is on while the stream goes on: the stop runs
             // beside the publishing loop, so publishes are in flight when the node goes away.
             let session = broker.current().expect("connected before the stop");
-            let ctl = ctl.clone();
             stopping = Some(tokio::task::spawn_blocking(move || {
-                node_ctl(&ctl, session.node, "stop")
+                testenv::UndoNodeFault::new(session.node, "stop", "start")
             }));
-            restart.node = Some(session.node);
+            stopped = Some(session.node);
         }
         let id = format!("message-{next}");
         let result = broker
@@ -143,7 +111,7 @@ async fn publishing_survives_the_loss_of_the_connected_node() {
             Ok(()) => {
                 let node = broker.current().map(|session| session.node);
                 nodes_used.extend(node);
-                if restart.node.is_some() && node != restart.node {
+                if stopped.is_some() && node != stopped {
                     confirmed_after_stop += 1;
                 }
                 confirmed.insert(id);
@@ -156,7 +124,7 @@ async fn publishing_survives_the_loss_of_the_connected_node() {
             }
         }
     }
-    stopping
+    let restart = stopping
         .expect("the stop was started")
         .await
         .expect("the node stopped");
@@ -169,7 +137,7 @@ async fn publishing_survives_the_loss_of_the_connected_node() {
         nodes_used.len() >= 2,
         "publishing should have moved to another node, used {nodes_used:?}"
     );
-    let stopped = restart.node.expect("a node was stopped");
+    let stopped = stopped.expect("a node was stopped");
     assert_eq!(first.node, stopped);
 
     // Read everything back through a node that stayed up the whole time.

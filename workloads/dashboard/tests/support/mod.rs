@@ -17,7 +17,7 @@ use pipeline_contract::env;
 use pipeline_contract::keys::Keys;
 use prometheus_client::registry::Registry;
 use redis::aio::ConnectionManager;
-use testenv::Env;
+use testenv::{Env, Isolation};
 use tower::ServiceExt;
 use workload_runtime::admin::{self, AdminState, Readiness};
 use workload_runtime::http_metrics::HttpMetrics;
@@ -49,6 +49,8 @@ pub struct Dashboard {
     /// The test's own connection, for seeding and inspecting keys.
     pub redis: ConnectionManager,
     pub shutdown: Shutdown,
+    /// The test's key prefix, whose keys are removed when the dashboard is dropped.
+    pub isolation: Isolation,
 }
 
 /// The dashboard's variables for this environment, under a fresh key prefix.
@@ -74,8 +76,8 @@ pub fn admin_router(registry: Registry, readiness: &Readiness, shutdown: &Shutdo
 
 impl Dashboard {
     pub async fn start() -> Self {
-        let environment = Env::load();
-        let config = DashboardConfig::from_source(&variables(&environment))
+        let isolation = Isolation::redis_only("dash").await;
+        let config = DashboardConfig::from_source(&isolation.variables())
             .expect("test configuration is valid");
         let keys = config.redis.keys.clone();
         let shutdown = Shutdown::new();
@@ -90,11 +92,6 @@ impl Dashboard {
         .await
         .expect("dashboard connected to Redis within 30s")
         .expect("not shut down");
-        let redis = ConnectionManager::new(
-            redis::Client::open(environment.require("OP_REDIS_URL")).unwrap(),
-        )
-        .await
-        .expect("the test connects to Redis");
         Self {
             router: app(state.clone()),
             admin: admin_router(registry, &readiness, &shutdown),
@@ -102,8 +99,9 @@ impl Dashboard {
             readiness,
             prefix: keys.prefix().to_owned(),
             keys,
-            redis,
+            redis: isolation.redis.clone(),
             shutdown,
+            isolation,
         }
     }
 

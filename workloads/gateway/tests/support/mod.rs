@@ -20,8 +20,8 @@ use pipeline_contract::keys::Keys;
 use pipeline_contract::messages::OrderPlaced;
 use pipeline_contract::{env, topology};
 use prometheus_client::registry::Registry;
-use serde_json::json;
-use testenv::{Env, Vhost};
+use testenv::Isolation;
+use testenv::gateway::GatewayClient;
 use workload_runtime::admin::Readiness;
 use workload_runtime::shutdown::Shutdown;
 
@@ -33,9 +33,12 @@ pub struct Gateway {
     /// Where it listens, for tests that speak raw HTTP.
     pub address: SocketAddr,
     pub http: reqwest::Client,
+    /// The kit's client of the gateway's API.
+    pub client: GatewayClient,
     pub keys: Keys,
     pub redis: redis::aio::ConnectionManager,
-    pub vhost: Vhost,
+    /// The test's vhost, key prefix and Redis connection, removed when the gateway is dropped.
+    pub isolation: Isolation,
     pub state: AppState,
     pub registry: Arc<Registry>,
     shutdown: Shutdown,
@@ -49,13 +52,9 @@ impl Gateway {
 
     /// Starts a gateway; `customize` may change its environment variables.
     pub async fn start_with(customize: impl FnOnce(&mut BTreeMap<String, String>)) -> Self {
-        let environment = Env::load();
-        let vhost = Vhost::create(&environment, "gateway").await;
-        let prefix = format!("{}:", testenv::unique("gw"));
+        let isolation = Isolation::new("gateway").await;
+        let environment = &isolation.env;
         let mut vars: BTreeMap<String, String> = [
-            (env::RABBITMQ_URLS, vhost.urls.join(",")),
-            (env::REDIS_ADDR, environment.require("OP_REDIS_ADDR")),
-            (env::REDIS_KEY_PREFIX, prefix),
             (
                 env::CASSANDRA_ADDR,
                 environment.require("OP_CASSANDRA_ADDR"),
@@ -78,6 +77,7 @@ impl Gateway {
         ]
         .into_iter()
         .map(|(key, value)| (key.to_owned(), value))
+        .chain(isolation.variables())
         .collect();
         customize(&mut vars);
         let config = GatewayConfig::from_source(&vars).expect("test configuration is valid");
@@ -104,18 +104,16 @@ impl Gateway {
             let (state, shutdown) = (state.clone(), shutdown.clone());
             async move { gateway::serve(listener, state, &shutdown).await }
         });
-        let redis = redis::aio::ConnectionManager::new(
-            redis::Client::open(environment.require("OP_REDIS_URL")).unwrap(),
-        )
-        .await
-        .unwrap();
+        // A plain client (no timeout of its own): some tests wait for the gateway's timeouts.
+        let client = GatewayClient::with_http(format!("http://{address}"), reqwest::Client::new());
         Self {
-            base: format!("http://{address}"),
+            base: client.base.clone(),
             address,
-            http: reqwest::Client::new(),
+            http: client.http.clone(),
+            client,
             keys,
-            redis,
-            vhost,
+            redis: isolation.redis.clone(),
+            isolation,
             state,
             registry: Arc::new(registry),
             shutdown,
@@ -138,46 +136,37 @@ impl Gateway {
     }
 
     pub async fn register(&self, email: &str, password: &str) -> reqwest::Response {
-        self.http
-            .post(self.url("/register"))
-            .json(&json!({"email": email, "password": password}))
-            .send()
+        self.client
+            .register(email, password)
             .await
-            .unwrap()
+            .expect("POST /register")
     }
 
     pub async fn login(&self, email: &str, password: &str) -> reqwest::Response {
-        self.http
-            .post(self.url("/login"))
-            .json(&json!({"email": email, "password": password}))
-            .send()
+        self.client
+            .login(email, password)
             .await
-            .unwrap()
+            .expect("POST /login")
     }
 
     /// Registers a fresh account and returns its email and a token.
     pub async fn account(&self) -> (String, String) {
-        let email = format!("{}@example.com", testenv::unique("user"));
-        assert_eq!(self.register(&email, PASSWORD).await.status(), 201);
-        let response = self.login(&email, PASSWORD).await;
-        assert_eq!(response.status(), 200);
-        let body: serde_json::Value = response.json().await.unwrap();
-        (email, body["token"].as_str().unwrap().to_owned())
+        self.client
+            .account("user", PASSWORD)
+            .await
+            .unwrap_or_else(|problem| panic!("{problem}"))
     }
 
     pub async fn order(&self, token: &str, id: &str, sku: &str, qty: i64) -> reqwest::Response {
-        self.http
-            .post(self.url("/orders"))
-            .bearer_auth(token)
-            .json(&json!({"id": id, "sku": sku, "qty": qty}))
-            .send()
+        self.client
+            .order(token, id, sku, qty)
             .await
-            .unwrap()
+            .expect("POST /orders")
     }
 
     /// A connection to the first node that answers (a test may have stopped one).
     pub async fn any_node(&self) -> Connection {
-        for url in &self.vhost.urls {
+        for url in &self.isolation.vhost().urls {
             if let Ok(connection) = Connection::connect(url, ConnectionProperties::default()).await
             {
                 return connection;
@@ -249,11 +238,5 @@ impl Gateway {
             .expect("the server task")
             .expect("the server drained");
         self.shutdown.wait_for_tasks(Duration::from_secs(10)).await;
-        testenv::delete_redis_prefix(
-            &testenv::Env::load().require("OP_REDIS_URL"),
-            self.keys.prefix(),
-        )
-        .await;
-        self.vhost.delete().await;
     }
 }

@@ -134,7 +134,7 @@ async fn raw_publish_ceiling(url: &str, in_flight: usize, period: Duration) -> R
 
 async fn purge_orders(pipeline: &Pipeline) -> Result<()> {
     let connection =
-        Connection::connect(&pipeline.vhost.urls[0], ConnectionProperties::default()).await?;
+        Connection::connect(&pipeline.vhost().urls[0], ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel
         .queue_purge(
@@ -220,7 +220,7 @@ async fn gateway() -> Result<()> {
     println!("== broker ceiling: raw lapin confirmed publishes to a quorum queue ==");
     let mut ceiling: f64 = 0.0;
     for in_flight in [1, 16, 64, 256] {
-        let rate = raw_publish_ceiling(&pipeline.vhost.urls[0], in_flight, period).await?;
+        let rate = raw_publish_ceiling(&pipeline.vhost().urls[0], in_flight, period).await?;
         println!("  {in_flight:>4} in flight: {rate:>8.0} confirmed/s");
         ceiling = ceiling.max(rate);
     }
@@ -269,10 +269,8 @@ async fn gateway() -> Result<()> {
                     tokio::time::sleep_until(started + Duration::from_millis(50) * index).await;
                     let sent = Instant::now();
                     let response = pipeline
-                        .http
-                        .post(format!("{}/login", pipeline.gateway))
-                        .json(&serde_json::json!({"email": email, "password": pipeline_tests::PASSWORD}))
-                        .send()
+                        .client
+                        .login(email, pipeline_tests::PASSWORD)
                         .await
                         .ok()?;
                     (response.status() == 200).then(|| sent.elapsed().as_micros() as u64)
@@ -469,18 +467,11 @@ async fn fsync() -> Result<()> {
 }
 
 async fn notifier() -> Result<()> {
-    let environment = testenv::Env::load();
-    let vhost = testenv::Vhost::create(&environment, "bench-notifier").await;
-    let prefix = format!("{}:", testenv::unique("bn"));
-    let source = std::collections::BTreeMap::from([
-        (env::RABBITMQ_URLS.to_owned(), vhost.urls.join(",")),
-        (
-            env::REDIS_ADDR.to_owned(),
-            environment.require("OP_REDIS_ADDR"),
-        ),
-        (env::REDIS_KEY_PREFIX.to_owned(), prefix.clone()),
-        (env::NOTIFY_LOG_DELAY_MS.to_owned(), "1000".to_owned()),
-    ]);
+    // Removed when dropped, also when the bench fails half-way.
+    let isolation = testenv::Isolation::new("bench-notifier").await;
+    let vhost = isolation.vhost();
+    let mut source = isolation.variables();
+    source.insert(env::NOTIFY_LOG_DELAY_MS.to_owned(), "1000".to_owned());
     let config = notifier::NotifierConfig::from_source(&source)?;
     let prefetch = config.prefetch;
     let sink = notifier::build_sink(&config.sink)?;
@@ -562,7 +553,5 @@ async fn notifier() -> Result<()> {
     );
     shutdown.trigger();
     shutdown.wait_for_tasks(Duration::from_secs(20)).await;
-    vhost.delete().await;
-    testenv::delete_redis_prefix(&environment.require("OP_REDIS_URL"), &prefix).await;
     Ok(())
 }
