@@ -698,7 +698,7 @@ fn parse_go_list(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Adds containerd's image-name annotation (`io.containerd.image.name()`, the fully qualified
+/// Adds containerd's image-name annotation (`io.containerd.image.name`, the fully qualified
 /// name Kubernetes resolves `order-pipeline/<name>:<version>` to, and a name with a registry
 /// host such as `localhost/...` stays as it is) to an OCI index holding one manifest, as buildah
 /// writes it.
@@ -707,13 +707,13 @@ fn name_for_containerd(index_json: &str, reference: &str) -> Result<String> {
     if index_json.matches(ANNOTATIONS).count() != 1 {
         bail!("expected exactly one manifest with annotations");
     }
-    if index_json.contains("io.containerd.image.name()") {
+    if index_json.contains("io.containerd.image.name") {
         return Ok(index_json.to_owned());
     }
     let qualified = crate::cluster::qualified_reference(reference);
     Ok(index_json.replacen(
         ANNOTATIONS,
-        &format!("{ANNOTATIONS}\"io.containerd.image.name()\":\"{qualified}\","),
+        &format!("{ANNOTATIONS}\"io.containerd.image.name\":\"{qualified}\","),
         1,
     ))
 }
@@ -780,7 +780,7 @@ mod tests {
     fn names_the_image_for_containerd() {
         let index = r#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:ab","size":1,"annotations":{"org.opencontainers.image.ref.name":"order-pipeline/gateway:0.1.0"}}]}"#;
         let named = name_for_containerd(index, "order-pipeline/gateway:0.1.0").unwrap();
-        assert!(named.contains(r#""annotations":{"io.containerd.image.name()":"docker.io/order-pipeline/gateway:0.1.0","org.opencontainers.image.ref.name":"order-pipeline/gateway:0.1.0"}"#), "{named}");
+        assert!(named.contains(r#""annotations":{"io.containerd.image.name":"docker.io/order-pipeline/gateway:0.1.0","org.opencontainers.image.ref.name":"order-pipeline/gateway:0.1.0"}"#), "{named}");
         // Idempotent, and refuses what it does not understand.
         assert_eq!(name_for_containerd(&named, "x").unwrap(), named);
         assert!(name_for_containerd(r#"{"manifests":[]}"#, "x").is_err());
@@ -790,7 +790,7 @@ mod tests {
             "localhost/order-pipeline-deps/redis:7.0.15-0123456789ab",
         )
         .unwrap();
-        assert!(deps.contains(r#""io.containerd.image.name()":"localhost/order-pipeline-deps/redis:7.0.15-0123456789ab""#), "{deps}");
+        assert!(deps.contains(r#""io.containerd.image.name":"localhost/order-pipeline-deps/redis:7.0.15-0123456789ab""#), "{deps}");
     }
 
     #[test]
