@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use redis::AsyncCommands;
 use testenv::Isolation;
 use workload_runtime::admin::Readiness;
-use workload_runtime::broker::{Broker, BrokerConfig, BrokerMetrics, Publish};
+use workload_runtime::broker::{Broker, Publish};
 use workload_runtime::shutdown::Shutdown;
 
 /// Records every notification it is asked to send.
@@ -72,17 +72,15 @@ impl Harness {
             let metrics = Metrics::register(&mut Registry::default());
             run(config, task_sink, metrics, &task_readiness, &task_shutdown).await
         });
-        let publisher = Broker::start(
-            BrokerConfig::new(vhost.urls.clone(), "test-publisher"),
+        let publisher = Broker::publisher(
+            vhost.urls.clone(),
+            "test-publisher",
             notifier::declare_topology(),
-            BrokerMetrics::unregistered(),
-            Readiness::new().check("rabbitmq"),
             &shutdown,
-        );
-        publisher
-            .wait_connected(Duration::from_secs(30))
-            .await
-            .expect("connected");
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("the test's publisher connected");
         testenv::wait_until("the notifier's readiness", Duration::from_secs(30), || {
             readiness.failing().is_empty()
         })

@@ -9,8 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use pipeline_contract::topology;
 use pipeline_tests::{Options, Pipeline, campaign};
-use workload_runtime::admin::Readiness;
-use workload_runtime::broker::{Broker, BrokerConfig, BrokerMetrics, Publish};
+use workload_runtime::broker::{Broker, Publish};
 
 #[derive(Debug, Clone)]
 struct Placed {
@@ -88,17 +87,15 @@ async fn thousands_of_orders_keep_every_invariant() {
     );
 
     // Poison straight onto the orders exchange, as a misbehaving publisher would.
-    let publisher = Broker::start(
-        BrokerConfig::new(pipeline.vhost().urls.clone(), "poison"),
+    let publisher = Broker::publisher(
+        pipeline.vhost().urls.clone(),
+        "poison",
         gateway::declare_topology(),
-        BrokerMetrics::unregistered(),
-        Readiness::new().check("rabbitmq"),
         &workload_runtime::shutdown::Shutdown::new(),
-    );
-    publisher
-        .wait_connected(Duration::from_secs(30))
-        .await
-        .unwrap();
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("the poison publisher connected");
     for poison in [
         &b"{not json"[..],
         br#"{"order_id":"p","owner":"x"}"#,

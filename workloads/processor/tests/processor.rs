@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use redis::AsyncCommands;
 use testenv::{Env, Isolation};
 use workload_runtime::admin::Readiness;
-use workload_runtime::broker::{Broker, BrokerConfig, BrokerMetrics, Publish};
+use workload_runtime::broker::{Broker, Publish};
 use workload_runtime::shutdown::Shutdown;
 
 struct Harness {
@@ -55,17 +55,15 @@ impl Harness {
         });
 
         // A publisher of our own, and a capture queue for every outcome event.
-        let publisher = Broker::start(
-            BrokerConfig::new(vhost.urls.clone(), "test-publisher"),
+        let publisher = Broker::publisher(
+            vhost.urls.clone(),
+            "test-publisher",
             processor::declare_topology(),
-            BrokerMetrics::unregistered(),
-            Readiness::new().check("rabbitmq"),
             &shutdown,
-        );
-        publisher
-            .wait_connected(Duration::from_secs(30))
-            .await
-            .expect("connected");
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("the test's publisher connected");
         let connection = Connection::connect(&vhost.urls[0], ConnectionProperties::default())
             .await
             .unwrap();

@@ -372,6 +372,26 @@ impl Broker {
     }
 
     /// Waits until connected, at most `timeout`.
+    /// A broker for a program that only publishes (a test's or a benchmark's own publisher):
+    /// metrics and readiness of its own, connected within `within`, or `None`.
+    pub async fn publisher(
+        urls: Vec<String>,
+        name: &str,
+        topology: DeclareTopology,
+        shutdown: &Shutdown,
+        within: Duration,
+    ) -> Option<Self> {
+        let broker = Self::start(
+            BrokerConfig::new(urls, name),
+            topology,
+            BrokerMetrics::unregistered(),
+            crate::admin::Readiness::new().check("rabbitmq"),
+            shutdown,
+        );
+        broker.wait_connected(within).await?;
+        Some(broker)
+    }
+
     pub async fn wait_connected(&self, timeout: Duration) -> Option<Session> {
         let mut sessions = self.sessions.clone();
         let wait = sessions.wait_for(|session| session.as_ref().is_some_and(Session::is_connected));

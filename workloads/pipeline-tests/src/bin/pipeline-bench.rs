@@ -36,7 +36,7 @@ use pipeline_contract::{env, topology};
 use pipeline_tests::{Options, Pipeline};
 use prometheus_client::registry::Registry;
 use workload_runtime::admin::Readiness;
-use workload_runtime::broker::{Broker, BrokerConfig, BrokerMetrics, Publish};
+use workload_runtime::broker::{Broker, Publish};
 use workload_runtime::shutdown::Shutdown;
 
 #[tokio::main]
@@ -483,17 +483,15 @@ async fn notifier() -> Result<()> {
     shutdown.spawn(async move {
         notifier::run(config, sink, metrics, &task_ready, &task_shutdown).await
     });
-    let publisher = Broker::start(
-        BrokerConfig::new(vhost.urls.clone(), "bench"),
+    let publisher = Broker::publisher(
+        vhost.urls.clone(),
+        "bench",
         notifier::declare_topology(),
-        BrokerMetrics::unregistered(),
-        Readiness::new().check("rabbitmq"),
         &shutdown,
-    );
-    publisher
-        .wait_connected(Duration::from_secs(30))
-        .await
-        .context("broker")?;
+        Duration::from_secs(30),
+    )
+    .await
+    .context("the bench's publisher did not connect")?;
 
     let events = 3000;
     // Publish the backlog first, then time how fast one replica works it off.
