@@ -338,6 +338,48 @@ pub mod lua {
         ("SENT", notification::SENT),
     ];
 
+    /// The upper-case names `body` uses outside its string literals that the list does not
+    /// declare (Redis's `KEYS` and `ARGV` aside): Lua reads an undeclared name as `nil`, which
+    /// would surface only when the script runs. Each workload's tests check its scripts.
+    pub fn undeclared(body: &str) -> Vec<String> {
+        // The code without its string literals and `--` comments.
+        let mut outside = String::new();
+        let mut quote = None;
+        let mut chars = body.chars().peekable();
+        while let Some(c) = chars.next() {
+            match quote {
+                Some(open) if c == open => quote = None,
+                Some(_) => {}
+                None if c == '\'' || c == '"' => quote = Some(c),
+                None if c == '-' && chars.peek() == Some(&'-') => {
+                    for skipped in chars.by_ref() {
+                        if skipped == '\n' {
+                            break;
+                        }
+                    }
+                    outside.push('\n');
+                }
+                None => outside.push(c),
+            }
+        }
+        let mut names: Vec<String> = outside
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| {
+                word.len() > 1
+                    && word.starts_with(|c: char| c.is_ascii_uppercase())
+                    && word
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            })
+            .filter(|word| !matches!(*word, "KEYS" | "ARGV"))
+            .filter(|word| !NAMES.iter().any(|(name, _)| name == word))
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// `body` with every name of the list declared before it as a Lua `local` holding its value
     /// (`local FIELD_OUTCOME = 'outcome'`).
     pub fn script(body: &str) -> String {
@@ -584,5 +626,11 @@ mod tests {
         );
         assert!(script.contains("local SENT = 'sent'\n"), "{script}");
         assert!(script.ends_with("\nreturn FIELD_OUTCOME"), "{script}");
+        assert_eq!(
+            lua::undeclared(
+                "-- A COMMENT\nif ARGV[1] == 'HGET' then return FIELD_OUTCOM, SENT, KEYS[1] end"
+            ),
+            ["FIELD_OUTCOM"]
+        );
     }
 }

@@ -280,7 +280,7 @@ async fn timeline(client: &Client, namespace: &str, names: &[String], started: I
     }
 }
 
-/// Waits until no earlier run's namespace is still being deleted: the API server's request
+/// Waits until no earlier bench's namespace is still being deleted: the API server's request
 /// counts are the server's, and a terminating namespace's garbage collection (hundreds of
 /// DELETEs and GETs of the pipeline's kinds) would be counted as this run's.
 async fn quiet_control_plane(client: &Client) -> Result<()> {
@@ -292,6 +292,9 @@ async fn quiet_control_plane(client: &Client) -> Result<()> {
             .await?
             .items
             .into_iter()
+            // Earlier benches' namespaces only: someone else's, stuck on a finalizer, must not
+            // stop the bench.
+            .filter(|namespace| namespace.name_any().starts_with("bench-"))
             .filter(|namespace| {
                 namespace
                     .status

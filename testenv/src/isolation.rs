@@ -12,6 +12,9 @@ use redis::aio::ConnectionManager;
 
 use crate::{Env, Vhost, delete_redis_prefix, unique};
 
+/// How long the cleanup on drop may take.
+const CLEANUP_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A vhost, a key prefix and a Redis connection, cleaned up on drop.
 pub struct Isolation {
     pub env: Env,
@@ -125,7 +128,7 @@ impl Drop for Isolation {
                 .enable_all()
                 .build()
                 .expect("a current-thread runtime builds");
-            runtime.block_on(async {
+            let cleanup = async {
                 delete_redis_prefix(&redis_url, &prefix).await;
                 for user in users {
                     crate::access::delete_redis_user(&redis_url, &user).await;
@@ -133,7 +136,16 @@ impl Drop for Isolation {
                 if let Some(vhost) = vhost {
                     vhost.delete().await;
                 }
-            });
+            };
+            // A server that stopped answering must not hang the test that is ending.
+            // The timer is made inside the runtime: it needs its time driver.
+            let within =
+                runtime.block_on(async { tokio::time::timeout(CLEANUP_WITHIN, cleanup).await });
+            if within.is_err() {
+                eprintln!(
+                    "cleaning up the test's vhost and key prefix took over {CLEANUP_WITHIN:?}; left behind"
+                );
+            }
         });
         if cleanup.join().is_err() {
             eprintln!("cleaning up the test's vhost and key prefix {label:?} panicked");

@@ -62,15 +62,14 @@ enum Image {
     Operator,
 }
 
-/// Every image, in the canonical order: the workloads as the contract lists them, then the
-/// operator.
-const IMAGES: [Image; 5] = [
-    Image::Workload(Workload::ALL[0]),
-    Image::Workload(Workload::ALL[1]),
-    Image::Workload(Workload::ALL[2]),
-    Image::Workload(Workload::ALL[3]),
-    Image::Operator,
-];
+/// Every image, in the canonical order: each workload the contract lists, then the operator.
+fn images() -> Vec<Image> {
+    Workload::ALL
+        .into_iter()
+        .map(Image::Workload)
+        .chain([Image::Operator])
+        .collect()
+}
 
 /// The operator's cargo package and binary.
 const OPERATOR_BINARY: &str = "order-pipeline-operator";
@@ -117,15 +116,15 @@ impl Image {
 fn select(names: &[String]) -> Result<Vec<Image>> {
     if let Some(unknown) = names
         .iter()
-        .find(|name| !IMAGES.iter().any(|image| image.name() == name.as_str()))
+        .find(|name| !images().iter().any(|image| image.name() == name.as_str()))
     {
-        let known: Vec<&str> = IMAGES.iter().map(|image| image.name()).collect();
+        let known: Vec<&str> = images().iter().map(|image| image.name()).collect();
         bail!(
             "unknown image {unknown:?} (expected one of {})",
             known.join(", ")
         );
     }
-    Ok(IMAGES
+    Ok(images()
         .into_iter()
         .filter(|image| names.is_empty() || names.iter().any(|name| name == image.name()))
         .collect())
@@ -275,7 +274,7 @@ fn build_binaries(root: &Path) -> Result<PathBuf> {
     build
         .args(["build", "--release", "--target", MUSL_TARGET])
         .current_dir(root);
-    for image in IMAGES {
+    for image in images() {
         build.args(["--package", image.binary()]);
     }
     let status = build.status().context("failed to run cargo")?;
@@ -840,7 +839,7 @@ mod tests {
             );
         }
         assert!(stage("base").contains(&format!("USER {IMAGE_USER}")));
-        for image in IMAGES {
+        for image in images() {
             let name = image.name();
             let body = stage(name);
             let path = format!("/usr/local/bin/{}", image.binary());

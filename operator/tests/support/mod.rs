@@ -123,11 +123,12 @@ impl TestNamespace {
         self.chart_identity_watching(&[]).await
     }
 
-    /// [`chart_identity_watching`], removed with this namespace.
+    /// [`chart_identity_watching`], removed with this namespace (also when making it fails
+    /// half-way: it is recorded first).
     pub async fn chart_identity_watching(&self, namespaces: &[&str]) -> (Client, String) {
-        let (client, identity) = chart_identity_watching(namespaces).await;
+        let identity = testenv::unique("opsa");
         lock(&self.identities).push(identity.clone());
-        (client, identity)
+        (chart_identity_in(&identity, namespaces).await, identity)
     }
 
     /// The reconcile context of `client`, its controller scoped to this namespace.
@@ -149,13 +150,18 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        // Synchronous (kubectl), so it also runs while a panic unwinds; nothing waits for the
+        // Synchronous (kubectl), so it also runs while a panic unwinds, and never panics
+        // itself (a panic there would abort the test binary); nothing waits for the
         // namespace's finalization.
         let env = testenv::Env::load();
+        let (Some(program), Some(kubeconfig)) = (env.get("OP_KUBECTL"), env.get("KUBECONFIG"))
+        else {
+            return;
+        };
         let kubectl = |args: &[&str]| {
-            let _ = std::process::Command::new(env.require("OP_KUBECTL"))
+            let _ = std::process::Command::new(program)
                 .args(args)
-                .env("KUBECONFIG", env.require("KUBECONFIG"))
+                .env("KUBECONFIG", kubeconfig)
                 .output();
         };
         kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
@@ -184,7 +190,8 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Runs `test` in a fresh [`TestNamespace`] (in the manner of linkerd2's policy-test
 /// `with_temp_ns`): the namespace and what the test made for it are removed when `test` returns
-/// or panics.
+/// or panics, as its last handle goes (a handle `test` moved into a task that outlives it keeps
+/// them until that task ends).
 pub async fn with_namespace<F, Fut>(label: &str, test: F)
 where
     F: FnOnce(Arc<TestNamespace>) -> Fut,
@@ -281,13 +288,20 @@ pub async fn chart_identity() -> (Client, String) {
 /// a Role in each and nothing cluster-wide. The client then proves its access by listing
 /// OrderPipelines in the first of them.
 pub async fn chart_identity_watching(namespaces: &[&str]) -> (Client, String) {
+    let namespace = testenv::unique("opsa");
+    let client = chart_identity_in(&namespace, namespaces).await;
+    (client, namespace)
+}
+
+/// [`chart_identity_watching`] with the identity's namespace named by the caller, who can then
+/// remove it even when this panics half-way.
+async fn chart_identity_in(namespace: &str, namespaces: &[&str]) -> Client {
     let env = testenv::Env::load();
     let (helm, kubectl, kubeconfig) = (
         env.require("OP_HELM"),
         env.require("OP_KUBECTL"),
         env.require("KUBECONFIG"),
     );
-    let namespace = testenv::unique("opsa");
     let chart = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../charts/order-pipeline-operator"
@@ -319,9 +333,9 @@ pub async fn chart_identity_watching(namespaces: &[&str]) -> (Client, String) {
         );
         String::from_utf8(output.stdout).unwrap()
     };
-    run(&kubectl, &["create", "namespace", &namespace], None);
+    run(&kubectl, &["create", "namespace", namespace], None);
     let watch = format!("watchNamespaces={{{}}}", namespaces.join(","));
-    let mut template = vec!["template", &namespace, chart, "--namespace", &namespace];
+    let mut template = vec!["template", namespace, chart, "--namespace", namespace];
     if !namespaces.is_empty() {
         template.extend(["--set", watch.as_str()]);
     }
@@ -362,7 +376,7 @@ pub async fn chart_identity_watching(namespaces: &[&str]) -> (Client, String) {
             "token",
             &account,
             "-n",
-            &namespace,
+            namespace,
             "--duration",
             "1h",
         ],
@@ -391,13 +405,16 @@ pub async fn chart_identity_watching(namespaces: &[&str]) -> (Client, String) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    (client, namespace)
+    client
 }
 
-/// Removes what [`chart_identity`] created.
+/// Removes what [`chart_identity`] created. Never panics (it runs in drops, also while a test
+/// panics): without the environment's kubectl there is nothing it could remove.
 pub fn remove_chart_identity(namespace: &str) {
     let env = testenv::Env::load();
-    let kubectl = env.require("OP_KUBECTL");
+    let (Some(kubectl), Some(kubeconfig)) = (env.get("OP_KUBECTL"), env.get("KUBECONFIG")) else {
+        return;
+    };
     for args in [
         vec![
             "delete",
@@ -408,9 +425,9 @@ pub fn remove_chart_identity(namespace: &str) {
         ],
         vec!["delete", "namespace", namespace, "--wait=false"],
     ] {
-        let _ = std::process::Command::new(&kubectl)
+        let _ = std::process::Command::new(kubectl)
             .args(&args)
-            .env("KUBECONFIG", env.require("KUBECONFIG"))
+            .env("KUBECONFIG", kubeconfig)
             .output();
     }
 }

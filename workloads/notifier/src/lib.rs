@@ -536,9 +536,15 @@ mod tests {
         assert_eq!(lease(&[]), LEASE_MARGIN);
     }
 
+    /// Every name the scripts use is one the contract declares (Lua would read a misspelt one
+    /// as nil), and they spell no field or value of their own.
     #[test]
-    fn the_scripts_spell_no_field_or_value_of_their_own() {
+    fn the_scripts_use_only_the_contracts_names() {
         for body in [CLAIM_BODY, MARK_SENT_BODY] {
+            assert_eq!(
+                pipeline_contract::lua::undeclared(body),
+                Vec::<String>::new()
+            );
             for literal in [
                 "'notification'",
                 "'status'",

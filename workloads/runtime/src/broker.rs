@@ -371,7 +371,6 @@ impl Broker {
         self.sessions.clone()
     }
 
-    /// Waits until connected, at most `timeout`.
     /// A broker for a program that only publishes (a test's or a benchmark's own publisher):
     /// metrics and readiness of its own, connected within `within`, or `None`.
     pub async fn publisher(
@@ -392,6 +391,7 @@ impl Broker {
         Some(broker)
     }
 
+    /// Waits until connected, at most `timeout`.
     pub async fn wait_connected(&self, timeout: Duration) -> Option<Session> {
         let mut sessions = self.sessions.clone();
         let wait = sessions.wait_for(|session| session.as_ref().is_some_and(Session::is_connected));
