@@ -33,6 +33,10 @@ pub(crate) mod dependencies;
 /// The image tag: the workspace version, which is also every binary's version, the chart's
 /// appVersion and the tag the operator gives its workloads (xtask shares the workspace version).
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The images' `source` label: the workspace manifest's repository, which xtask inherits.
+pub(crate) const SOURCE: &str = env!("CARGO_PKG_REPOSITORY");
+/// The workload images' `licenses` label: the workspace's licence, which xtask inherits.
+const LICENSE: &str = env!("CARGO_PKG_LICENSE");
 /// The repository part of every image name, as the operator names its workloads' images.
 pub const REPOSITORY: &str = pipeline_contract::IMAGE_REPOSITORY;
 /// Static binaries run in a scratch image: no libc to load.
@@ -143,12 +147,6 @@ pub fn run(layout: &Layout, out: Option<PathBuf>, names: &[String]) -> Result<()
     let out = out.unwrap_or_else(|| layout.home.join("images"));
     let log = layout.home.join("logs/images.log");
     let root = workspace_root();
-    let manifest = read(&root.join("Cargo.toml"))?;
-    let source = workspace_package_field(&manifest, "repository")
-        .context("Cargo.toml has no [workspace.package] repository")?;
-    let license = workspace_package_field(&manifest, "license")
-        .context("Cargo.toml has no [workspace.package] license")?;
-    let labels = Labels { source, license };
 
     println!("==> images: preparing the toolchain");
     let builder = Builder::detect();
@@ -169,10 +167,10 @@ pub fn run(layout: &Layout, out: Option<PathBuf>, names: &[String]) -> Result<()
     for image in &images {
         let step = Instant::now();
         println!("==> images: {}", image.reference());
-        builder.build(*image, &root.join("Dockerfile"), &context, &labels, &log)?;
+        builder.build(*image, &root.join("Dockerfile"), &context, &log)?;
         let archive = archive_path(&out, *image);
         builder.export(&image.reference(), &archive, &log)?;
-        let verified = verify(builder, *image, &archive, &labels)
+        let verified = verify(builder, *image, &archive)
             .with_context(|| format!("failed to verify {}", image.reference()))?;
         println!(
             "==> images: {} done ({:.1}s)",
@@ -210,31 +208,6 @@ fn workspace_root() -> PathBuf {
 
 fn read(path: &Path) -> Result<String> {
     fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))
-}
-
-/// A string value of the `[workspace.package]` table of a Cargo.toml (`key = "value"` lines).
-fn workspace_package_field(cargo_toml: &str, key: &str) -> Option<String> {
-    let mut in_table = false;
-    for line in cargo_toml.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_table = line == "[workspace.package]";
-            continue;
-        }
-        if !in_table {
-            continue;
-        }
-        let Some((name, value)) = line.split_once('=') else {
-            continue;
-        };
-        if name.trim() == key {
-            let value = value.trim();
-            return value
-                .strip_prefix('"')
-                .and_then(|rest| rest.strip_suffix('"'))
-                .map(str::to_owned);
-        }
-    }
-    None
 }
 
 /// Installs what the build needs: the musl target, a C compiler for musl (aws-lc-sys and psm
@@ -372,14 +345,7 @@ impl Builder {
 
     /// Builds one Dockerfile target and tags it; removes the image the tag pointed at before,
     /// so repeated builds do not pile up untagged copies.
-    fn build(
-        self,
-        image: Image,
-        dockerfile: &Path,
-        context: &Path,
-        labels: &Labels,
-        log: &Path,
-    ) -> Result<()> {
+    fn build(self, image: Image, dockerfile: &Path, context: &Path, log: &Path) -> Result<()> {
         let reference = image.reference();
         let previous = self.image_id(&reference);
         let mut build = self.command();
@@ -392,8 +358,8 @@ impl Builder {
             .arg(dockerfile)
             .args(["--target", image.name(), "--tag", &reference])
             .args(["--build-arg", &format!("VERSION={VERSION}")])
-            .args(["--build-arg", &format!("SOURCE={}", labels.source)])
-            .args(["--build-arg", &format!("LICENSES={}", labels.license)])
+            .args(["--build-arg", &format!("SOURCE={SOURCE}")])
+            .args(["--build-arg", &format!("LICENSES={LICENSE}")])
             .arg(context);
         run_logged(&format!("build {reference}"), &mut build, log)?;
         if let Some(previous) = previous
@@ -558,14 +524,7 @@ struct Verified {
 }
 
 /// Runs the image's binary and checks its size, archive, user, ports and labels.
-/// Label values taken from the workspace manifest.
-#[derive(Debug)]
-struct Labels {
-    source: String,
-    license: String,
-}
-
-fn verify(builder: Builder, image: Image, archive: &Path, labels: &Labels) -> Result<Verified> {
+fn verify(builder: Builder, image: Image, archive: &Path) -> Result<Verified> {
     let reference = image.reference();
     println!("  verifying {reference}");
     let mut problems = Vec::new();
@@ -618,8 +577,8 @@ fn verify(builder: Builder, image: Image, archive: &Path, labels: &Labels) -> Re
         )?;
         let expected = match label {
             "org.opencontainers.image.version" => Some(VERSION),
-            "org.opencontainers.image.source" => Some(labels.source.as_str()),
-            "org.opencontainers.image.licenses" => Some(labels.license.as_str()),
+            "org.opencontainers.image.source" => Some(SOURCE),
+            "org.opencontainers.image.licenses" => Some(LICENSE),
             _ => None,
         };
         if value.is_empty() || value == "<no value>" {
@@ -697,24 +656,27 @@ fn parse_go_list(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Adds containerd's image-name annotation (`io.containerd.image.name`, the fully qualified
+/// Containerd's image-name annotation in an OCI index.
+const CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
+
+/// Adds containerd's image-name annotation ([`CONTAINERD_IMAGE_NAME`], the fully qualified
 /// name Kubernetes resolves `order-pipeline/<name>:<version>` to, and a name with a registry
 /// host such as `localhost/...` stays as it is) to an OCI index holding one manifest, as buildah
-/// writes it.
+/// writes it. An annotation already there is kept.
 fn name_for_containerd(index_json: &str, reference: &str) -> Result<String> {
-    const ANNOTATIONS: &str = "\"annotations\":{";
-    if index_json.matches(ANNOTATIONS).count() != 1 {
-        bail!("expected exactly one manifest with annotations");
-    }
-    if index_json.contains("io.containerd.image.name") {
-        return Ok(index_json.to_owned());
-    }
-    let qualified = crate::cluster::qualified_reference(reference);
-    Ok(index_json.replacen(
-        ANNOTATIONS,
-        &format!("{ANNOTATIONS}\"io.containerd.image.name\":\"{qualified}\","),
-        1,
-    ))
+    let mut index: serde_json::Value =
+        serde_json::from_str(index_json).context("the OCI index is not JSON")?;
+    let annotations = match index.get_mut("manifests").and_then(|m| m.as_array_mut()) {
+        Some(manifests) if manifests.len() == 1 => manifests[0]
+            .get_mut("annotations")
+            .and_then(|a| a.as_object_mut())
+            .context("the OCI index's manifest has no annotations")?,
+        _ => bail!("expected an OCI index with exactly one manifest"),
+    };
+    annotations
+        .entry(CONTAINERD_IMAGE_NAME)
+        .or_insert_with(|| crate::cluster::qualified_reference(reference).into());
+    Ok(index.to_string())
 }
 
 #[cfg(test)]
@@ -790,24 +752,6 @@ mod tests {
         )
         .unwrap();
         assert!(deps.contains(r#""io.containerd.image.name":"localhost/order-pipeline-deps/redis:7.0.15-0123456789ab""#), "{deps}");
-    }
-
-    #[test]
-    fn reads_workspace_package_fields() {
-        let toml = "[workspace]\nmembers = []\n\n[workspace.package]\nversion = \"0.1.0\"\n\
-                    repository = \"https://example.invalid/x\"\n\n[workspace.dependencies]\n\
-                    repository = \"no\"\n";
-        assert_eq!(
-            workspace_package_field(toml, "repository").as_deref(),
-            Some("https://example.invalid/x")
-        );
-        assert_eq!(workspace_package_field(toml, "license"), None);
-        let real = fs::read_to_string(workspace_root().join("Cargo.toml")).unwrap();
-        assert_eq!(
-            workspace_package_field(&real, "version").as_deref(),
-            Some(VERSION)
-        );
-        assert!(workspace_package_field(&real, "repository").is_some());
     }
 
     /// The Dockerfile and this command agree on the targets, binaries, ports and user, and the

@@ -6,6 +6,7 @@ mod env;
 mod images;
 mod pipeline;
 mod shellcheck;
+mod template;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -14,6 +14,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::env::{Layout, ensure_apt_packages, find_program};
+use crate::template;
 
 /// The tracked scripts that are run with `bash -c`, relative to the workspace root.
 const BASH_C_SCRIPTS: [&str; 2] = [
@@ -57,7 +58,7 @@ pub fn run(layout: &Layout) -> Result<()> {
         let text = fs::read_to_string(root.join(script))
             .with_context(|| format!("failed to read {script}"))?;
         let mut excluded = Vec::new();
-        if has_placeholder(&text) {
+        if template::has_placeholder(&text) {
             excluded.push(PLACEHOLDER_FINDINGS);
             println!("{script}: {PLACEHOLDER_FINDINGS} not checked (template placeholders)");
         }
@@ -89,19 +90,6 @@ pub fn run(layout: &Layout) -> Result<()> {
     }
     println!("shellcheck: {} scripts clean", scripts.len());
     Ok(())
-}
-
-/// Whether `text` is a template: it has a `{{NAME}}` placeholder (capitals, digits and `_`), as
-/// opposed to, say, a Go template in a `--format` argument.
-fn has_placeholder(text: &str) -> bool {
-    text.split("{{").skip(1).any(|rest| {
-        rest.split_once("}}").is_some_and(|(name, _)| {
-            !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-        })
-    })
 }
 
 /// The shell scripts git tracks, relative to `root`.

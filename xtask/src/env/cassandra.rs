@@ -9,7 +9,7 @@
 //! the pid and the log as it does for every other component.
 //!
 //! Readiness is a real login as the built-in `cassandra`/`cassandra` superuser followed by a query
-//! of `system.local`, spoken by the small native-protocol client in [`cql`].
+//! of `system.local` through the scylla driver ([`cql`]).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -24,6 +24,7 @@ use anyhow::{Context, Result, bail};
 
 use super::process::{self, Daemon, ensure_port_free};
 use super::{Component, Layout, Status, ensure_apt_packages, find_program};
+use crate::template::fill;
 
 /// The newest 5.0 release on Maven Central when this was written. Changing it downloads the new
 /// jars next to the old ones (`dist/cassandra-<version>`); the data directory is kept.
@@ -300,11 +301,8 @@ pub(crate) fn ensure_distribution(layout: &Layout) -> Result<PathBuf> {
     remove_dir_if_exists(&lib)?;
     fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
     let pom = dir.join("pom.xml");
-    fs::write(
-        &pom,
-        render(POM_TEMPLATE, &[("CASSANDRA_VERSION", VERSION)])?,
-    )
-    .with_context(|| format!("failed to write {}", pom.display()))?;
+    fs::write(&pom, fill(POM_TEMPLATE, &[("CASSANDRA_VERSION", VERSION)])?)
+        .with_context(|| format!("failed to write {}", pom.display()))?;
     // A repository of our own rather than ~/.m2: everything stays under the environment's home
     // and the user's cache is left alone (their settings.xml, say a mirror, still applies).
     let repository = dir.join("maven-repository");
@@ -387,7 +385,7 @@ impl NodeFiles {
                 .with_context(|| format!("failed to create {}", dir.display()))?;
         }
         let data_dir = |name: &str| yaml_quote(&self.data.join(name));
-        let yaml = render(
+        let yaml = fill(
             YAML_TEMPLATE,
             &[
                 ("STORAGE_PORT", &STORAGE_PORT.to_string()),
@@ -401,7 +399,7 @@ impl NodeFiles {
         )?;
         fs::write(&self.config, yaml)
             .with_context(|| format!("failed to write {}", self.config.display()))?;
-        let logback = render(
+        let logback = fill(
             LOGBACK_TEMPLATE,
             &[("LOG_DIRECTORY", &xml_escape(utf8(&self.logs)?))],
         )?;
@@ -466,28 +464,6 @@ impl NodeFiles {
     }
 }
 
-/// Fills `@NAME@` placeholders. The templates use `@` for nothing else, so the pieces between
-/// `@`s alternate between text and placeholder names; values are inserted verbatim and never
-/// rescanned.
-fn render(template: &str, values: &[(&str, &str)]) -> Result<String> {
-    let mut text = String::with_capacity(template.len());
-    let mut pieces = template.split('@');
-    text.push_str(pieces.next().unwrap_or_default());
-    while let Some(name) = pieces.next() {
-        let Some(following) = pieces.next() else {
-            bail!("template has an unpaired '@'");
-        };
-        let value = values
-            .iter()
-            .find(|(known, _)| *known == name)
-            .map(|(_, value)| *value)
-            .with_context(|| format!("no value for template placeholder @{name}@"))?;
-        text.push_str(value);
-        text.push_str(following);
-    }
-    Ok(text)
-}
-
 fn utf8(path: &Path) -> Result<&str> {
     path.to_str()
         .with_context(|| format!("{} is not valid UTF-8", path.display()))
@@ -524,432 +500,73 @@ fn file_url(path: &Path) -> String {
     url
 }
 
-/// Just enough of the CQL native protocol (version 4) to log in and run one query, for the
-/// readiness probe and `status`.
+/// The readiness probe and `status`: a login and one query through the scylla driver, the CQL
+/// client the gateway and the tests use.
 ///
-/// Hand-written because xtask stays a small synchronous program on std, anyhow and clap; the Rust
-/// drivers are async and would pull a runtime into it. The tests use the real driver (the scylla
-/// crate). Version 4 because every Cassandra since 2.2 speaks it and, unlike version 5, its frames
-/// need no checksummed envelope after the handshake.
-/// Spec: <https://github.com/apache/cassandra/blob/trunk/doc/native_protocol_v4.spec>.
+/// xtask is otherwise synchronous, so each probe runs on a current-thread runtime of its own that
+/// ends with it.
 mod cql {
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpStream};
+    use std::net::SocketAddr;
     use std::time::Duration;
 
-    use anyhow::{Context, Result, bail, ensure};
-
-    const VERSION: u8 = 0x04;
-    /// Set in the version byte of every frame the server sends.
-    const RESPONSE: u8 = 0x80;
-    /// version, flags, stream (2 bytes), opcode, body length (4 bytes).
-    const HEADER_LEN: usize = 9;
-    /// The server prepended warnings to the body.
-    const FLAG_WARNING: u8 = 0x08;
-    /// The replies we ask for are a few hundred bytes; refuse to allocate whatever a confused peer
-    /// claims.
-    const MAX_BODY_LEN: usize = 1 << 20;
-
-    const OP_ERROR: u8 = 0x00;
-    const OP_STARTUP: u8 = 0x01;
-    const OP_READY: u8 = 0x02;
-    const OP_AUTHENTICATE: u8 = 0x03;
-    const OP_QUERY: u8 = 0x07;
-    const OP_RESULT: u8 = 0x08;
-    const OP_AUTH_RESPONSE: u8 = 0x0F;
-    const OP_AUTH_SUCCESS: u8 = 0x10;
-
-    const CONSISTENCY_ONE: u16 = 0x0001;
-    const RESULT_KIND_ROWS: i32 = 0x0002;
-    const ROWS_GLOBAL_TABLE_SPEC: i32 = 0x0001;
-    const ROWS_HAS_MORE_PAGES: i32 = 0x0002;
-    const ROWS_NO_METADATA: i32 = 0x0004;
-    const TYPE_VARCHAR: u16 = 0x000D;
+    use anyhow::{Context, Result, bail};
+    use scylla::client::session::Session;
+    use scylla::client::session_builder::SessionBuilder;
 
     const VERSION_QUERY: &str = "SELECT release_version FROM system.local";
 
-    /// Connects, logs in with SASL PLAIN (what `PasswordAuthenticator` expects) and returns the
-    /// server's release version. Fails with the server's own message when it refuses.
+    /// Logs in as `user` and returns the server's release version. Fails with the driver's
+    /// reason (no listener, the login refused, the query failed) or when `timeout` passes, and
+    /// also when the server lets a client in without logging in: the tests would then run
+    /// without authentication.
     pub fn login_and_query_version(
         addr: SocketAddr,
         user: &str,
         password: &str,
         timeout: Duration,
     ) -> Result<String> {
-        let mut stream = TcpStream::connect_timeout(&addr, timeout)
-            .with_context(|| format!("no CQL listener on {addr}"))?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        stream.set_nodelay(true)?;
-
-        let reply = request(&mut stream, OP_STARTUP, &startup_body()?)?;
-        match reply.opcode {
-            OP_AUTHENTICATE => {}
-            // Our cassandra.yaml was not applied: the tests would run without authentication.
-            OP_READY => bail!("the server accepted a connection without a login"),
-            other => bail!("STARTUP answered with opcode 0x{other:02x}"),
-        }
-        let reply = request(
-            &mut stream,
-            OP_AUTH_RESPONSE,
-            &auth_response_body(user, password)?,
-        )?;
-        ensure!(
-            reply.opcode == OP_AUTH_SUCCESS,
-            "login answered with opcode 0x{:02x}",
-            reply.opcode
-        );
-        let reply = request(&mut stream, OP_QUERY, &query_body(VERSION_QUERY)?)?;
-        ensure!(
-            reply.opcode == OP_RESULT,
-            "query answered with opcode 0x{:02x}",
-            reply.opcode
-        );
-        single_text_value(&reply.body)
-    }
-
-    /// A reply with the header checked and any warnings removed from the body.
-    #[derive(Debug)]
-    struct Reply {
-        opcode: u8,
-        body: Vec<u8>,
-    }
-
-    /// Sends one request on stream 0 and reads its reply. An ERROR reply becomes an error.
-    fn request(stream: &mut TcpStream, opcode: u8, body: &[u8]) -> Result<Reply> {
-        stream
-            .write_all(&encode_frame(opcode, body)?)
-            .context("failed to send a CQL request")?;
-        let mut header = [0; HEADER_LEN];
-        stream
-            .read_exact(&mut header)
-            .context("the server closed the connection or did not answer")?;
-        let header = decode_header(&header)?;
-        let mut body = vec![0; header.length];
-        stream
-            .read_exact(&mut body)
-            .context("the server's reply was cut short")?;
-        let reply = decode_body(header, &body)?;
-        if reply.opcode == OP_ERROR {
-            bail!("{}", error_message(&reply.body)?);
-        }
-        Ok(reply)
-    }
-
-    #[derive(Debug, PartialEq, Eq)]
-    struct Header {
-        flags: u8,
-        opcode: u8,
-        length: usize,
-    }
-
-    fn encode_frame(opcode: u8, body: &[u8]) -> Result<Vec<u8>> {
-        let length = u32::try_from(body.len()).context("CQL request body too large")?;
-        let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
-        // No flags (no compression, no tracing), stream id 0: one request at a time.
-        frame.extend_from_slice(&[VERSION, 0, 0, 0, opcode]);
-        frame.extend_from_slice(&length.to_be_bytes());
-        frame.extend_from_slice(body);
-        Ok(frame)
-    }
-
-    fn decode_header(bytes: &[u8; HEADER_LEN]) -> Result<Header> {
-        let [version, flags, stream_hi, stream_lo, opcode, length @ ..] = *bytes;
-        ensure!(
-            version == RESPONSE | VERSION,
-            "not a protocol v4 response (version byte 0x{version:02x})"
-        );
-        // Anything on another stream (events have -1) answers something we did not ask.
-        ensure!(
-            [stream_hi, stream_lo] == [0, 0],
-            "reply on unexpected stream {}",
-            i16::from_be_bytes([stream_hi, stream_lo])
-        );
-        let length = usize::try_from(u32::from_be_bytes(length))?;
-        ensure!(
-            length <= MAX_BODY_LEN,
-            "reply body of {length} bytes is implausibly large"
-        );
-        Ok(Header {
-            flags,
-            opcode,
-            length,
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("failed to start a runtime for the CQL probe")?;
+        runtime.block_on(async {
+            tokio::time::timeout(timeout, probe(addr, user, password))
+                .await
+                .with_context(|| format!("no answer from {addr} within {timeout:?}"))?
         })
     }
 
-    fn decode_body(header: Header, body: &[u8]) -> Result<Reply> {
-        // We never ask for compression, tracing or custom payloads, so only warnings can appear.
-        ensure!(
-            header.flags & !FLAG_WARNING == 0,
-            "reply has unsupported flags 0x{:02x}",
-            header.flags
-        );
-        let mut reader = Reader(body);
-        if header.flags & FLAG_WARNING != 0 {
-            for _ in 0..reader.u16()? {
-                reader.string()?;
-            }
+    async fn probe(addr: SocketAddr, user: &str, password: &str) -> Result<String> {
+        let session = connect(addr, Some((user, password)))
+            .await
+            .with_context(|| format!("no CQL login as {user} at {addr}"))?;
+        let version = session
+            .query_unpaged(VERSION_QUERY, &[])
+            .await
+            .context("the version query failed")?
+            .into_rows_result()
+            .context("the version query returned no rows")?
+            .single_row::<(String,)>()
+            .context("the version query's answer is not one text value")?
+            .0;
+        if connect(addr, None).await.is_ok() {
+            bail!("the server accepted a connection without a login");
         }
-        Ok(Reply {
-            opcode: header.opcode,
-            body: reader.0.to_vec(),
-        })
+        Ok(version)
     }
 
-    /// STARTUP's body: a [string map] naming the only mandatory option.
-    fn startup_body() -> Result<Vec<u8>> {
-        let mut body = 1u16.to_be_bytes().to_vec();
-        put_string(&mut body, "CQL_VERSION")?;
-        put_string(&mut body, "3.0.0")?;
-        Ok(body)
-    }
-
-    /// AUTH_RESPONSE's body: [bytes] holding the SASL PLAIN token, `\0user\0password` (empty
-    /// authorization identity).
-    fn auth_response_body(user: &str, password: &str) -> Result<Vec<u8>> {
-        let token = format!("\0{user}\0{password}");
-        let mut body = Vec::with_capacity(4 + token.len());
-        body.extend_from_slice(&i32::try_from(token.len())?.to_be_bytes());
-        body.extend_from_slice(token.as_bytes());
-        Ok(body)
-    }
-
-    /// QUERY's body: [long string] query, [consistency], and a flags byte of 0 (no values, no
-    /// paging options).
-    fn query_body(query: &str) -> Result<Vec<u8>> {
-        let mut body = Vec::with_capacity(4 + query.len() + 3);
-        body.extend_from_slice(&i32::try_from(query.len())?.to_be_bytes());
-        body.extend_from_slice(query.as_bytes());
-        body.extend_from_slice(&CONSISTENCY_ONE.to_be_bytes());
-        body.push(0);
-        Ok(body)
-    }
-
-    fn put_string(buf: &mut Vec<u8>, text: &str) -> Result<()> {
-        let length = u16::try_from(text.len()).context("CQL [string] too long")?;
-        buf.extend_from_slice(&length.to_be_bytes());
-        buf.extend_from_slice(text.as_bytes());
-        Ok(())
-    }
-
-    /// ERROR's body: [int] code, [string] message.
-    fn error_message(body: &[u8]) -> Result<String> {
-        let mut reader = Reader(body);
-        let code = reader.i32()?;
-        let message = reader.string()?;
-        Ok(format!("server error 0x{code:04x}: {message}"))
-    }
-
-    /// The value of a RESULT that must be one row of one text column, as our query returns.
-    fn single_text_value(body: &[u8]) -> Result<String> {
-        let mut reader = Reader(body);
-        let kind = reader.i32()?;
-        ensure!(kind == RESULT_KIND_ROWS, "result kind {kind} is not rows");
-        let flags = reader.i32()?;
-        let columns = reader.i32()?;
-        ensure!(columns == 1, "expected one column, got {columns}");
-        if flags & ROWS_HAS_MORE_PAGES != 0 {
-            reader.bytes()?;
+    async fn connect(addr: SocketAddr, login: Option<(&str, &str)>) -> Result<Session> {
+        let mut builder = SessionBuilder::new().known_node_addr(addr);
+        if let Some((user, password)) = login {
+            builder = builder.user(user, password);
         }
-        ensure!(
-            flags & ROWS_NO_METADATA == 0,
-            "result has no column metadata"
-        );
-        // Keyspace and table, either once for all columns or before the column.
-        let table_specs = if flags & ROWS_GLOBAL_TABLE_SPEC != 0 {
-            1
-        } else {
-            columns
-        };
-        for _ in 0..table_specs {
-            reader.string()?;
-            reader.string()?;
-        }
-        let name = reader.string()?;
-        let column_type = reader.u16()?;
-        ensure!(
-            column_type == TYPE_VARCHAR,
-            "column {name} has type 0x{column_type:04x}, not text"
-        );
-        let rows = reader.i32()?;
-        ensure!(rows == 1, "expected one row, got {rows}");
-        let value = reader.bytes()?.with_context(|| format!("{name} is null"))?;
-        String::from_utf8(value.to_vec()).with_context(|| format!("{name} is not UTF-8"))
-    }
-
-    /// Reads the protocol's big-endian notations from a body, failing on truncation.
-    #[derive(Debug)]
-    struct Reader<'a>(&'a [u8]);
-
-    impl<'a> Reader<'a> {
-        fn take(&mut self, count: usize) -> Result<&'a [u8]> {
-            ensure!(self.0.len() >= count, "reply body is truncated");
-            let (head, rest) = self.0.split_at(count);
-            self.0 = rest;
-            Ok(head)
-        }
-
-        fn u16(&mut self) -> Result<u16> {
-            Ok(u16::from_be_bytes(self.take(2)?.try_into()?))
-        }
-
-        fn i32(&mut self) -> Result<i32> {
-            Ok(i32::from_be_bytes(self.take(4)?.try_into()?))
-        }
-
-        /// [string]: a u16 length, then UTF-8.
-        fn string(&mut self) -> Result<&'a str> {
-            let length = usize::from(self.u16()?);
-            std::str::from_utf8(self.take(length)?).context("[string] is not UTF-8")
-        }
-
-        /// [bytes]: an i32 length, then that many bytes; a negative length is null.
-        fn bytes(&mut self) -> Result<Option<&'a [u8]>> {
-            match usize::try_from(self.i32()?) {
-                Ok(length) => self.take(length).map(Some),
-                Err(_) => Ok(None),
-            }
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        fn string(text: &str) -> Vec<u8> {
-            let mut buf = Vec::new();
-            put_string(&mut buf, text).unwrap();
-            buf
-        }
-
-        #[test]
-        fn startup_frame_bytes() {
-            let frame = encode_frame(OP_STARTUP, &startup_body().unwrap()).unwrap();
-            let mut expected = vec![0x04, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 22];
-            expected.extend_from_slice(&[0x00, 0x01, 0x00, 11]);
-            expected.extend_from_slice(b"CQL_VERSION");
-            expected.extend_from_slice(&[0x00, 5]);
-            expected.extend_from_slice(b"3.0.0");
-            assert_eq!(frame, expected);
-        }
-
-        #[test]
-        fn auth_response_is_a_sasl_plain_token() {
-            let body = auth_response_body("cassandra", "cassandra").unwrap();
-            assert_eq!(&body[..4], &[0, 0, 0, 20]);
-            assert_eq!(&body[4..], b"\0cassandra\0cassandra");
-        }
-
-        #[test]
-        fn query_body_layout() {
-            let body = query_body("SELECT 1").unwrap();
-            assert_eq!(&body[..4], &[0, 0, 0, 8]);
-            assert_eq!(&body[4..12], b"SELECT 1");
-            assert_eq!(&body[12..], &[0x00, 0x01, 0x00]);
-        }
-
-        #[test]
-        fn decodes_an_authenticate_header() {
-            let header =
-                decode_header(&[0x84, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x31]).unwrap();
-            assert_eq!(
-                header,
-                Header {
-                    flags: 0,
-                    opcode: OP_AUTHENTICATE,
-                    length: 0x31
-                }
-            );
-        }
-
-        #[test]
-        fn rejects_requests_other_versions_streams_and_huge_bodies() {
-            // A request, not a response.
-            assert!(decode_header(&[0x04, 0, 0, 0, 0x02, 0, 0, 0, 0]).is_err());
-            // A protocol v5 response.
-            assert!(decode_header(&[0x85, 0, 0, 0, 0x02, 0, 0, 0, 0]).is_err());
-            // An event on stream -1.
-            assert!(decode_header(&[0x84, 0, 0xFF, 0xFF, 0x0C, 0, 0, 0, 0]).is_err());
-            assert!(decode_header(&[0x84, 0, 0, 0, 0x08, 0x7F, 0xFF, 0xFF, 0xFF]).is_err());
-        }
-
-        #[test]
-        fn strips_warnings_from_the_body() {
-            let header = Header {
-                flags: FLAG_WARNING,
-                opcode: OP_RESULT,
-                length: 0,
-            };
-            let mut body = vec![0x00, 0x01];
-            body.extend(string("careful"));
-            body.extend_from_slice(&[1, 2, 3]);
-            let reply = decode_body(header, &body).unwrap();
-            assert_eq!(reply.body, vec![1, 2, 3]);
-        }
-
-        #[test]
-        fn reads_the_error_message() {
-            let mut body = 0x0100i32.to_be_bytes().to_vec();
-            body.extend(string(
-                "Provided username cassandra and/or password are incorrect",
-            ));
-            assert_eq!(
-                error_message(&body).unwrap(),
-                "server error 0x0100: Provided username cassandra and/or password are incorrect"
-            );
-        }
-
-        fn rows_result(flags: i32, value: Option<&[u8]>) -> Vec<u8> {
-            let mut body = RESULT_KIND_ROWS.to_be_bytes().to_vec();
-            body.extend_from_slice(&flags.to_be_bytes());
-            body.extend_from_slice(&1i32.to_be_bytes());
-            body.extend(string("system"));
-            body.extend(string("local"));
-            body.extend(string("release_version"));
-            body.extend_from_slice(&TYPE_VARCHAR.to_be_bytes());
-            body.extend_from_slice(&1i32.to_be_bytes());
-            match value {
-                Some(value) => {
-                    body.extend_from_slice(&i32::try_from(value.len()).unwrap().to_be_bytes());
-                    body.extend_from_slice(value);
-                }
-                None => body.extend_from_slice(&(-1i32).to_be_bytes()),
-            }
-            body
-        }
-
-        #[test]
-        fn reads_release_version_from_rows() {
-            // With the table spec given once (what Cassandra sends) and per column.
-            for flags in [ROWS_GLOBAL_TABLE_SPEC, 0] {
-                let body = rows_result(flags, Some(b"5.0.9"));
-                assert_eq!(single_text_value(&body).unwrap(), "5.0.9");
-            }
-        }
-
-        #[test]
-        fn rejects_null_and_truncated_rows() {
-            let null = rows_result(ROWS_GLOBAL_TABLE_SPEC, None);
-            assert!(single_text_value(&null).is_err());
-            let full = rows_result(ROWS_GLOBAL_TABLE_SPEC, Some(b"5.0.9"));
-            assert!(single_text_value(&full[..full.len() - 1]).is_err());
-        }
+        Ok(builder.build().await?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn render_fills_placeholders_and_rejects_unknown_ones() {
-        assert_eq!(
-            render("a @X@ b @Y@", &[("X", "1"), ("Y", "@Z@")]).unwrap(),
-            "a 1 b @Z@"
-        );
-        assert!(render("a @X@", &[]).is_err());
-        assert!(render("mail@example", &[]).is_err());
-    }
 
     #[test]
     fn templates_render_completely() {
@@ -973,7 +590,7 @@ mod tests {
         ));
         let logback = fs::read_to_string(&files.logback).unwrap();
         assert!(logback.contains("logs &amp; more/system.log</file>"));
-        assert!(render(POM_TEMPLATE, &[("CASSANDRA_VERSION", VERSION)]).is_ok());
+        assert!(fill(POM_TEMPLATE, &[("CASSANDRA_VERSION", VERSION)]).is_ok());
         fs::remove_dir_all(&dir).unwrap();
     }
 

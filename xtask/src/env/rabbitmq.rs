@@ -44,6 +44,7 @@ use super::process::{
     Daemon, Probe, ensure_port_free, pid_alive, port_open, run_capture, tail, terminate, wait_until,
 };
 use super::{Component, Layout, Status, ensure_apt_packages, find_program};
+use crate::template::fill;
 
 /// Debian installs the real scripts here; the `/usr/sbin` ones are wrappers that `su` to the
 /// `rabbitmq` user, which would give the nodes and the CLI that user's home and cookie.
@@ -255,36 +256,47 @@ impl Cluster {
             )?;
         }
         let script = self.node_ctl();
-        write(&script, &self.render_node_ctl())?;
+        write(&script, &self.render_node_ctl()?)?;
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755))
             .with_context(|| format!("failed to make {} executable", script.display()))
     }
 
     /// The `node-ctl` script. Every path, name and command in it comes from the same methods the
     /// Rust side uses.
-    fn render_node_ctl(&self) -> String {
-        let mut nodes = String::new();
-        for node in Node::ALL {
-            let daemon = self.daemon(node);
-            nodes.push_str(&format!(
-                "    {number}) NODE={name} ENV_FILE={env} SERVER_PID_FILE={server_pid} \
-                 SERVER_LOG={server_log} VM_PID_FILE={vm_pid} LOG_DIR={log_dir} ;;\n",
-                number = node.0,
-                name = shell_quote(&node.name()),
-                env = shell_quote_path(&self.env_file(node)),
-                server_pid = shell_quote_path(&daemon.pid_file),
-                server_log = shell_quote_path(&daemon.log_file),
-                vm_pid = shell_quote_path(&self.vm_pid_file(node)),
-                log_dir = shell_quote_path(&self.log_dir(node)),
-            ));
-        }
-        NODE_CTL_TEMPLATE
-            .replace("@PATH@", &shell_quote(NODE_PATH))
-            .replace("@LAUNCH@", &shell_quote(LAUNCH))
-            .replace("@BIN_DIR@", &shell_quote(BIN_DIR))
-            .replace("@START_TIMEOUT@", &START_TIMEOUT.as_secs().to_string())
-            .replace("@STOP_TIMEOUT@", &STOP_TIMEOUT.as_secs().to_string())
-            .replace("@NODES@", &nodes)
+    fn render_node_ctl(&self) -> Result<String> {
+        // Per node: its name, env file, server pid file, server log, VM pid file and log dir.
+        let nodes: Vec<(String, String)> = Node::ALL
+            .into_iter()
+            .map(|node| {
+                let daemon = self.daemon(node);
+                let words = [
+                    shell_quote(&node.name()),
+                    shell_quote_path(&self.env_file(node)),
+                    shell_quote_path(&daemon.pid_file),
+                    shell_quote_path(&daemon.log_file),
+                    shell_quote_path(&self.vm_pid_file(node)),
+                    shell_quote_path(&self.log_dir(node)),
+                ];
+                (format!("NODE_{}", node.0), words.join(" "))
+            })
+            .collect();
+        let mut values = vec![
+            ("PATH", shell_quote(NODE_PATH)),
+            ("LAUNCH", shell_quote(LAUNCH)),
+            ("BIN_DIR", shell_quote(BIN_DIR)),
+            ("START_TIMEOUT", START_TIMEOUT.as_secs().to_string()),
+            ("STOP_TIMEOUT", STOP_TIMEOUT.as_secs().to_string()),
+        ];
+        values.extend(
+            nodes
+                .iter()
+                .map(|(name, words)| (name.as_str(), words.clone())),
+        );
+        let values: Vec<(&str, &str)> = values
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        fill(NODE_CTL_TEMPLATE, &values)
     }
 
     /// Fails when another process listens on one of the node's ports, so that we never
@@ -492,7 +504,7 @@ impl Cluster {
 }
 
 /// The parts of `rabbitmqctl cluster_status --formatter json` that matter here.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, serde::Deserialize)]
 struct ClusterStatus {
     disk_nodes: Vec<String>,
     ram_nodes: Vec<String>,
@@ -501,11 +513,7 @@ struct ClusterStatus {
 
 impl ClusterStatus {
     fn parse(json: &str) -> Result<Self> {
-        Ok(Self {
-            disk_nodes: json_string_array(json, "disk_nodes")?,
-            ram_nodes: json_string_array(json, "ram_nodes")?,
-            running_nodes: json_string_array(json, "running_nodes")?,
-        })
+        serde_json::from_str(json).context("unexpected `rabbitmqctl cluster_status` output")
     }
 
     fn members(&self) -> impl Iterator<Item = &str> {
@@ -785,46 +793,6 @@ fn shell_quote_path(path: &Path) -> String {
     shell_quote(&path.display().to_string())
 }
 
-/// The strings of the array under `key` in RabbitMQ's compact JSON output. Not a JSON parser:
-/// xtask has no JSON dependency, and `cluster_status` needs only three arrays of node names, each
-/// key appearing once.
-fn json_string_array(json: &str, key: &str) -> Result<Vec<String>> {
-    let quoted_key = format!("\"{key}\"");
-    let start = json
-        .find(&quoted_key)
-        .with_context(|| format!("no {quoted_key} in the JSON"))?;
-    let rest = json[start + quoted_key.len()..].trim_start();
-    let rest = rest
-        .strip_prefix(':')
-        .and_then(|rest| rest.trim_start().strip_prefix('['))
-        .with_context(|| format!("{quoted_key} is not an array"))?;
-    let mut items = Vec::new();
-    let mut chars = rest.chars();
-    loop {
-        match chars.find(|c| !c.is_whitespace()) {
-            Some(']') if items.is_empty() => return Ok(items),
-            Some('"') => {}
-            other => bail!("{quoted_key}: expected a string, found {other:?}"),
-        }
-        let mut item = String::new();
-        loop {
-            match chars.next() {
-                Some('"') => break,
-                // Node names never contain escapes; keep the escaped character as is.
-                Some('\\') => item.extend(chars.next()),
-                Some(c) => item.push(c),
-                None => bail!("{quoted_key}: unterminated string"),
-            }
-        }
-        items.push(item);
-        match chars.find(|c| !c.is_whitespace()) {
-            Some(',') => {}
-            Some(']') => return Ok(items),
-            other => bail!("{quoted_key}: expected , or ], found {other:?}"),
-        }
-    }
-}
-
 /// One line of a failed CLI call's stderr for a progress line. When the node cannot be reached,
 /// the first line is always the same generic "unable to perform an operation"; epmd's view of
 /// the node, further down, says more.
@@ -885,145 +853,8 @@ fn epmd_names(output: &str) -> Vec<&str> {
         .collect()
 }
 
-/// `node-ctl`; `@...@` placeholders are filled in by [`Cluster::render_node_ctl`].
-const NODE_CTL_TEMPLATE: &str = r#"#!/bin/sh
-# Generated by `cargo xtask env up`; rewritten on every run.
-#
-# Stops, crashes or restarts one node of the RabbitMQ test cluster:
-#   node-ctl <1|2|3> stop     graceful stop; returns once the node's VM has exited
-#   node-ctl <1|2|3> kill     SIGKILL the node's VM, as a crash would
-#   node-ctl <1|2|3> start    start the node as `cargo xtask env up` does and wait until it runs
-#                             (and so has rejoined the cluster)
-#   node-ctl <1|2|3> status   exit 0 when the node runs
-#   node-ctl <1|2|3> alarm-on   raise the node's memory alarm (a watermark of 1 byte): the
-#                               whole cluster blocks publishing connections
-#   node-ctl <1|2|3> alarm-off  clear it (the default watermark again)
-set -eu
-
-# The same fixed PATH as the nodes: the script must behave the same from any caller.
-PATH=@PATH@
-export PATH
-LAUNCH=@LAUNCH@
-BIN_DIR=@BIN_DIR@
-START_TIMEOUT=@START_TIMEOUT@
-STOP_TIMEOUT=@STOP_TIMEOUT@
-
-usage() {
-    echo "usage: $0 <1|2|3> stop|start|kill|status|alarm-on|alarm-off" >&2
-    exit 2
-}
-
-[ "$#" -eq 2 ] || usage
-case "$1" in
-@NODES@    *) usage ;;
-esac
-
-fail() {
-    echo "node-ctl: $NODE: $1" >&2
-    echo "--- last lines of $SERVER_LOG ---" >&2
-    tail -n 30 "$SERVER_LOG" >&2 || true
-    echo "--- full log: $SERVER_LOG; RabbitMQ's logs: $LOG_DIR ---" >&2
-    exit 1
-}
-
-# Whether a process exists and is not a zombie.
-alive() {
-    state=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$1/status" 2>/dev/null) || return 1
-    [ -n "$state" ] && [ "$state" != Z ]
-}
-
-# The pid of the node's VM, if it runs. The pid file survives a kill, so the process must also
-# carry this node's environment.
-vm_pid() {
-    pid=$(cat "$VM_PID_FILE" 2>/dev/null) || return 1
-    [ -n "$pid" ] && alive "$pid" \
-        && tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "RABBITMQ_PID_FILE=$VM_PID_FILE" \
-        && echo "$pid"
-}
-
-# The pid of the foreground rabbitmq-server shell around the VM, if it runs.
-server_pid() {
-    pid=$(cat "$SERVER_PID_FILE" 2>/dev/null) || return 1
-    [ -n "$pid" ] && alive "$pid" && echo "$pid"
-}
-
-wait_gone() {
-    waited=0
-    while alive "$1"; do
-        [ "$waited" -lt $((STOP_TIMEOUT * 10)) ] || fail "pid $1 still runs after ${STOP_TIMEOUT}s"
-        sleep 0.1
-        waited=$((waited + 1))
-    done
-}
-
-# A RabbitMQ CLI tool against this node, in the node's environment.
-cli() {
-    tool=$1
-    shift
-    env -i /bin/sh -c "$LAUNCH" sh "$ENV_FILE" "$BIN_DIR/$tool" -n "$NODE" "$@"
-}
-
-case "$2" in
-    stop)
-        if pid=$(vm_pid); then
-            cli rabbitmqctl --quiet stop "$VM_PID_FILE" >/dev/null \
-                || { echo "node-ctl: rabbitmqctl stop failed; sending SIGTERM" >&2; kill -TERM "$pid" 2>/dev/null || true; }
-            wait_gone "$pid"
-        fi
-        # The shell exits with its VM; a shell whose VM is still starting forwards SIGTERM to it.
-        if pid=$(server_pid); then
-            kill -TERM "$pid" 2>/dev/null || true
-            wait_gone "$pid"
-        fi
-        rm -f "$SERVER_PID_FILE" "$VM_PID_FILE"
-        echo "$NODE stopped"
-        ;;
-    kill)
-        pid=$(vm_pid) || { echo "node-ctl: $NODE is not running" >&2; exit 1; }
-        kill -KILL "$pid"
-        wait_gone "$pid"
-        if pid=$(server_pid); then wait_gone "$pid"; fi
-        echo "$NODE killed"
-        ;;
-    start)
-        if vm_pid >/dev/null || server_pid >/dev/null; then
-            echo "$NODE is already running"
-        else
-            # Its own session, so that the caller's terminal or process group signals do not reach it.
-            setsid env -i /bin/sh -c "$LAUNCH" sh "$ENV_FILE" "$BIN_DIR/rabbitmq-server" \
-                </dev/null >>"$SERVER_LOG" 2>&1 &
-            echo "$!" >"$SERVER_PID_FILE"
-        fi
-        started=$(date +%s)
-        until cli rabbitmqctl --quiet await_startup --timeout 10 >/dev/null 2>&1; do
-            vm_pid >/dev/null || server_pid >/dev/null || fail "the node exited while starting"
-            [ $(($(date +%s) - started)) -lt "$START_TIMEOUT" ] || fail "not running after ${START_TIMEOUT}s"
-            sleep 1
-        done
-        echo "$NODE is running"
-        ;;
-    status)
-        # Only ask the node when its VM is alive: the CLI tools would start an epmd otherwise.
-        if vm_pid >/dev/null && cli rabbitmq-diagnostics --quiet check_running >/dev/null 2>&1; then
-            echo "$NODE is running"
-        else
-            echo "$NODE is not running"
-            exit 1
-        fi
-        ;;
-    alarm-on)
-        cli rabbitmqctl --quiet set_vm_memory_high_watermark absolute 1 >/dev/null \
-            || fail "could not raise the memory alarm"
-        echo "$NODE memory alarm raised"
-        ;;
-    alarm-off)
-        cli rabbitmqctl --quiet set_vm_memory_high_watermark 0.4 >/dev/null \
-            || fail "could not clear the memory alarm"
-        echo "$NODE memory alarm cleared"
-        ;;
-    *) usage ;;
-esac
-"#;
+/// `node-ctl`, filled in by [`Cluster::render_node_ctl`].
+const NODE_CTL_TEMPLATE: &str = include_str!("rabbitmq/node-ctl.sh");
 
 #[cfg(test)]
 mod tests {
@@ -1124,16 +955,13 @@ mod tests {
     }
 
     #[test]
-    fn json_string_array_accepts_whitespace_and_rejects_garbage() {
-        assert_eq!(
-            json_string_array(r#"{ "a" : [ "x" , "y\"z" ] }"#, "a").unwrap(),
-            ["x", "y\"z"]
+    fn refuses_a_cluster_status_without_its_node_lists() {
+        assert!(ClusterStatus::parse(r#"{"disk_nodes":[],"ram_nodes":[]}"#).is_err());
+        assert!(
+            ClusterStatus::parse(r#"{"disk_nodes":"x","ram_nodes":[],"running_nodes":[]}"#)
+                .is_err()
         );
-        assert!(json_string_array(r#"{"a":[]}"#, "a").unwrap().is_empty());
-        assert!(json_string_array(r#"{"a":"x"}"#, "a").is_err());
-        assert!(json_string_array(r#"{"a":["x"#, "a").is_err());
-        assert!(json_string_array(r#"{"a":[1]}"#, "a").is_err());
-        assert!(json_string_array(r#"{"b":[]}"#, "a").is_err());
+        assert!(ClusterStatus::parse("not json").is_err());
     }
 
     #[test]
@@ -1210,20 +1038,12 @@ mod tests {
         let cluster = test_cluster(&dir);
         fs::create_dir_all(&cluster.dir).unwrap();
         let script = cluster.dir.join("node-ctl");
-        fs::write(&script, cluster.render_node_ctl()).unwrap();
-        let text = cluster.render_node_ctl();
-        for placeholder in [
-            "@PATH@",
-            "@LAUNCH@",
-            "@BIN_DIR@",
-            "@START_TIMEOUT@",
-            "@NODES@",
-        ] {
-            assert!(
-                !text.contains(placeholder),
-                "{placeholder} left in node-ctl"
-            );
-        }
+        fs::write(&script, cluster.render_node_ctl().unwrap()).unwrap();
+        let text = cluster.render_node_ctl().unwrap();
+        assert!(
+            !crate::template::has_placeholder(&text),
+            "a placeholder left in node-ctl"
+        );
         let syntax = Command::new("sh").arg("-n").arg(&script).status().unwrap();
         assert!(syntax.success());
         let run = |args: &[&str]| Command::new("sh").arg(&script).args(args).output().unwrap();

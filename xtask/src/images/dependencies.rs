@@ -40,13 +40,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::{
-    Builder, WorkingContainer, megabytes, parse_human_size, read, workspace_package_field,
-    workspace_root,
-};
+use super::{Builder, SOURCE, WorkingContainer, megabytes, parse_human_size};
 use crate::env::cassandra;
 use crate::env::process::{run_capture, run_logged};
 use crate::env::{Layout, ensure_apt_packages};
+use crate::template::fill;
 
 /// Where the images' names live; `localhost/` is a registry host, so the CRI looks them up as
 /// they are (no `docker.io/` prefix) and never pulls them.
@@ -467,9 +465,6 @@ pub fn ensure_dependency_images_with(
         step.elapsed().as_secs_f64()
     );
 
-    let source_label =
-        workspace_package_field(&read(&workspace_root().join("Cargo.toml"))?, "repository")
-            .context("Cargo.toml has no [workspace.package] repository")?;
     let mut results = Vec::new();
     let package_sets: Vec<BTreeMap<String, String>> = resolutions
         .iter()
@@ -477,7 +472,7 @@ pub fn ensure_dependency_images_with(
         .collect();
     for (spec, packages) in resolutions {
         let step = Instant::now();
-        let plan = plan(layout, &cache, spec, packages, &source_label)?;
+        let plan = plan(layout, &cache, spec, packages)?;
         let reference = plan.reference();
         let archive = spec.archive(out, &plan.key);
         let image = DependencyImage {
@@ -597,7 +592,6 @@ fn plan(
     cache: &Cache,
     spec: Spec,
     packages: BTreeMap<String, String>,
-    source_label: &str,
 ) -> Result<Plan> {
     let essential_hook = spec.essential_hook()?;
     let customize_hook = spec.customize_hook()?;
@@ -624,7 +618,7 @@ fn plan(
         }
         _ => {}
     }
-    let config = image_config(spec, source_label);
+    let config = image_config(spec);
     let inputs = inputs_text(
         spec,
         &packages,
@@ -919,12 +913,12 @@ fn hash_wheels(wheels: &[PathBuf]) -> Result<Vec<String>> {
 
 /// The image configuration `buildah config` sets, as `name value` pairs (labels as
 /// `label name=value`).
-fn image_config(spec: Spec, source_label: &str) -> Vec<(String, String)> {
+fn image_config(spec: Spec) -> Vec<(String, String)> {
     let mut config = Vec::new();
     for env in spec.env() {
         config.push(("env".to_owned(), env));
     }
-    config.push(("cmd".to_owned(), json_string_array(spec.cmd)));
+    config.push(("cmd".to_owned(), serde_json::json!(spec.cmd).to_string()));
     config.push(("user".to_owned(), IMAGE_USER.to_owned()));
     config.push(("workingdir".to_owned(), spec.workdir.to_owned()));
     for port in spec.ports {
@@ -943,7 +937,7 @@ fn image_config(spec: Spec, source_label: &str) -> Vec<(String, String)> {
             "org.opencontainers.image.version",
             spec.server_version.to_owned(),
         ),
-        ("org.opencontainers.image.source", source_label.to_owned()),
+        ("org.opencontainers.image.source", SOURCE.to_owned()),
         ("org.opencontainers.image.licenses", spec.license.to_owned()),
         (
             "org.opencontainers.image.base.name",
@@ -954,14 +948,6 @@ fn image_config(spec: Spec, source_label: &str) -> Vec<(String, String)> {
         config.push(("label".to_owned(), format!("{name}={value}")));
     }
     config
-}
-
-fn json_string_array(words: &[&str]) -> String {
-    let quoted: Vec<String> = words
-        .iter()
-        .map(|word| format!("\"{}\"", word.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect();
-    format!("[{}]", quoted.join(","))
 }
 
 /// The text an image's name is the hash of. Its first part, up to `[ours]`, decides the Debian
@@ -1657,33 +1643,6 @@ fn table(results: &[Summary]) -> String {
     text
 }
 
-/// Fills `{{NAME}}` placeholders. (The environment's templates use `@NAME@`, which shell
-/// scripts cannot: `"$@"` and `${array[@]}` are everywhere in them.) Every placeholder needs a
-/// value and every value a placeholder, so a renamed one fails instead of leaking through.
-fn fill(template: &str, values: &[(&str, &str)]) -> Result<String> {
-    let mut text = String::with_capacity(template.len());
-    let mut used = vec![false; values.len()];
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        text.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find("}}").context("template has an unclosed {{")?;
-        let name = &after[..end];
-        let index = values
-            .iter()
-            .position(|(known, _)| *known == name)
-            .with_context(|| format!("no value for template placeholder {{{{{name}}}}}"))?;
-        text.push_str(values[index].1);
-        used[index] = true;
-        rest = &after[end + 2..];
-    }
-    text.push_str(rest);
-    if let Some(index) = used.iter().position(|used| !used) {
-        bail!("template has no placeholder {{{{{}}}}}", values[index].0);
-    }
-    Ok(text)
-}
-
 /// The SHA-256 of each file, in order (`sha256sum`: fast on the 67 MB of jars, and no crate).
 fn sha256_files(paths: &[&Path]) -> Result<Vec<String>> {
     if paths.is_empty() {
@@ -1736,6 +1695,7 @@ pub(crate) fn sha256_bytes(bytes: &[u8]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::images::workspace_root;
 
     /// A fresh directory of this test's own: tests run in parallel threads of one process, so
     /// the pid alone would let two of them share (and delete) one directory.
@@ -1905,27 +1865,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn fill_replaces_every_placeholder_and_nothing_else() {
-        assert_eq!(
-            fill(
-                "a {{X}} \"${b[@]}\" ${c:-{{Y}}}",
-                &[("X", "1"), ("Y", "{{Z}}")]
-            )
-            .unwrap(),
-            "a 1 \"${b[@]}\" ${c:-{{Z}}}"
-        );
-        assert!(fill("{{X}}", &[]).is_err());
-        assert!(fill("{{X", &[("X", "1")]).is_err());
-        assert!(fill("no placeholder", &[("X", "1")]).is_err());
-    }
-
     fn inputs_with(package_version: &str, file_hash: &str, cmd: &str) -> String {
         let packages = BTreeMap::from([
             ("libc6".to_owned(), "2.36-9+deb12u14".to_owned()),
             ("redis-server".to_owned(), package_version.to_owned()),
         ]);
-        let mut config = image_config(REDIS, "https://example.invalid/repo");
+        let mut config = image_config(REDIS);
         config.retain(|(name, _)| name != "cmd");
         config.push(("cmd".to_owned(), cmd.to_owned()));
         inputs_text(
@@ -2032,7 +1977,7 @@ mod tests {
         );
         assert!(env(CASSANDRA).contains(&"CASSANDRA_CONF=/etc/cassandra".to_owned()));
         for spec in SPECS {
-            let config = image_config(spec, "https://example.invalid/repo");
+            let config = image_config(spec);
             assert!(
                 config.contains(&("user".to_owned(), "999:999".to_owned())),
                 "{}",
@@ -2042,14 +1987,11 @@ mod tests {
             assert!(config.iter().any(|(name, value)| name == "label"
                 && *value == format!("org.opencontainers.image.version={}", spec.server_version)));
         }
+        assert!(image_config(REDIS).contains(&("cmd".to_owned(), "[\"redis-server\"]".to_owned())));
         assert!(
-            image_config(REDIS, "x").contains(&("cmd".to_owned(), "[\"redis-server\"]".to_owned()))
-        );
-        assert!(
-            image_config(CASSANDRA, "x")
+            image_config(CASSANDRA)
                 .contains(&("cmd".to_owned(), "[\"cassandra\",\"-f\"]".to_owned()))
         );
-        assert_eq!(json_string_array(&["a\"b", "c\\d"]), r#"["a\"b","c\\d"]"#);
         assert_eq!(REDIS.check(true), "redis");
         assert_eq!(CASSANDRA.check(false), "cassandra-tools");
         assert_eq!(CASSANDRA.check(true), "cassandra");

@@ -332,9 +332,12 @@ fn install(staging: &Path, install_dir: &Path, what: &str) -> Result<()> {
 }
 
 /// What `go mod download -json <module>@<version>` reports: the module's go.mod file and source.
-#[derive(Debug)]
+/// What `go mod download -json` says of a module: where its go.mod and its source are.
+#[derive(Debug, serde::Deserialize)]
 struct Downloaded {
+    #[serde(rename = "GoMod")]
     go_mod: PathBuf,
+    #[serde(rename = "Dir")]
     dir: PathBuf,
 }
 
@@ -346,15 +349,8 @@ fn download(go: &Path, dir: &Path, module: &str, version: &str) -> Result<Downlo
             .arg(format!("{module}@{version}")),
     )
     .with_context(|| format!("failed to download {module}@{version}"))?;
-    let field = |name: &str| {
-        json_string_field(&json, name)
-            .map(PathBuf::from)
-            .with_context(|| format!("`go mod download -json` gave no {name}: {json}"))
-    };
-    Ok(Downloaded {
-        go_mod: field("GoMod")?,
-        dir: field("Dir")?,
-    })
+    serde_json::from_str(&json)
+        .with_context(|| format!("`go mod download -json` gave no GoMod and Dir: {json}"))
 }
 
 /// A release built through a generated wrapper module (see the module documentation).
@@ -782,27 +778,6 @@ fn is_major_version_suffix(element: &str) -> bool {
     })
 }
 
-/// A string field of `go ... -json` output (indented JSON, one field a line).
-pub fn json_string_field(json: &str, name: &str) -> Option<String> {
-    let key = format!("\"{name}\":");
-    let start = json.find(&key)? + key.len();
-    let rest = json[start..].trim_start().strip_prefix('"')?;
-    let mut value = String::new();
-    let mut chars = rest.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => return Some(value),
-            '\\' => match chars.next()? {
-                'n' => value.push('\n'),
-                't' => value.push('\t'),
-                other => value.push(other),
-            },
-            c => value.push(c),
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -989,16 +964,14 @@ replace go.etcd.io/tests/v3 => ./FORBIDDEN_DEPENDENCY
     }
 
     #[test]
-    fn json_fields_from_go_mod_download() {
+    fn reads_what_go_mod_download_says() {
         let json = "{\n\t\"Path\": \"k8s.io/kubernetes\",\n\t\"GoMod\": \"/root/go/pkg/mod/cache/download/k8s.io/kubernetes/@v/v1.34.4.mod\",\n\t\"Dir\": \"/tmp/a \\\"quoted\\\" dir\"\n}\n";
+        let downloaded: Downloaded = serde_json::from_str(json).unwrap();
         assert_eq!(
-            json_string_field(json, "GoMod").as_deref(),
-            Some("/root/go/pkg/mod/cache/download/k8s.io/kubernetes/@v/v1.34.4.mod")
+            downloaded.go_mod,
+            Path::new("/root/go/pkg/mod/cache/download/k8s.io/kubernetes/@v/v1.34.4.mod")
         );
-        assert_eq!(
-            json_string_field(json, "Dir").as_deref(),
-            Some("/tmp/a \"quoted\" dir")
-        );
-        assert_eq!(json_string_field(json, "Zip"), None);
+        assert_eq!(downloaded.dir, Path::new("/tmp/a \"quoted\" dir"));
+        assert!(serde_json::from_str::<Downloaded>(r#"{"Path": "x", "Dir": "/d"}"#).is_err());
     }
 }
