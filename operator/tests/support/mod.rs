@@ -60,7 +60,9 @@ pub async fn provide_volumes(client: &Client, namespace: &str, claims: &[String]
 /// to and the chart identities its operators ran as. All of it is removed when this is dropped,
 /// also when the test panics: a cleanup at the end of a test was skipped by every failed
 /// assertion, and the shared control plane kept the namespaces, volumes and cluster-wide roles
-/// (a later benchmark then reconciled a hundred pipelines nobody asked for).
+/// (a later benchmark then reconciled a hundred pipelines nobody asked for). A guard rather than
+/// linkerd2 policy-test's `with_temp_ns(|client, ns| async { ... })`: the same cleanup, and the
+/// test body keeps `?`, early returns and ordinary borrows.
 ///
 /// The controllers [`TestNamespace::operator`] starts watch this namespace only, so tests that
 /// run at once in the same control plane never reconcile each other's pipelines.
@@ -186,19 +188,6 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Runs `test` in a fresh [`TestNamespace`] (in the manner of linkerd2's policy-test
-/// `with_temp_ns`): the namespace and what the test made for it are removed when `test` returns
-/// or panics, as its last handle goes (a handle `test` moved into a task that outlives it keeps
-/// them until that task ends).
-pub async fn with_namespace<F, Fut>(label: &str, test: F)
-where
-    F: FnOnce(Arc<TestNamespace>) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let namespace = Arc::new(TestNamespace::create(label).await);
-    test(namespace).await;
 }
 
 pub fn new_context(client: &Client) -> Arc<Context> {

@@ -24,6 +24,7 @@ async fn post_credentials(
     forwarded_for: Option<&str>,
 ) -> reqwest::Response {
     let mut request = gateway
+        .client
         .http
         .post(gateway.url(path))
         .json(&json!({"email": email, "password": password}));

@@ -93,6 +93,7 @@ async fn the_seed_walkthrough_with_its_documented_answers() {
 
     // The owner sees the order's status.
     let status: Value = gateway
+        .client
         .http
         .get(gateway.url("/orders/order123"))
         .bearer_auth(&token)
@@ -107,6 +108,7 @@ async fn the_seed_walkthrough_with_its_documented_answers() {
 
     let (status, body) = text(
         gateway
+            .client
             .http
             .delete(gateway.url("/delete-user"))
             .bearer_auth(&token)
@@ -195,7 +197,11 @@ async fn tokens_are_checked_strictly_with_the_seeds_401_403_split() {
     let (email, token) = gateway.account().await;
     let order = json!({"id": "o1", "sku": "s", "qty": 1});
     let post = |authorization: Option<String>| {
-        let mut request = gateway.http.post(gateway.url("/orders")).json(&order);
+        let mut request = gateway
+            .client
+            .http
+            .post(gateway.url("/orders"))
+            .json(&order);
         if let Some(value) = authorization {
             request = request.header("authorization", value);
         }
@@ -281,6 +287,7 @@ async fn bad_input_names_the_field_and_publishes_nothing() {
     let (_, token) = gateway.account().await;
     let send = |body: String, content_type: &'static str| {
         gateway
+            .client
             .http
             .post(gateway.url("/orders"))
             .bearer_auth(&token)
@@ -402,6 +409,7 @@ async fn idempotency_is_scoped_to_the_user_and_status_to_the_owner() {
 
     let status_of = |token: &str, id: &str| {
         gateway
+            .client
             .http
             .get(gateway.url(&format!("/orders/{id}")))
             .bearer_auth(token)
@@ -471,6 +479,7 @@ async fn a_failed_publish_answers_503_and_releases_the_id() {
 async fn openapi_document_matches_the_real_routes() {
     let gateway = Gateway::start().await;
     let document: Value = gateway
+        .client
         .http
         .get(gateway.url("/openapi.json"))
         .send()
@@ -500,6 +509,7 @@ async fn openapi_document_matches_the_real_routes() {
     // Every documented operation is routed (an unrouted one would be 404 or 405).
     for (method, path) in &documented {
         let response = gateway
+            .client
             .http
             .request(method.parse().unwrap(), gateway.url(path))
             .send()

@@ -27,7 +27,7 @@ async fn accepted_orders_survive_the_loss_of_the_connected_node() {
     for _ in 0..WORKERS {
         let next = next.clone();
         let sender = sender.clone();
-        let http = gateway.http.clone();
+        let http = gateway.client.http.clone();
         let url = gateway.url("/orders");
         let token = token.clone();
         workers.push(tokio::spawn(async move {

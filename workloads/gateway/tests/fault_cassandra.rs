@@ -39,6 +39,7 @@ async fn until_answered(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let response = gateway
+            .client
             .http
             .post(gateway.url(path))
             .json(body)

@@ -144,6 +144,7 @@ async fn clients_that_abort_and_retry_get_each_order_placed_once() {
             let mut unavailable = 0;
             loop {
                 let response = gateway
+                    .client
                     .http
                     .post(gateway.url("/orders"))
                     .bearer_auth(token)

@@ -72,6 +72,7 @@ async fn a_rolling_restart_under_load_answers_no_503_and_keeps_every_order() {
                 let mut retried = false;
                 loop {
                     let sent = target
+                        .client
                         .http
                         .post(target.url("/orders"))
                         .bearer_auth(token)

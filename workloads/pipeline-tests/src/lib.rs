@@ -51,10 +51,8 @@ impl Default for Options {
 /// A running pipeline.
 #[derive(Debug)]
 pub struct Pipeline {
-    pub gateway: String,
     pub dashboard: String,
-    pub http: reqwest::Client,
-    /// The kit's client of the gateway's API.
+    /// The kit's client of the gateway's API (its `base` URL and `http` client too).
     pub client: GatewayClient,
     pub keys: Keys,
     pub redis: redis::aio::ConnectionManager,
@@ -188,11 +186,9 @@ impl Pipeline {
             readiness.push(("notifier", ready));
         }
 
-        let client = GatewayClient::with_http(gateway.clone(), reqwest::Client::new());
+        let client = GatewayClient::with_http(gateway, reqwest::Client::new());
         let pipeline = Self {
-            gateway,
             dashboard,
-            http: client.http.clone(),
             client,
             keys,
             redis: isolation.redis.clone(),
@@ -299,6 +295,7 @@ impl Pipeline {
     /// The dashboard's `GET /metrics` with a query string.
     pub async fn dashboard(&self, query: &str) -> Result<Value> {
         Ok(self
+            .client
             .http
             .get(format!("{}/metrics{query}", self.dashboard))
             .send()

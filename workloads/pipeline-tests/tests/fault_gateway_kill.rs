@@ -48,16 +48,17 @@ async fn the_gateway_killed_mid_load_loses_and_doubles_nothing() {
     variables.insert(env::ADMIN_PORT.into(), "0".into());
     variables.insert(env::LOG_LEVEL.into(), "warn".into());
     let mut gateway = Workload::spawn("gateway", variables, &logs, 0);
-    wait_answering(&pipeline.http, &url).await;
+    wait_answering(&pipeline.client.http, &url).await;
 
     let load = Load::new(&pipeline, "gwkill", 500).await.unwrap();
-    let restarted = testenv::gateway::GatewayClient::with_http(url.clone(), pipeline.http.clone());
+    let restarted =
+        testenv::gateway::GatewayClient::with_http(url.clone(), pipeline.client.http.clone());
     let placing = load.place(&restarted, 25, Duration::from_secs(120));
     let fault = async {
         tokio::time::sleep(Duration::from_secs(4)).await;
         gateway.crash_and_restart();
         println!("gateway killed and started again");
-        wait_answering(&pipeline.http, &url).await;
+        wait_answering(&pipeline.client.http, &url).await;
 
         tokio::time::sleep(Duration::from_secs(3)).await;
         let alarm =
@@ -68,7 +69,7 @@ async fn the_gateway_killed_mid_load_loses_and_doubles_nothing() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         gateway.crash_and_restart();
         println!("gateway killed with its publishes held by a memory alarm, and started again");
-        wait_answering(&pipeline.http, &url).await;
+        wait_answering(&pipeline.client.http, &url).await;
         tokio::task::spawn_blocking(move || drop(alarm))
             .await
             .unwrap();

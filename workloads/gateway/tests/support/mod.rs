@@ -29,11 +29,9 @@ pub const PASSWORD: &str = "securepassword123";
 pub const SECRET: &str = "integration-test-secret-of-at-least-32-bytes";
 
 pub struct Gateway {
-    pub base: String,
     /// Where it listens, for tests that speak raw HTTP.
     pub address: SocketAddr,
-    pub http: reqwest::Client,
-    /// The kit's client of the gateway's API.
+    /// The kit's client of the gateway's API (its `base` URL and `http` client too).
     pub client: GatewayClient,
     pub keys: Keys,
     pub redis: redis::aio::ConnectionManager,
@@ -107,9 +105,7 @@ impl Gateway {
         // A plain client (no timeout of its own): some tests wait for the gateway's timeouts.
         let client = GatewayClient::with_http(format!("http://{address}"), reqwest::Client::new());
         Self {
-            base: client.base.clone(),
             address,
-            http: client.http.clone(),
             client,
             keys,
             redis: isolation.redis.clone(),
@@ -122,7 +118,7 @@ impl Gateway {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        format!("{}{path}", self.client.base)
     }
 
     /// The value of one sample of `/metrics` (`name{labels}` as Prometheus prints it), if any.
