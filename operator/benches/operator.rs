@@ -131,17 +131,15 @@ async fn run(client: &Client, namespace: &str, operator: &Child) -> Result<()> {
         started.elapsed().as_secs_f64(),
         applied.as_secs_f64()
     );
-    let (rss, peak) = resident_kib(operator.id())?;
+    let resident = Resident::of(operator.id())?;
     println!(
         "  full applies {}, applies skipped {}",
         operator_counter("orderpipeline_operator_full_applies_total").await?,
         operator_counter("orderpipeline_operator_applies_skipped_total").await?
     );
     println!(
-        "  operator resident memory with {} pipelines: {:.1} MiB (peak so far {:.1} MiB)",
-        MANY + SINGLE,
-        rss as f64 / 1024.0,
-        peak as f64 / 1024.0
+        "  operator resident memory with {} pipelines: {resident}",
+        MANY + SINGLE
     );
 
     println!("== steady-state resync of every pipeline ==");
@@ -224,11 +222,9 @@ async fn run(client: &Client, namespace: &str, operator: &Child) -> Result<()> {
     println!(
         "  writes: {child_writes} children changed, {status_writes} statuses written (of {total})"
     );
-    let (rss, peak) = resident_kib(operator.id())?;
     println!(
-        "  operator resident memory after the resync: {:.1} MiB (peak {:.1} MiB)",
-        rss as f64 / 1024.0,
-        peak as f64 / 1024.0
+        "  operator resident memory after the resync: {}",
+        Resident::of(operator.id())?
     );
     Ok(())
 }
@@ -408,17 +404,46 @@ async fn wait_all_ready(
     }
 }
 
-/// Resident memory now and at its peak (VmRSS, VmHWM), in KiB.
-fn resident_kib(pid: u32) -> Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("no {name} in /proc/{pid}/status"))
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
+/// The operator's resident memory (`/proc/<pid>/status`), in KiB: now, at its peak, and what
+/// it is made of now (heap and stacks, and pages of files: the binary's code and libraries).
+struct Resident {
+    now: u64,
+    peak: u64,
+    anonymous: u64,
+    file: u64,
+}
+
+impl Resident {
+    fn of(pid: u32) -> Result<Resident> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+                .with_context(|| format!("no {name} in /proc/{pid}/status"))
+        };
+        Ok(Resident {
+            now: field("VmRSS:")?,
+            peak: field("VmHWM:")?,
+            anonymous: field("RssAnon:")?,
+            file: field("RssFile:")?,
+        })
+    }
+}
+
+impl std::fmt::Display for Resident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        write!(
+            f,
+            "{:.1} MiB (anonymous {:.1}, file-backed {:.1}; peak so far {:.1} MiB)",
+            mib(self.now),
+            mib(self.anonymous),
+            mib(self.file),
+            mib(self.peak)
+        )
+    }
 }
 
 /// Generation and operator-owned field times of every child: what changes only when the operator

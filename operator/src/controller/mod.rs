@@ -34,8 +34,8 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::Api;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use pipeline_api::{OrderPipeline, ScalingDecision};
 use tracing::Instrument;
@@ -568,9 +568,20 @@ async fn run_in(
     ));
     let (stores, writers) = Stores::new();
     let announcing = tokio::spawn(cache::announce_ready(stores.clone(), writers.ready));
-    let controller = Controller::new(
-        scoped::<OrderPipeline>(&client, namespace),
-        watcher::Config::default(),
+    // Controller::new's watch of the pipelines, with their managedFields dropped before they
+    // are cached: the reconcile never reads them, and they are most of a pipeline's size.
+    let (pipelines, pipelines_writer) = reflector::store();
+    let controller = Controller::for_stream(
+        reflector::reflector(
+            pipelines_writer,
+            watcher(
+                scoped::<OrderPipeline>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .modify(|pipeline| pipeline.managed_fields_mut().clear()),
+        )
+        .applied_objects(),
+        pipelines,
     );
     // This controller's own reads, ledger and windows (which it prunes by its own pipelines);
     // the metrics stay shared.
