@@ -404,8 +404,9 @@ async fn wait_all_ready(
     }
 }
 
-/// The operator's resident memory (`/proc/<pid>/status`), in KiB: now, at its peak, and what
-/// it is made of now (heap and stacks, and pages of files: the binary's code and libraries).
+/// The operator's resident memory (`/proc/<pid>/status`), in KiB: now, at its peak, and its
+/// two parts that matter here (anonymous: heap and stacks; file-backed: the binary's code and
+/// libraries; shared memory, which the operator does not use, is left out).
 struct Resident {
     now: u64,
     peak: u64,

@@ -166,12 +166,23 @@ impl<K> Clone for Packed<K> {
 impl<K: Cached> Packed<K> {
     fn new(object: &K) -> Self {
         let metadata = object.meta();
+        // Serializing a Kubernetes object does not fail (its maps have string keys). Were it
+        // to, the entry keeps an empty text: `cached` then reports the parse error and `get`
+        // asks the API server.
+        let json = serde_json::to_vec(object).unwrap_or_else(|error| {
+            tracing::error!(
+                %error,
+                kind = %K::kind(&()),
+                name = metadata.name.as_deref().unwrap_or_default(),
+                "a watched child could not be serialized for the cache"
+            );
+            Vec::new()
+        });
         Self {
+            // A watched object always has a name (the API server requires one).
             name: metadata.name.as_deref().unwrap_or_default().into(),
             namespace: metadata.namespace.as_deref().map(Box::from),
-            // Serializing a Kubernetes object cannot fail (its maps have string keys); were
-            // it to, the empty text would fail to parse on the read, which reports it.
-            json: serde_json::to_vec(object).unwrap_or_default().into(),
+            json: json.into(),
             kind: PhantomData,
         }
     }
@@ -417,7 +428,12 @@ impl Reader {
         if let Some(stores) = &self.stores
             && let Some(found) = K::store(stores).get(&ObjectRef::new(name).within(namespace))
         {
-            return found.unpack().map(Some);
+            match found.unpack() {
+                Ok(object) => return Ok(Some(object)),
+                Err(error) => {
+                    tracing::warn!(%error, name, "a cached child did not parse; asking the API server")
+                }
+            }
         }
         self.fetch(namespace, name).await
     }
@@ -594,6 +610,86 @@ mod tests {
             store
                 .get(&ObjectRef::new("shop-redis").within("ns"))
                 .is_none()
+        );
+    }
+
+    /// A full listing of `objects`, as the watcher sends one when it starts or relists.
+    fn relist<K: Cached>(writer: &mut Writer<Packed<K>>, objects: &[K]) {
+        writer.apply_watcher_event(&Packed::event(&Event::Init));
+        for object in objects {
+            writer.apply_watcher_event(&Packed::event(&Event::InitApply(object.clone())));
+        }
+        writer.apply_watcher_event(&Packed::event(&Event::InitDone));
+    }
+
+    fn owned<K: Clone>(found: Option<Arc<K>>) -> Option<K> {
+        found.map(Arc::unwrap_or_clone)
+    }
+
+    fn trimmed<K: Cached>(value: serde_json::Value) -> K {
+        let mut object: K = serde_json::from_value(value).unwrap();
+        object.trim();
+        object
+    }
+
+    /// Every cached kind reads back through the reader as its trimmed self (a Secret's bytes
+    /// too, which are not text), and a relist drops what is no longer listed.
+    #[tokio::test]
+    async fn every_kind_reads_back_through_the_reader_and_a_relist_drops_the_gone() {
+        let (stores, mut writers) = Stores::new();
+        // Never contacted: with stores, `cached` reads only them.
+        let client =
+            Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let reader = Reader::new(client, Some(stores));
+        let metadata = |name: &str| serde_json::json!({"name": name, "namespace": "ns", "resourceVersion": "5"});
+        let deployment: Deployment = trimmed(serde_json::json!({
+            "metadata": metadata("shop-gateway"),
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"readyReplicas": 2},
+        }));
+        let stateful_set: StatefulSet = trimmed(serde_json::json!({
+            "metadata": metadata("shop-redis"),
+            "spec": {"replicas": 1, "selector": {}, "serviceName": "x", "template": {"spec": {"containers": [{"name": "redis", "image": "redis:7.4"}]}}},
+        }));
+        let service: Service = trimmed(serde_json::json!({"metadata": metadata("shop-redis")}));
+        let mut secret: Secret = trimmed(serde_json::json!({"metadata": metadata("shop-jwt")}));
+        secret.data = Some(BTreeMap::from([(
+            "secret".to_owned(),
+            k8s_openapi::ByteString(vec![0xff, 0x00, 0x80, b'k']),
+        )]));
+        relist(&mut writers.deployments, std::slice::from_ref(&deployment));
+        relist(
+            &mut writers.stateful_sets,
+            std::slice::from_ref(&stateful_set),
+        );
+        relist(&mut writers.services, std::slice::from_ref(&service));
+        relist(&mut writers.secrets, std::slice::from_ref(&secret));
+
+        assert_eq!(
+            owned(reader.cached("ns", "shop-gateway").await.unwrap()),
+            Some(deployment)
+        );
+        assert_eq!(
+            owned(reader.cached("ns", "shop-redis").await.unwrap()),
+            Some(stateful_set)
+        );
+        assert_eq!(
+            owned(reader.cached("ns", "shop-redis").await.unwrap()),
+            Some(service)
+        );
+        assert_eq!(
+            owned(reader.cached("ns", "shop-jwt").await.unwrap()),
+            Some(secret)
+        );
+        assert_eq!(
+            reader.cached::<Secret>("other", "shop-jwt").await.unwrap(),
+            None
+        );
+
+        relist(&mut writers.secrets, &[]);
+        assert_eq!(
+            reader.cached::<Secret>("ns", "shop-jwt").await.unwrap(),
+            None
         );
     }
 }
