@@ -569,7 +569,7 @@ async fn run_in(
     let (stores, writers) = Stores::new();
     let announcing = tokio::spawn(cache::announce_ready(stores.clone(), writers.ready));
     // Controller::new's watch of the pipelines, with their managedFields dropped before they
-    // are cached: the reconcile never reads them, and they are most of a pipeline's size.
+    // are cached: the reconcile never reads them.
     let (pipelines, pipelines_writer) = reflector::store();
     let controller = Controller::for_stream(
         reflector::reflector(
