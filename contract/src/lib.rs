@@ -80,6 +80,15 @@ pub mod env {
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
     /// A `tracing` filter such as `info` or `gateway=debug,info`.
     pub const LOG_LEVEL: &str = "LOG_LEVEL";
+    /// OpenTelemetry's standard variables, as the operator sets them on every workload. Traces
+    /// are exported over OTLP/HTTP to this base URL (`/v1/traces` is appended) when it is set;
+    /// unset or empty, tracing costs nothing.
+    pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    /// The `service.name` of the spans; each workload defaults to its own name.
+    pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+    /// More resource attributes, `key=value` pairs separated by commas (the pipeline's
+    /// namespace and name).
+    pub const OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 }
 
 /// Ports, as the seed documents them where it does.

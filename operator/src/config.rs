@@ -2,7 +2,7 @@
 //! problem naming its variable (the workloads' [`workload_runtime::config`] rules).
 
 use workload_runtime::config::{self, ConfigError, Source};
-use workload_runtime::telemetry::LogConfig;
+use workload_runtime::telemetry::TelemetryConfig;
 
 use crate::controller::Scope;
 use crate::controller::build::{Access, DependencyImages};
@@ -14,6 +14,10 @@ pub const NAME: &str = "order-pipeline-operator";
 pub const OPERATOR_NAMESPACE: &str = "OPERATOR_NAMESPACE";
 /// The namespaces to watch, comma-separated; empty or unset: every namespace.
 pub const WATCH_NAMESPACES: &str = "WATCH_NAMESPACES";
+/// The OTLP/HTTP endpoint the workloads of a pipeline whose spec names none export their spans
+/// to (the chart's `tracing.otlpEndpoint`, which also sets the operator's own
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`); unset: none.
+pub const PIPELINE_OTLP_ENDPOINT: &str = "PIPELINE_OTLP_ENDPOINT";
 /// The namespace of the Prometheus that scrapes the pipelines, whose pods the NetworkPolicies
 /// let in (unset: none).
 pub const METRICS_NAMESPACE: &str = "METRICS_NAMESPACE";
@@ -25,7 +29,7 @@ pub const POD_NAME: &str = "POD_NAME";
 /// Everything `main` needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperatorConfig {
-    pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
     pub admin_port: u16,
     pub leader_election: bool,
     /// This replica's name in the Lease and in its Events' reporter.
@@ -36,6 +40,9 @@ pub struct OperatorConfig {
     pub access: Access,
     /// The images new managed dependencies run (the chart's `dependencyImages`).
     pub dependency_images: DependencyImages,
+    /// [`PIPELINE_OTLP_ENDPOINT`]; checked per pipeline by the validate step, which reports a
+    /// bad one on the resource.
+    pub pipeline_otlp_endpoint: Option<String>,
 }
 
 impl OperatorConfig {
@@ -45,7 +52,7 @@ impl OperatorConfig {
         stdout_is_terminal: bool,
         process_id: u32,
     ) -> Result<Self, ConfigError> {
-        let log = LogConfig::from_source(source, stdout_is_terminal)?;
+        let telemetry = TelemetryConfig::from_source(source, stdout_is_terminal)?;
         let admin_port = config::admin_port(source)?;
         let leader_election = config::parsed_or(source, LEADER_ELECTION_ENABLED, true)?;
         let identity =
@@ -60,7 +67,7 @@ impl OperatorConfig {
                 }
             })?;
         Ok(Self {
-            log,
+            telemetry,
             admin_port,
             leader_election,
             identity,
@@ -71,6 +78,7 @@ impl OperatorConfig {
             operator_namespace,
             scope,
             dependency_images: DependencyImages::from_lookup(|variable| source.get(variable)),
+            pipeline_otlp_endpoint: non_empty(source, PIPELINE_OTLP_ENDPOINT),
         })
     }
 }
@@ -98,7 +106,7 @@ mod tests {
     #[test]
     fn defaults_fit_one_replica_outside_a_pod() {
         let config = config(&[]).unwrap();
-        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.telemetry.format, LogFormat::Json);
         assert_eq!(config.admin_port, 9090);
         assert!(config.leader_election);
         assert_eq!(config.identity, "order-pipeline-operator-7");
@@ -134,7 +142,7 @@ mod tests {
         );
         assert!(!config.leader_election);
         assert_eq!(config.admin_port, 19090);
-        assert_eq!(config.log.format, LogFormat::Text);
+        assert_eq!(config.telemetry.format, LogFormat::Text);
         assert_eq!(
             config
                 .dependency_images

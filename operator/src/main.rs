@@ -34,7 +34,14 @@ async fn main() -> Result<()> {
         std::process::id(),
     )
     .context("invalid configuration")?;
-    telemetry::init(&config.log);
+    let telemetry = telemetry::init(&config.telemetry, NAME)?;
+    let outcome = serve_until_shutdown(config).await;
+    // After the controller stopped, so the last reconciles' spans are exported too.
+    telemetry.shutdown().await;
+    outcome
+}
+
+async fn serve_until_shutdown(config: OperatorConfig) -> Result<()> {
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals();
 
@@ -72,6 +79,7 @@ async fn main() -> Result<()> {
         Context::new(client, recorder, metrics, env!("CARGO_PKG_VERSION"))
             .with_dependency_images(config.dependency_images)
             .with_access(config.access)
+            .with_default_otlp_endpoint(config.pipeline_otlp_endpoint)
             .with_scope(config.scope),
     );
     if config.leader_election {

@@ -106,12 +106,7 @@ fn default_workload_images_are_the_ones_xtask_builds() {
         uid: Some("1234".into()),
         ..ObjectMeta::default()
     };
-    let valid = validate(
-        &pipeline,
-        Dereferenced::default(),
-        &DependencyImages::default(),
-    )
-    .unwrap();
+    let valid = validate(&pipeline, Dereferenced::default(), &Default::default()).unwrap();
     let children = build(
         &valid,
         &ReplicaOverrides::new(),

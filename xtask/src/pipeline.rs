@@ -9,16 +9,15 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use pipeline_contract::env as vars;
 
-use crate::env::process::{Daemon, Probe, ensure_port_free, run_logged, wait_until};
+use crate::env::process::{Daemon, Probe, ensure_port_free, http_status, run_logged, wait_until};
 use crate::env::{self, Component, Layout};
 
 /// A workload process: which workload, and its admin port here. What its pod is given (only
@@ -56,8 +55,14 @@ const WORKLOADS: [Workload; 4] = [
     },
 ];
 
-/// The dependencies the workloads need (the Kubernetes control plane is for operator tests).
-const DEPENDENCIES: [Component; 3] = [Component::Redis, Component::Rabbitmq, Component::Cassandra];
+/// The dependencies the workloads need, and Jaeger, which their traces go to (the Kubernetes
+/// control plane is for operator tests).
+const DEPENDENCIES: [Component; 4] = [
+    Component::Redis,
+    Component::Rabbitmq,
+    Component::Cassandra,
+    Component::Jaeger,
+];
 
 fn run_dir(layout: &Layout) -> PathBuf {
     layout.run().join("pipeline")
@@ -149,7 +154,8 @@ pub fn run(layout: &Layout) -> Result<()> {
          \n       -H \"Authorization: Bearer $TOKEN\" -d '{{\"id\":\"order123\",\"sku\":\"mag-safe-phone-case\",\"qty\":2}}'\
          \n  curl http://localhost:8081/metrics\
          \n\nGateway http://localhost:8080 (OpenAPI at /openapi.json), dashboard http://localhost:8081,\
-         \nRabbitMQ management http://localhost:15672 (guest/guest), admin ports 9090-9093.\
+         \nRabbitMQ management http://localhost:15672 (guest/guest), admin ports 9090-9093,\
+         \ntraces in Jaeger http://localhost:16686 (one trace per order: search by tag order.id=<id>).\
          \nLogs: {}\nStop the workloads with `cargo xtask stop`, everything with `cargo xtask env down`.",
         dir.display()
     );
@@ -239,6 +245,13 @@ fn variables(
         (vars::LOG_FORMAT.into(), "json".into()),
         ("PATH".into(), "/usr/bin:/bin".into()),
     ];
+    // Traces, as the operator wires them from `spec.tracing`; without a receiver, none.
+    if let Ok(endpoint) = get("OP_OTLP_ENDPOINT") {
+        variables.extend([
+            (vars::OTEL_EXPORTER_OTLP_ENDPOINT.into(), endpoint),
+            (vars::OTEL_SERVICE_NAME.into(), workload.name().to_owned()),
+        ]);
+    }
     if let Some(password) = &credentials.rabbitmq_password {
         let (user, env_password) = (get("OP_RABBITMQ_USER")?, get("OP_RABBITMQ_PASSWORD")?);
         let userinfo = format!("{user}:{env_password}@");
@@ -300,25 +313,6 @@ fn secret_file(dir: &Path, name: &str) -> Result<String> {
     Ok(secret)
 }
 
-/// The status code of `GET path` on 127.0.0.1:`port` (HTTP/1.0, enough for a probe).
-fn http_status(port: u16, path: &str) -> Result<u16> {
-    let address = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(500))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head)?;
-    let line = String::from_utf8_lossy(&head);
-    match line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-    {
-        Some(code) => Ok(code),
-        None => bail!("not an HTTP answer: {line:?}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,7 +323,8 @@ mod tests {
             "# redis\nOP_REDIS_ADDR=127.0.0.1:6379\n\
              OP_RABBITMQ_URLS=amqp://guest:guest@a/%2f,amqp://guest:guest@b/%2f\n\
              OP_RABBITMQ_USER=guest\nOP_RABBITMQ_PASSWORD=guest\n\
-             OP_CASSANDRA_ADDR=127.0.0.1:9042\nOP_CASSANDRA_USER=cassandra\nOP_CASSANDRA_PASSWORD=cassandra\n",
+             OP_CASSANDRA_ADDR=127.0.0.1:9042\nOP_CASSANDRA_USER=cassandra\nOP_CASSANDRA_PASSWORD=cassandra\n\
+             OP_OTLP_ENDPOINT=http://127.0.0.1:4318\n",
         );
         let of = |name: &str| {
             let workload = WORKLOADS
@@ -366,13 +361,16 @@ mod tests {
             dashboard.keys().map(String::as_str).collect::<Vec<_>>(),
             [
                 "LOG_FORMAT",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "OTEL_SERVICE_NAME",
                 "PATH",
                 "REDIS_ADDR",
                 "REDIS_PASSWORD",
                 "REDIS_USERNAME"
             ],
-            "the dashboard reads Redis only"
+            "the dashboard reads Redis only (and exports its spans)"
         );
+        assert_eq!(dashboard["OTEL_SERVICE_NAME"], "dashboard");
         assert_eq!(dashboard["REDIS_PASSWORD"], "dashboard-r");
         assert!(
             variables(&[], "s", &Credentials::default(), WORKLOADS[0].workload)

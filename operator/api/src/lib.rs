@@ -80,6 +80,24 @@ pub struct OrderPipelineSpec {
     #[x_kube(validation = single_node_rule("Cassandra", CASSANDRA_SINGLE_NODE_WHY))]
     #[x_kube(validation = Rule::new("!has(self.external) || !has(self.external.workloadCredentials)").message("spec.cassandra.external.workloadCredentials is not used: only the gateway reads Cassandra; use credentialsSecretRef"))]
     pub cassandra: DependencySpec,
+    /// OpenTelemetry traces from the workloads.
+    #[serde(default)]
+    pub tracing: TracingSpec,
+}
+
+/// Where the workloads export their spans. Each workload then sends one trace per order (HTTP
+/// request, publishes, handling, webhook call) with its own `service.name`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingSpec {
+    /// The OTLP/HTTP (protobuf) base URL, for example `http://otel-collector.monitoring:4318`
+    /// (`/v1/traces` is appended). Absent: the operator's default (the chart's
+    /// `tracing.otlpEndpoint`, none unless set). Empty: no traces from this pipeline. Plain
+    /// `http://` only, and no credentials in the URL: the receiver is a collector inside the
+    /// cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), regex(pattern = r"^(|http://[^/@\s]+(/[^\s]*)?)$"))]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The smallest memory limit a managed Cassandra is run with. Its heap is half the limit, and

@@ -119,6 +119,12 @@ impl Context {
     }
 
     /// The same context with `access` to the pipelines' private ports.
+    /// The OTLP endpoint of pipelines whose spec names none.
+    pub fn with_default_otlp_endpoint(mut self, endpoint: Option<String>) -> Self {
+        self.settings.default_otlp_endpoint = endpoint;
+        self
+    }
+
     pub fn with_access(mut self, access: build::Access) -> Self {
         self.settings.access = access;
         self
@@ -174,8 +180,12 @@ pub async fn reconcile(
     pipeline: Arc<OrderPipeline>,
     context: Arc<Context>,
 ) -> Result<Action, Error> {
+    // A root span per reconcile (exported when traces are on), each step a child span.
     let span = tracing::info_span!(
         "reconcile",
+        otel.name = "reconcile OrderPipeline",
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
         pipeline = %pipeline.name_any(),
         namespace = %pipeline.namespace().unwrap_or_default(),
         generation = pipeline.metadata.generation.unwrap_or_default(),
@@ -189,6 +199,9 @@ pub async fn reconcile(
             .duration
             .observe(started.elapsed().as_secs_f64());
         if let Err(error) = &result {
+            let current = tracing::Span::current();
+            current.record("otel.status_code", "ERROR");
+            current.record("error.type", error.reason());
             report_failure(&pipeline, error, &context).await;
         }
         result
@@ -197,35 +210,55 @@ pub async fn reconcile(
     .await
 }
 
+/// The span of one step of a reconcile, a child of the reconcile's.
+fn step(name: &'static str) -> tracing::Span {
+    tracing::info_span!("step", otel.name = name, step = name)
+}
+
 async fn steps(pipeline: &OrderPipeline, context: &Context) -> Result<Action, Error> {
     forget_deleted(context);
     if pipeline.spec.paused {
         // Whatever is changed by hand meanwhile, resuming applies everything again.
         context.ledger.forget(&pipeline.uid().unwrap_or_default());
-        status::write(pipeline, &context.client, status::paused(pipeline)).await?;
+        status::write(pipeline, &context.client, status::paused(pipeline))
+            .instrument(step("status"))
+            .await?;
         return Ok(Action::await_change());
     }
-    context.reader.ready().await;
-    let found = dereference::dereference(pipeline, &context.reader).await?;
+    context.reader.ready().instrument(step("cache sync")).await;
+    let found = dereference::dereference(pipeline, &context.reader)
+        .instrument(step("dereference"))
+        .await?;
     let current_replicas = found.replicas.clone();
-    let valid = validate::validate(pipeline, found, &context.settings.images)?;
-    let scaling = autoscale_plan(&valid, &current_replicas, context).await;
-    let children = build::build(
-        &valid,
-        &scaling.replicas,
-        &context.settings.access,
-        &context.version,
-    );
-    let applied = apply::apply(&valid, children, context).await?;
+    let valid =
+        step("validate").in_scope(|| validate::validate(pipeline, found, &context.settings))?;
+    let scaling = autoscale_plan(&valid, &current_replicas, context)
+        .instrument(step("autoscale"))
+        .await;
+    let children = step("build").in_scope(|| {
+        build::build(
+            &valid,
+            &scaling.replicas,
+            &context.settings.access,
+            &context.version,
+        )
+    });
+    let applied = apply::apply(&valid, children, context)
+        .instrument(step("apply"))
+        .await?;
     // Only now is a scaling decision real: its window and its Event follow the apply.
     scaling.commit(&valid, context).await;
-    let cluster = rabbitmq_cluster(&valid, context).await;
+    let cluster = rabbitmq_cluster(&valid, context)
+        .instrument(step("rabbitmq cluster"))
+        .await;
     let observed = status::Observed {
         applied: &applied,
         decisions: &scaling.decisions,
         rabbitmq: cluster.as_ref(),
     };
-    let transitions = status::update(pipeline, &context.client, &observed).await?;
+    let transitions = status::update(pipeline, &context.client, &observed)
+        .instrument(step("status"))
+        .await?;
     for transition in transitions {
         publish(
             context,

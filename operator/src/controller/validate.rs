@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use pipeline_api::{ExternalDependency, ManagedDependency, OrderPipeline, Resources};
 
-use super::build::{Dependency, DependencyImages, Workload};
+use super::build::{Dependency, DependencyImages, Settings, Workload};
 use super::dereference::{Dereferenced, Running, Secrets};
 use crate::quantity;
 
@@ -26,6 +26,10 @@ pub enum Error {
     Unnamed,
     #[error("spec.{0} is neither managed nor external")]
     NoDependencyMode(&'static str),
+    #[error(
+        "the OTLP endpoint {endpoint:?} (spec.tracing.otlpEndpoint or the operator's default) is {problem}"
+    )]
+    InvalidOtlpEndpoint { endpoint: String, problem: String },
     #[error("spec.{dependency}.external.endpoints: {endpoint:?} is {problem}")]
     InvalidEndpoint {
         dependency: &'static str,
@@ -83,8 +87,29 @@ pub struct ValidatedPipeline<'a> {
     pub rabbitmq: Mode<'a, ManagedRabbitmq<'a>>,
     pub redis: Mode<'a, ManagedRedis<'a>>,
     pub cassandra: Mode<'a, ManagedCassandra<'a>>,
+    /// Where the workloads export their spans; `None`: no traces.
+    pub otlp_endpoint: Option<url::Url>,
     /// Data of every Secret the spec references, by name, for the configuration hash only.
     pub referenced: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+}
+
+/// An OTLP/HTTP base URL the workloads can use: what their exporter accepts (plain HTTP, a
+/// host) and nothing that would put a secret into a pod spec (user information).
+fn otlp_endpoint(endpoint: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(endpoint).map_err(|error| format!("not a URL: {error}"))?;
+    if url.scheme() != "http" {
+        return Err(format!(
+            "not http:// ({}:// is not supported by the workloads' exporter)",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none() {
+        return Err("a URL without a host".to_owned());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("a URL with credentials, which would be readable in the pods' spec".to_owned());
+    }
+    Ok(url)
 }
 
 /// The gateway's signing key.
@@ -199,8 +224,9 @@ const CASSANDRA_MINIMUM_MEMORY: (&str, &str) = (
 pub fn validate<'a>(
     pipeline: &'a OrderPipeline,
     found: Dereferenced,
-    images: &DependencyImages,
+    settings: &Settings,
 ) -> Result<ValidatedPipeline<'a>, Error> {
+    let images = &settings.images;
     let meta = &pipeline.metadata;
     let (Some(name), Some(namespace), Some(uid)) = (&meta.name, &meta.namespace, &meta.uid) else {
         return Err(Error::Unnamed);
@@ -264,7 +290,20 @@ pub fn validate<'a>(
             })
         },
     )?;
+    let otlp_endpoint = match &pipeline.spec.tracing.otlp_endpoint {
+        Some(endpoint) => Some(endpoint.as_str()).filter(|endpoint| !endpoint.is_empty()),
+        None => settings.default_otlp_endpoint.as_deref(),
+    }
+    .map(|endpoint| {
+        otlp_endpoint(endpoint).map_err(|problem| Error::InvalidOtlpEndpoint {
+            // The message becomes an Event and a condition: never with a password in it.
+            endpoint: workload_runtime::config::redact_url(endpoint),
+            problem,
+        })
+    })
+    .transpose()?;
     Ok(ValidatedPipeline {
+        otlp_endpoint,
         pipeline,
         name: name.clone(),
         namespace: namespace.clone(),
@@ -477,7 +516,7 @@ mod tests {
         let error = validate(
             &shrunk,
             found(&[(rabbitmq, None, Some(3))]),
-            &DependencyImages::default(),
+            &Settings::default(),
         )
         .unwrap_err();
         assert_eq!(error.reason(), "ScaleDownRefused");
@@ -496,7 +535,7 @@ mod tests {
             "redis": {"managed": {}},
         });
         let pipeline = pipeline(spec);
-        let valid = validate(&pipeline, found(&[]), &DependencyImages::default()).unwrap();
+        let valid = validate(&pipeline, found(&[]), &Settings::default()).unwrap();
         assert!(
             matches!(valid.rabbitmq, Mode::External(external) if external.endpoints.len() == 1)
         );
@@ -511,20 +550,20 @@ mod tests {
         let mut incomplete = found(&[]);
         incomplete.secrets.redis_password = None;
         assert_eq!(
-            validate(&pipeline, incomplete, &DependencyImages::default()).unwrap_err(),
+            validate(&pipeline, incomplete, &Settings::default()).unwrap_err(),
             Error::MissingSecret("redis")
         );
         // Neither mode (a resource stored before the CRD's rule).
         let mut neither = super::super::build::test_support::pipeline(json!({}));
         neither.spec.redis.managed = None;
         assert_eq!(
-            validate(&neither, found(&[]), &DependencyImages::default()).unwrap_err(),
+            validate(&neither, found(&[]), &Settings::default()).unwrap_err(),
             Error::NoDependencyMode("redis")
         );
         let mut unnamed = neither.clone();
         unnamed.metadata.uid = None;
         assert_eq!(
-            validate(&unnamed, found(&[]), &DependencyImages::default()).unwrap_err(),
+            validate(&unnamed, found(&[]), &Settings::default()).unwrap_err(),
             Error::Unnamed
         );
     }
@@ -537,7 +576,11 @@ mod tests {
             (Dependency::Redis, Some("redis:7.0.0"), Some(1)),
             (Dependency::Cassandra, Some("cassandra:5.0.1"), Some(1)),
         ]);
-        let valid = validate(&pipeline, running, &images).unwrap();
+        let settings = Settings {
+            images: images.clone(),
+            ..Settings::default()
+        };
+        let valid = validate(&pipeline, running, &settings).unwrap();
         let image = |dependency| match valid.mode(dependency) {
             Mode::Managed(node) => node.image.clone(),
             Mode::External(_) => panic!("managed"),
@@ -551,7 +594,7 @@ mod tests {
     fn external_endpoints_must_be_usable() {
         let refused = |dependency: &str, endpoint: &str| {
             let spec = json!({dependency: {"external": {"endpoints": [endpoint]}}});
-            validate(&pipeline(spec), found(&[]), &DependencyImages::default())
+            validate(&pipeline(spec), found(&[]), &Settings::default())
                 .unwrap_err()
                 .to_string()
         };

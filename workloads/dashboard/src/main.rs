@@ -19,7 +19,14 @@ async fn main() -> Result<()> {
         println!("dashboard {}", env!("CARGO_PKG_VERSION"));
         return Ok(());
     }
-    telemetry::init(&telemetry::from_env()?);
+    let telemetry = telemetry::init(&telemetry::from_env()?, "dashboard")?;
+    let outcome = serve_until_shutdown().await;
+    // After every task ended, so the spans of the last orders are exported too.
+    telemetry.shutdown().await;
+    outcome
+}
+
+async fn serve_until_shutdown() -> Result<()> {
     let config = DashboardConfig::from_source(&ProcessEnv).context("invalid configuration")?;
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals();

@@ -306,6 +306,10 @@ pub fn app(state: AppState) -> Router {
             metrics,
             workload_runtime::http_metrics::record,
         ))
+        // Outermost, so the span also covers the metrics middleware.
+        .route_layer(axum::middleware::from_fn(
+            workload_runtime::telemetry::trace_request,
+        ))
         .with_state(state)
 }
 

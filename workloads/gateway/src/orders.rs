@@ -17,6 +17,7 @@ use pipeline_contract::{ORDER_RECORD_TTL_SECONDS, order, order_fields, topology}
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tracing::Instrument as _;
 use utoipa::ToSchema;
 use workload_runtime::broker::Publish;
 
@@ -116,7 +117,9 @@ pub async fn create_order(
     let order = validate(request)?;
     // Its own task: a client that disconnects makes hyper drop this handler, which must not
     // leave a claim taken and its order unpublished, or a publish unsettled.
-    tokio::spawn(async move { place(&state, &user.email, &order).await })
+    // The span carries the request's trace into the task, and names the order in it.
+    let span = tracing::info_span!("place order", order.id = %order.id);
+    tokio::spawn(async move { place(&state, &user.email, &order).await }.instrument(span))
         .await
         .map_err(|error| AppError::internal("place an order", error))?
 }

@@ -366,6 +366,8 @@ impl<S: Sink> Handler for Notifier<S> {
             Ok(event) => event,
             Err(reason) => return Disposition::DeadLetter(reason),
         };
+        // The delivery's span: the order's trace is searchable by its id.
+        tracing::Span::current().record("order.id", event.order.order_id.as_str());
         if event.outcome != Outcome::Processed {
             // Only created orders are notified; a rejection routed here is acknowledged.
             tracing::warn!(order_id = %event.order.order_id, "ignoring a non-created order event");

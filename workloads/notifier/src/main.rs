@@ -23,7 +23,14 @@ async fn main() -> Result<()> {
     {
         return result.map_err(anyhow::Error::msg);
     }
-    telemetry::init(&telemetry::from_env()?);
+    let telemetry = telemetry::init(&telemetry::from_env()?, "notifier")?;
+    let outcome = serve_until_shutdown().await;
+    // After every task ended, so the spans of the last orders are exported too.
+    telemetry.shutdown().await;
+    outcome
+}
+
+async fn serve_until_shutdown() -> Result<()> {
     let config = NotifierConfig::from_source(&ProcessEnv).context("invalid configuration")?;
     let sink = build_sink(&config.sink).context("invalid notification sink")?;
     let shutdown = Shutdown::new();

@@ -5,7 +5,9 @@
 use std::future::Future;
 use std::time::Duration;
 
+use tracing::Instrument as _;
 use workload_runtime::broker::Backoff;
+use workload_runtime::telemetry::propagation;
 
 /// One notification to send: the webhook's JSON body.
 pub use pipeline_contract::messages::Notification;
@@ -92,16 +94,46 @@ impl WebhookSink {
         timeout * WEBHOOK_ATTEMPTS + waits
     }
 
+    /// One POST, a client span whose context the request carries (`traceparent`), so the
+    /// receiver's spans join the order's trace.
     async fn post_once(&self, notification: &Notification) -> Result<(), SinkError> {
-        let response = self
+        let span = tracing::info_span!(
+            "webhook",
+            otel.name = "POST webhook",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "POST",
+            http.response.status_code = tracing::field::Empty,
+            order.id = %notification.order.order_id,
+        );
+        let result = self
+            .post_in_span(notification)
+            .instrument(span.clone())
+            .await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    async fn post_in_span(&self, notification: &Notification) -> Result<(), SinkError> {
+        let mut request = self
             .client
             .post(&self.url)
             .header("Idempotency-Key", &notification.idempotency_key)
             .json(notification)
-            .send()
+            .build()
+            .map_err(|error| {
+                SinkError::Permanent(format!("building the request failed: {error}"))
+            })?;
+        propagation::inject_http(request.headers_mut());
+        let response = self
+            .client
+            .execute(request)
             .await
             .map_err(|error| SinkError::Transient(format!("POST failed: {error}")))?;
         let status = response.status();
+        tracing::Span::current().record("http.response.status_code", status.as_u16());
         if status.is_success() {
             Ok(())
         } else if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {

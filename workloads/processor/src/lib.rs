@@ -214,6 +214,8 @@ impl Handler for Processor {
             Ok(placed) => placed.order,
             Err(reason) => return Disposition::DeadLetter(reason),
         };
+        // The delivery's span: the order's trace is searchable by its id.
+        tracing::Span::current().record("order.id", order.order_id.as_str());
         let applied = match self.apply(&order).await {
             Ok(applied) => applied,
             Err(error) if is_unavailable(&error) => {

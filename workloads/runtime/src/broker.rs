@@ -30,6 +30,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::{RwLock, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::admin::ReadinessCheck;
 use crate::config::redact_url;
@@ -402,12 +403,29 @@ impl Broker {
     }
 
     /// Publishes a persistent, mandatory message and waits for the broker's confirm.
+    ///
+    /// The publish is a producer span, and its trace context travels in the message's headers
+    /// (`traceparent`), so the consumer's span continues the same trace.
     pub async fn publish(&self, message: Publish<'_>) -> Result<(), PublishError> {
-        let result = self.publish_once(message).await;
-        self.metrics.record(match &result {
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format_args!("publish {}", message.exchange),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "send",
+            messaging.destination.name = message.exchange,
+            messaging.rabbitmq.destination.routing_key = message.routing_key,
+        );
+        let result = self.publish_once(message).instrument(span.clone()).await;
+        let outcome = match &result {
             Ok(()) => "confirmed",
             Err(error) => error.outcome(),
-        });
+        };
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        self.metrics.record(outcome);
         result
     }
 
@@ -423,8 +441,11 @@ impl Broker {
         if let Some(id) = message.message_id {
             properties = properties.with_message_id(ShortString::from(id));
         }
-        if let Some(headers) = message.headers {
-            properties = properties.with_headers(headers.clone());
+        let mut headers = message.headers.cloned().unwrap_or_default();
+        crate::telemetry::propagation::amqp::inject(&mut headers);
+        // No empty table where there was none (nothing to carry while traces are off).
+        if message.headers.is_some() || !headers.inner().is_empty() {
+            properties = properties.with_headers(headers);
         }
         let started = Instant::now();
         // The timeout bounds the send as well as the confirm: a connection the broker blocked

@@ -244,8 +244,17 @@ async fn consume<H: Handler>(
                     metrics.consumed.inc();
                     // Every line logged while handling it names the message (the order) it is
                     // about.
+                    // A consumer span continuing the publisher's trace; the handler records
+                    // the order it is about (`order.id`).
                     let span = tracing::info_span!(
                         "delivery",
+                        otel.name = %format_args!("process {}", config.queue),
+                        otel.kind = "consumer",
+                        otel.status_code = tracing::field::Empty,
+                        messaging.system = "rabbitmq",
+                        messaging.operation.type = "process",
+                        messaging.destination.name = %config.queue,
+                        order.id = tracing::field::Empty,
                         queue = %config.queue,
                         message_id = delivery
                             .properties
@@ -253,6 +262,12 @@ async fn consume<H: Handler>(
                             .as_ref()
                             .map_or("", |id| id.as_str()),
                         tag = delivery.delivery_tag,
+                    );
+                    crate::telemetry::propagation::adopt(
+                        &span,
+                        crate::telemetry::propagation::amqp::extract(
+                            delivery.properties.headers().as_ref(),
+                        ),
                     );
                     let work = handle_one(
                         delivery,
@@ -305,6 +320,9 @@ async fn handle_one<H: Handler>(
         // message to another consumer (or this one, restarted).
         return;
     };
+    if !matches!(disposition, Settlement::Ack) {
+        tracing::Span::current().record("otel.status_code", "ERROR");
+    }
     let result = match disposition {
         Settlement::Ack => {
             metrics.outcome("acked");

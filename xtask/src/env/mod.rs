@@ -7,6 +7,7 @@
 //! `run/env.d/<component>.env`; `up` then joins them into `run/env`, the one file tests read.
 
 pub mod cassandra;
+pub mod jaeger;
 pub mod kube;
 pub mod process;
 pub mod rabbitmq;
@@ -115,14 +116,16 @@ pub enum Component {
     Rabbitmq,
     Cassandra,
     Kube,
+    Jaeger,
 }
 
 impl Component {
-    pub const ALL: [Component; 4] = [
+    pub const ALL: [Component; 5] = [
         Component::Redis,
         Component::Rabbitmq,
         Component::Cassandra,
         Component::Kube,
+        Component::Jaeger,
     ];
 
     pub fn name(self) -> &'static str {
@@ -131,6 +134,7 @@ impl Component {
             Component::Rabbitmq => "rabbitmq",
             Component::Cassandra => "cassandra",
             Component::Kube => "kube",
+            Component::Jaeger => "jaeger",
         }
     }
 }
@@ -149,7 +153,7 @@ impl FromStr for Component {
             .find(|c| c.name() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown component {s:?} (expected one of redis, rabbitmq, cassandra, kube)"
+                    "unknown component {s:?} (expected one of redis, rabbitmq, cassandra, kube, jaeger)"
                 )
             })
     }
@@ -172,6 +176,7 @@ pub fn up(layout: &Layout, components: &[Component]) -> Result<()> {
             Component::Rabbitmq => rabbitmq::up(layout),
             Component::Cassandra => cassandra::up(layout),
             Component::Kube => kube::up(layout),
+            Component::Jaeger => jaeger::up(layout),
         }
         .with_context(|| format!("{component} did not come up"))?;
         layout.write_endpoints(component, &endpoints)?;
@@ -198,6 +203,7 @@ pub fn down(layout: &Layout, components: &[Component], purge: bool) -> Result<()
             Component::Rabbitmq => rabbitmq::down(layout),
             Component::Cassandra => cassandra::down(layout),
             Component::Kube => kube::down(layout),
+            Component::Jaeger => jaeger::down(layout),
         };
         match result {
             Ok(()) => layout.remove_endpoints(component)?,
@@ -221,6 +227,7 @@ pub fn status(layout: &Layout, components: &[Component]) -> Result<bool> {
             Component::Rabbitmq => rabbitmq::status(layout),
             Component::Cassandra => cassandra::status(layout),
             Component::Kube => kube::status(layout),
+            Component::Jaeger => jaeger::status(layout),
         };
         all_running &= status.running;
         println!(

@@ -7,7 +7,7 @@
 //! deadline passes, in which case the error carries the log's tail and path.
 
 use std::fs;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -306,6 +306,25 @@ pub fn run_logged(what: &str, command: &mut Command, log: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The status code of `GET path` on 127.0.0.1:`port` (HTTP/1.0, enough for a probe).
+pub fn http_status(port: u16, path: &str) -> Result<u16> {
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    let line = String::from_utf8_lossy(&head);
+    match line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+    {
+        Some(code) => Ok(code),
+        None => bail!("not an HTTP answer: {line:?}"),
+    }
 }
 
 #[cfg(test)]

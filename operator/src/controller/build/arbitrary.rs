@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::super::dereference::Dereferenced;
 use super::super::validate::validate;
 use super::test_support::{ValidationError, build_default, pipeline, secrets};
-use super::{DependencyImages, config_hash};
+use super::{Settings, config_hash};
 
 /// Free text the schema lets through: any printable Unicode, or URL-ish punctuation and
 /// multi-byte characters next to `%`.
@@ -180,7 +180,7 @@ proptest! {
         let pipeline = pipeline(spec);
         let secrets = secrets();
         let found = Dereferenced { secrets: secrets.clone(), ..Dereferenced::default() };
-        if let Ok(valid) = validate(&pipeline, found, &DependencyImages::default()) {
+        if let Ok(valid) = validate(&pipeline, found, &Settings::default()) {
             let _ = config_hash(&valid);
             let _ = crate::controller::management(&valid);
         }

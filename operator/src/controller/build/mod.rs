@@ -191,6 +191,9 @@ pub type ReplicaOverrides = BTreeMap<Workload, i32>;
 pub struct Settings {
     pub images: DependencyImages,
     pub access: Access,
+    /// Where the workloads of a pipeline whose spec names no OTLP endpoint export their spans
+    /// (the chart's `tracing.otlpEndpoint`); `None`: no traces unless the spec asks.
+    pub default_otlp_endpoint: Option<String>,
 }
 
 /// Who outside a pipeline may reach its pods' private ports (the NetworkPolicies).
@@ -509,7 +512,7 @@ mod tests {
                 running,
                 &Settings {
                     images: stand_ins.clone(),
-                    access: Access::default(),
+                    ..Settings::default()
                 },
                 "0.1.0",
             )

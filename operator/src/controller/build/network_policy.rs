@@ -144,7 +144,8 @@ fn dns() -> NetworkPolicyEgressRule {
     }
 }
 
-/// Where `workload` may connect: DNS, the dependencies it uses, the notifier's webhook.
+/// Where `workload` may connect: DNS, the dependencies it uses, the notifier's webhook, the
+/// trace receiver.
 fn workload_egress(
     parent: &Parent,
     valid: &ValidatedPipeline<'_>,
@@ -186,6 +187,12 @@ fn workload_egress(
             .and_then(|url| url.port_or_known_default());
         egress.extend(to_ports(webhook.into_iter().collect()));
     }
+    // The trace receiver, wherever it runs (a collector in another namespace, or outside).
+    let traces = valid
+        .otlp_endpoint
+        .as_ref()
+        .and_then(url::Url::port_or_known_default);
+    egress.extend(to_ports(traces.into_iter().collect()));
     egress
 }
 

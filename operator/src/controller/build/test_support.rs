@@ -79,7 +79,7 @@ pub(super) fn build_with(
             .collect(),
         replicas: BTreeMap::new(),
     };
-    let valid = validate(pipeline, found, &settings.images)?;
+    let valid = validate(pipeline, found, settings)?;
     Ok(build(&valid, overrides, &settings.access, version))
 }
 

@@ -113,6 +113,21 @@ fn deployment(
     let mut env = dependency_env(parent, valid, workload);
     env.push(env_value(env::ADMIN_PORT, ports::ADMIN.to_string()));
     env.push(env_value(env::LOG_FORMAT, "json"));
+    if let Some(endpoint) = &valid.otlp_endpoint {
+        // One service per workload; the resource says which pipeline the spans belong to.
+        env.push(env_value(
+            env::OTEL_EXPORTER_OTLP_ENDPOINT,
+            endpoint.as_str(),
+        ));
+        env.push(env_value(env::OTEL_SERVICE_NAME, component));
+        env.push(env_value(
+            env::OTEL_RESOURCE_ATTRIBUTES,
+            format!(
+                "k8s.namespace.name={},orderpipeline.name={}",
+                valid.namespace, valid.name
+            ),
+        ));
+    }
     let mut container_ports = vec![container_port("admin", ports::ADMIN)];
     if let Some(port) = workload.http_port() {
         env.push(env_value(env::HTTP_PORT, port.to_string()));
@@ -613,6 +628,98 @@ mod tests {
         );
         // No shared Redis Secret: the others log in without a password.
         assert_eq!(secret_of("gateway", env::REDIS_PASSWORD), None);
+    }
+
+    #[test]
+    fn traces_go_where_the_spec_or_the_operator_default_says_and_the_policies_let_them() {
+        let with_default = |spec: serde_json::Value| {
+            build_with(
+                &pipeline(spec),
+                &secrets(),
+                &ReplicaOverrides::new(),
+                &RunningImages::new(),
+                &Settings {
+                    default_otlp_endpoint: Some("http://collector.monitoring:4318".into()),
+                    ..Settings::default()
+                },
+                "0.1.0",
+            )
+        };
+        let egress_ports = |children: &Children, name: &str| -> Vec<i32> {
+            let policy = children
+                .network_policies
+                .iter()
+                .find(|policy| policy.metadata.name.as_deref() == Some(name))
+                .unwrap();
+            let rules = policy
+                .spec
+                .as_ref()
+                .unwrap()
+                .egress
+                .clone()
+                .unwrap_or_default();
+            rules
+                .iter()
+                .filter(|rule| rule.to.is_none())
+                .flat_map(|rule| rule.ports.clone().unwrap_or_default())
+                .filter_map(|port| match port.port {
+                    Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port)) => {
+                        Some(port)
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+
+        // The operator's default reaches every workload, each named as itself.
+        let defaulted = with_default(json!({})).unwrap();
+        for workload in Workload::ALL {
+            let name = format!("shop-{}", workload.name());
+            let env = env_of(deployment(&defaulted, &name));
+            assert_eq!(
+                env[env::OTEL_EXPORTER_OTLP_ENDPOINT]["value"],
+                "http://collector.monitoring:4318/",
+                "{name}"
+            );
+            assert_eq!(env[env::OTEL_SERVICE_NAME]["value"], workload.name());
+            assert_eq!(
+                env[env::OTEL_RESOURCE_ATTRIBUTES]["value"],
+                "k8s.namespace.name=store,orderpipeline.name=shop"
+            );
+            assert!(egress_ports(&defaulted, &name).contains(&4318), "{name}");
+        }
+
+        // The spec's own endpoint wins; an empty one turns traces off for the pipeline.
+        let own = with_default(json!({"tracing": {"otlpEndpoint": "http://jaeger.tracing:14318"}}))
+            .unwrap();
+        let gateway = env_of(deployment(&own, "shop-gateway"));
+        assert_eq!(
+            gateway[env::OTEL_EXPORTER_OTLP_ENDPOINT]["value"],
+            "http://jaeger.tracing:14318/"
+        );
+        assert!(egress_ports(&own, "shop-gateway").contains(&14318));
+        let off = with_default(json!({"tracing": {"otlpEndpoint": ""}})).unwrap();
+        let gateway = env_of(deployment(&off, "shop-gateway"));
+        assert!(!gateway.contains_key(env::OTEL_EXPORTER_OTLP_ENDPOINT));
+        assert!(!egress_ports(&off, "shop-gateway").contains(&4318));
+
+        // No default and no spec: no traces, and no exporter variable at all.
+        let none = build_default(&pipeline(json!({})), &secrets(), "0.1.0").unwrap();
+        assert!(!env_of(deployment(&none, "shop-notifier")).contains_key(env::OTEL_SERVICE_NAME));
+
+        // What the workloads could not export to is refused, and credentials never reach a pod.
+        for endpoint in [
+            "https://collector:4318",
+            "http://user:secret@collector:4318",
+            "collector:4318",
+        ] {
+            let error = with_default(json!({"tracing": {"otlpEndpoint": endpoint}}))
+                .err()
+                .unwrap_or_else(|| panic!("{endpoint} was accepted"))
+                .to_string();
+            assert!(error.contains("OTLP endpoint"), "{endpoint}: {error}");
+            assert!(!error.contains("secret"), "the password is shown: {error}");
+        }
     }
 
     #[test]

@@ -248,12 +248,12 @@ fn build_pause(layout: &Layout, go: &Path, install_dir: &Path) -> Result<()> {
     )
 }
 
-fn is_complete(dir: &Path) -> bool {
+pub(in crate::env) fn is_complete(dir: &Path) -> bool {
     dir.join(MARKER).is_file()
 }
 
 /// The Go toolchain, new enough for every pinned module.
-fn find_go() -> Result<PathBuf> {
+pub(in crate::env) fn find_go() -> Result<PathBuf> {
     // PATH first, so a newer Go someone put there wins; then where the go.dev tarball installs,
     // which non-login shells often do not have on PATH.
     let go = find_program("go", &[])
@@ -294,7 +294,7 @@ pub fn parse_go_version(version: &str) -> Option<(u32, u32)> {
 
 /// A `go` command for a build directory. `GOWORK=off` keeps a go.work somewhere above the
 /// directory from pulling the build into someone else's workspace.
-fn go_command(go: &Path, dir: &Path) -> Command {
+pub(in crate::env) fn go_command(go: &Path, dir: &Path) -> Command {
     let mut command = Command::new(go);
     command.current_dir(dir).env("GOWORK", "off");
     command
@@ -302,7 +302,11 @@ fn go_command(go: &Path, dir: &Path) -> Command {
 
 /// A directory for one build's files and log, emptied first so nothing of an earlier attempt
 /// (a half-written go.mod, an old log) leaks into this one.
-fn fresh_build_dir(layout: &Layout, name: &str, version: &str) -> Result<PathBuf> {
+pub(in crate::env) fn fresh_build_dir(
+    layout: &Layout,
+    name: &str,
+    version: &str,
+) -> Result<PathBuf> {
     let dir = layout.go().join("build").join(format!("{name}-{version}"));
     remove_dir_if_exists(&dir)?;
     fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
@@ -310,7 +314,7 @@ fn fresh_build_dir(layout: &Layout, name: &str, version: &str) -> Result<PathBuf
 }
 
 /// An empty directory next to `install_dir` to build into.
-fn fresh_staging_dir(install_dir: &Path) -> Result<PathBuf> {
+pub(in crate::env) fn fresh_staging_dir(install_dir: &Path) -> Result<PathBuf> {
     let name = install_dir
         .file_name()
         .context("install directory has a name")?
@@ -323,7 +327,7 @@ fn fresh_staging_dir(install_dir: &Path) -> Result<PathBuf> {
 }
 
 /// Marks the staging directory complete and moves it to its final name.
-fn install(staging: &Path, install_dir: &Path, what: &str) -> Result<()> {
+pub(in crate::env) fn install(staging: &Path, install_dir: &Path, what: &str) -> Result<()> {
     fs::write(staging.join(MARKER), format!("{what}\n"))
         .with_context(|| format!("failed to write the marker in {}", staging.display()))?;
     remove_dir_if_exists(install_dir)?;
