@@ -253,7 +253,7 @@ fn is_complete(dir: &Path) -> bool {
 }
 
 /// The Go toolchain, new enough for every pinned module.
-fn find_go() -> Result<PathBuf> {
+pub(super) fn find_go() -> Result<PathBuf> {
     // PATH first, so a newer Go someone put there wins; then where the go.dev tarball installs,
     // which non-login shells often do not have on PATH.
     let go = find_program("go", &[])
@@ -334,14 +334,14 @@ fn install(staging: &Path, install_dir: &Path, what: &str) -> Result<()> {
 /// What `go mod download -json <module>@<version>` reports: the module's go.mod file and source.
 /// What `go mod download -json` says of a module: where its go.mod and its source are.
 #[derive(Debug, serde::Deserialize)]
-struct Downloaded {
+pub(super) struct Downloaded {
     #[serde(rename = "GoMod")]
     go_mod: PathBuf,
     #[serde(rename = "Dir")]
-    dir: PathBuf,
+    pub dir: PathBuf,
 }
 
-fn download(go: &Path, dir: &Path, module: &str, version: &str) -> Result<Downloaded> {
+pub(super) fn download(go: &Path, dir: &Path, module: &str, version: &str) -> Result<Downloaded> {
     println!("  downloading {module}@{version}");
     let json = run_capture(
         go_command(go, dir)
