@@ -14,4 +14,5 @@ pub mod controller;
 pub mod leader;
 pub mod management;
 pub mod metrics;
+pub mod monitoring;
 pub mod quantity;

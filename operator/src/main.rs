@@ -48,7 +48,7 @@ async fn serve_until_shutdown(config: OperatorConfig) -> Result<()> {
     let client = Client::try_default()
         .await
         .context("failed to configure the Kubernetes client")?;
-    let mut registry = Registry::with_prefix("orderpipeline_operator");
+    let mut registry = Registry::with_prefix(order_pipeline_operator::metrics::PREFIX);
     let metrics = Arc::new(Metrics::register(&mut registry));
     // Ready once the API server answered; a standby replica is ready too (it is healthy, only
     // not leading).

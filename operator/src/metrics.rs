@@ -8,6 +8,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// What every metric name of the operator starts with (its registry's prefix).
+pub const PREFIX: &str = "orderpipeline_operator";
+
 /// The reconcile step that failed.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum ErrorKind {

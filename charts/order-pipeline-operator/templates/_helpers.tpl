@@ -121,6 +121,12 @@ Server-side apply needs create (for a new object) and patch; no child is ever up
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "create", "patch", "delete"]
+# A pipeline's PodMonitor (spec.monitoring.podMonitor, when the Prometheus Operator's CRDs are
+# installed): its name checked before an apply (get), applied, and listed and deleted when the
+# spec no longer asks for it. Not watched. Harmless where the CRD is absent.
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["podmonitors"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 # kube-runtime's event Recorder writes events.k8s.io/v1 Events (patch for repeated ones).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

@@ -83,6 +83,39 @@ pub struct OrderPipelineSpec {
     /// OpenTelemetry traces from the workloads.
     #[serde(default)]
     pub tracing: TracingSpec,
+    /// Integration with a Prometheus Operator that already runs in the cluster.
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
+}
+
+/// What the operator creates for a Prometheus Operator (`monitoring.coreos.com`) to scrape.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// A PodMonitor for the four workloads' `/metrics` (admin port 9090).
+    #[serde(default)]
+    pub pod_monitor: PodMonitorSpec,
+}
+
+/// The pipeline's PodMonitor. Off by default: it needs the Prometheus Operator's CRDs, and where
+/// they are absent the operator says so in the `Monitoring` condition instead of failing.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodMonitorSpec {
+    /// Create the PodMonitor `<name>-workloads`; set back to false to have it deleted.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How often Prometheus scrapes each pod (a Prometheus duration such as `30s`); unset for
+    /// the Prometheus default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+    ))]
+    pub interval: Option<String>,
+    /// Extra labels on the PodMonitor, for a Prometheus whose `podMonitorSelector` picks them
+    /// (the pipeline's own labels are always there).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Where the workloads export their spans. Each workload then sends one trace per order (HTTP

@@ -293,6 +293,11 @@ fn reconciling_permissions() -> BTreeSet<Permission> {
             &[],
             &["create", "delete", "get", "list", "patch"],
         ),
+        permission(
+            "podmonitors.monitoring.coreos.com",
+            &[],
+            &["create", "delete", "get", "list", "patch"],
+        ),
     ]);
     for resource in [
         "deployments.apps",
@@ -395,6 +400,12 @@ fn schema_rejects_bad_values() {
         (
             "metrics.scrapeNamespace=Monitoring",
             "/metrics/scrapeNamespace",
+        ),
+        ("serviceMonitor.enabled=yes", "/serviceMonitor/enabled"),
+        ("serviceMonitor.interval=soon", "/serviceMonitor/interval"),
+        (
+            "serviceMonitor.scrapeTimeout=5",
+            "/serviceMonitor/scrapeTimeout",
         ),
     ] {
         let outcome = tools
@@ -616,6 +627,13 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
         &["patch", "jobs.batch", "-A"],
         &["create", "events.events.k8s.io", "-n", "default"],
         &["patch", "events.events.k8s.io", "-A"],
+        &[
+            "create",
+            "podmonitors.monitoring.coreos.com",
+            "-n",
+            "default",
+        ],
+        &["delete", "podmonitors.monitoring.coreos.com", "-A"],
         &["create", "leases.coordination.k8s.io", "-n", &namespace],
         &["get", &lease, "-n", &namespace],
         &["update", &lease, "-n", &namespace],
@@ -645,6 +663,15 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
         &["update", "configmaps", "-A"],
         &["list", "configmaps", "-A"],
         &["delete", "networkpolicies.networking.k8s.io", "-A"],
+        // PodMonitors are not watched; ServiceMonitors are the chart's, not the operator's.
+        &["watch", "podmonitors.monitoring.coreos.com", "-A"],
+        &["update", "podmonitors.monitoring.coreos.com", "-A"],
+        &[
+            "create",
+            "servicemonitors.monitoring.coreos.com",
+            "-n",
+            "default",
+        ],
         // Unused kinds.
         &["get", "serviceaccounts", "-n", "default"],
         &["patch", "serviceaccounts", "-A"],
@@ -846,5 +873,124 @@ fn assert_same_permissions(
         "{user} in namespace {namespace}:\ngranted but not needed:\n{}\nneeded but not granted:\n{}",
         excess.join("\n"),
         missing.join("\n")
+    );
+}
+
+/// The `serviceMonitor` values: off by default; on, a ServiceMonitor that the real API server,
+/// with the Prometheus Operator's CRDs installed, accepts under strict field validation, and
+/// whose selector and port name pick the operator's metrics Service and nothing else.
+#[test]
+fn service_monitor_scrapes_the_metrics_service() {
+    let tools = Tools::load();
+    let defaults = render(&tools, "test", "op-system", &[]);
+    assert!(
+        !defaults.contains("kind: ServiceMonitor"),
+        "off by default:\n{defaults}"
+    );
+    let chart = chart_path();
+    let without_service = tools
+        .helm(&[
+            "template",
+            "test",
+            &chart,
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
+            "metrics.service.enabled=false",
+        ])
+        .expect_failure();
+    assert!(
+        without_service
+            .stderr
+            .contains("serviceMonitor.enabled needs metrics.service.enabled"),
+        "{}",
+        without_service.stderr
+    );
+
+    let installation = Installation {
+        tools: &tools,
+        name: testenv::unique("chartmon"),
+        others: Vec::new(),
+    };
+    let namespace = installation.namespace().to_owned();
+    let fullname = installation.fullname();
+    let manifests = render(
+        &tools,
+        &installation.name,
+        &namespace,
+        &[
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
+            "serviceMonitor.interval=15s",
+            "--set",
+            "serviceMonitor.scrapeTimeout=10s",
+            "--set",
+            "serviceMonitor.labels.release=prometheus",
+        ],
+    );
+    tools
+        .kubectl(&["create", "namespace", &namespace])
+        .expect_success();
+    let applied = tools.kubectl_with_input(
+        &["apply", "--server-side", "--validate=strict", "-f", "-"],
+        &manifests,
+    );
+    assert!(
+        applied.status.success(),
+        "the API server refused the chart with its ServiceMonitor (are the Prometheus \
+         Operator's CRDs installed? `cargo xtask env up kube` installs them):\n{}",
+        applied.stderr
+    );
+
+    let get = |kind: &str, name: &str| -> serde_json::Value {
+        let outcome = tools
+            .kubectl(&["-n", &namespace, "get", kind, name, "-o", "json"])
+            .expect_success();
+        serde_json::from_str(&outcome.stdout).expect("kubectl prints JSON")
+    };
+    let monitor = get("servicemonitors.monitoring.coreos.com", &fullname);
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    let endpoints = monitor["spec"]["endpoints"].as_array().expect("endpoints");
+    assert_eq!(endpoints.len(), 1, "{monitor:#}");
+    assert_eq!(endpoints[0]["port"], "admin");
+    assert_eq!(endpoints[0]["path"], "/metrics");
+    assert_eq!(endpoints[0]["interval"], "15s");
+    assert_eq!(endpoints[0]["scrapeTimeout"], "10s");
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"]["matchNames"],
+        serde_json::json!([namespace])
+    );
+
+    // What Prometheus would find: the Services its selector matches, and on them the port it
+    // names.
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels")
+        .iter()
+        .map(|(key, value)| format!("{key}={}", value.as_str().expect("a label value")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let matched = tools
+        .kubectl(&[
+            "-n", &namespace, "get", "services", "-l", &selector, "-o", "json",
+        ])
+        .expect_success();
+    let matched: serde_json::Value = serde_json::from_str(&matched.stdout).expect("JSON");
+    let services = matched["items"].as_array().expect("items");
+    assert_eq!(
+        services
+            .iter()
+            .map(|service| service["metadata"]["name"].as_str().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        vec![format!("{fullname}-metrics")],
+        "the selector {selector} must pick the metrics Service alone"
+    );
+    let ports = services[0]["spec"]["ports"].as_array().expect("ports");
+    assert!(
+        ports
+            .iter()
+            .any(|port| port["name"] == "admin" && port["targetPort"] == "admin"),
+        "the metrics Service has the admin port: {ports:?}"
     );
 }

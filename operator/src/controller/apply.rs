@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use super::build::{self, Children};
 use super::validate::ValidatedPipeline;
 use super::{Context, ledger, ownership};
+use crate::monitoring;
 
 /// Why the children could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error(transparent)]
+    Monitoring(#[from] monitoring::Error),
 }
 
 impl Error {
@@ -54,6 +57,7 @@ impl Error {
                 "ApplyFailed"
             }
             Error::Prune { .. } => "PruneFailed",
+            Error::Monitoring(error) => error.reason(),
         }
     }
 }
@@ -65,6 +69,7 @@ pub struct Applied {
     pub deployments: Vec<Arc<Deployment>>,
     pub stateful_sets: Vec<Arc<StatefulSet>>,
     pub services: Vec<Arc<Service>>,
+    pub monitoring: monitoring::Outcome,
 }
 
 /// Applies every child, unless the ledger shows that exactly these children were applied
@@ -143,7 +148,7 @@ async fn apply_checked(
         .iter()
         .map(ResourceExt::name_any)
         .collect();
-    let applied = apply_all(client, namespace, children).await?;
+    let applied = apply_all(client, valid, &context.settings.monitoring, children).await?;
     prune_disruption_budgets(client, valid, &wanted_budgets).await?;
     Ok(applied)
 }
@@ -195,8 +200,15 @@ async fn prune_disruption_budgets(
 
 /// Applies every kind of child, in order: the NetworkPolicies first, so nothing runs unprotected
 /// even if a later apply fails; then configuration and credentials, so pods never start without
-/// them; stateful dependencies before the workloads that need them.
-async fn apply_all(client: &Client, namespace: &str, children: Children) -> Result<Applied, Error> {
+/// them; stateful dependencies before the workloads that need them. The PodMonitor comes last:
+/// scraping what does not run yet would only report it down.
+async fn apply_all(
+    client: &Client,
+    valid: &ValidatedPipeline<'_>,
+    monitoring_api: &monitoring::MonitoringApi,
+    children: Children,
+) -> Result<Applied, Error> {
+    let namespace = valid.namespace.as_str();
     let Children {
         secrets,
         config_maps,
@@ -206,6 +218,7 @@ async fn apply_all(client: &Client, namespace: &str, children: Children) -> Resu
         deployments,
         disruption_budgets,
         network_policies,
+        pod_monitors,
     } = children;
     for policy in &network_policies {
         apply_one::<NetworkPolicy>(client, namespace, policy).await?;
@@ -238,6 +251,8 @@ async fn apply_all(client: &Client, namespace: &str, children: Children) -> Resu
     for budget in &disruption_budgets {
         apply_one::<PodDisruptionBudget>(client, namespace, budget).await?;
     }
+    applied.monitoring =
+        monitoring::apply(client, monitoring_api, valid.pipeline, &pod_monitors).await?;
     Ok(applied)
 }
 

@@ -49,6 +49,9 @@ pub struct Entry {
     generations: BTreeMap<String, i64>,
     /// `metadata.resourceVersion` of each Service after the apply, by name.
     service_versions: BTreeMap<String, String>,
+    /// What became of the PodMonitor: the status reports it until the next full apply, so a
+    /// Prometheus Operator installed meanwhile is noticed within [`FULL_APPLY_INTERVAL`].
+    monitoring: crate::monitoring::Outcome,
     at: Instant,
 }
 
@@ -82,6 +85,7 @@ impl Entry {
             fingerprint,
             generations,
             service_versions,
+            monitoring: applied.monitoring.clone(),
             at,
         }
     }
@@ -136,6 +140,7 @@ impl Entry {
             deployments,
             stateful_sets,
             services,
+            monitoring: self.monitoring.clone(),
         })
     }
 }
@@ -236,6 +241,7 @@ pub fn fingerprint(children: &Children) -> u64 {
         deployments,
         disruption_budgets,
         network_policies,
+        pod_monitors,
     } = children;
     secrets
         .iter()
@@ -258,6 +264,9 @@ pub fn fingerprint(children: &Children) -> u64 {
         .iter()
         .for_each(|object| feed(serde_json::to_vec(object)));
     network_policies
+        .iter()
+        .for_each(|object| feed(serde_json::to_vec(object)));
+    pod_monitors
         .iter()
         .for_each(|object| feed(serde_json::to_vec(object)));
     hasher.finish()
@@ -293,6 +302,7 @@ mod tests {
             ],
             stateful_sets: vec![stateful_set("shop-redis", 1)],
             services: vec![service("shop-gateway", "10")],
+            monitoring: crate::monitoring::Outcome::default(),
         }
     }
 

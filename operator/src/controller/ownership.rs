@@ -119,6 +119,8 @@ pub async fn check_children(
         deployments,
         disruption_budgets,
         network_policies,
+        // Checked by `crate::monitoring::apply` once it knows the kind is served.
+        pod_monitors: _,
     } = children;
     let mut lookups: Vec<BoxFuture<'_, Result<(), CheckError>>> = Vec::new();
     let mut add = |lookup| lookups.push(lookup);

@@ -12,12 +12,14 @@ use pipeline_api::{
     ComponentStatus, Condition, Endpoints, OrderPipeline, OrderPipelineStatus,
     RabbitmqClusterStatus, ScalingDecision,
 };
-use pipeline_contract::ports;
+use pipeline_contract::{ports, probes};
 use serde_json::json;
 
 use super::apply::Applied;
 use super::build::{COMPONENT_LABEL, MANAGER, Workload};
+use super::ledger::FULL_APPLY_INTERVAL;
 use crate::management;
+use crate::monitoring;
 
 /// Why the status could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +119,7 @@ pub fn compute(
     let namespace = pipeline.namespace().unwrap_or_default();
     let previous = previous.cloned().unwrap_or_default();
     let generation = pipeline.metadata.generation;
-    let conditions = vec![
+    let mut conditions = vec![
         if all_ready {
             condition(
                 &previous,
@@ -165,6 +167,11 @@ pub fn compute(
             "the last reconcile succeeded".into(),
         ),
     ];
+    conditions.extend(monitoring_condition(
+        &previous,
+        generation,
+        &applied.monitoring,
+    ));
     let transitions = transitions(&previous.conditions, &conditions);
     let status = OrderPipelineStatus {
         observed_generation: generation,
@@ -300,6 +307,44 @@ pub async fn update(
     Ok(transitions)
 }
 
+/// The [`monitoring::CONDITION`], while the spec asks for a PodMonitor: applied, or why not.
+fn monitoring_condition(
+    previous: &OrderPipelineStatus,
+    generation: Option<i64>,
+    outcome: &monitoring::Outcome,
+) -> Option<Condition> {
+    let (status, reason, message) = match outcome {
+        monitoring::Outcome::Off => return None,
+        monitoring::Outcome::Applied { name } => (
+            "True",
+            "PodMonitorApplied",
+            format!(
+                "PodMonitor {name} has the Prometheus Operator scrape the workloads' {} on port {}",
+                probes::METRICS,
+                ports::ADMIN
+            ),
+        ),
+        monitoring::Outcome::Unavailable { group_version } => (
+            "False",
+            "PrometheusOperatorMissing",
+            format!(
+                "spec.monitoring.podMonitor.enabled is set, but the API server serves no \
+                 {group_version} PodMonitor: install the Prometheus Operator's CRDs (the \
+                 operator looks again at least every {} seconds)",
+                FULL_APPLY_INTERVAL.as_secs()
+            ),
+        ),
+    };
+    Some(condition(
+        previous,
+        generation,
+        monitoring::CONDITION,
+        status,
+        reason,
+        message,
+    ))
+}
+
 fn component_of(labels: Option<&BTreeMap<String, String>>) -> String {
     labels
         .and_then(|labels| labels.get(COMPONENT_LABEL))
@@ -312,7 +357,8 @@ fn condition_order(type_: &str) -> u8 {
         "Ready" => 0,
         "Progressing" => 1,
         "Degraded" => 2,
-        _ => 3,
+        monitoring::CONDITION => 3,
+        _ => 4,
     }
 }
 
@@ -344,7 +390,7 @@ fn condition(
 fn transitions(before: &[Condition], after: &[Condition]) -> Vec<Transition> {
     after
         .iter()
-        .filter(|c| c.type_ == "Ready")
+        .filter(|c| c.type_ == "Ready" || c.type_ == monitoring::CONDITION)
         .filter(|c| {
             before
                 .iter()
@@ -353,10 +399,11 @@ fn transitions(before: &[Condition], after: &[Condition]) -> Vec<Transition> {
                 != Some(&c.status)
         })
         .map(|c| Transition {
-            reason: if c.status == "True" {
-                "PipelineReady".into()
-            } else {
-                "PipelineNotReady".into()
+            reason: match (c.type_.as_str(), c.status.as_str()) {
+                ("Ready", "True") => "PipelineReady".into(),
+                ("Ready", _) => "PipelineNotReady".into(),
+                // PodMonitorApplied, PrometheusOperatorMissing.
+                _ => c.reason.clone(),
             },
             message: c.message.clone(),
         })
@@ -492,6 +539,68 @@ mod tests {
         let (again, transitions) = compute(&steady, steady.status.as_ref(), &observed(&applied));
         assert_eq!(again, status);
         assert!(transitions.is_empty());
+    }
+
+    #[test]
+    fn the_monitoring_condition_follows_the_pod_monitor() {
+        let off = Applied::default();
+        let (status, _) = compute(&pipeline(), None, &observed(&off));
+        assert!(
+            status.conditions.iter().all(|c| c.type_ != "Monitoring"),
+            "no condition while none is asked for"
+        );
+
+        let missing = Applied {
+            monitoring: monitoring::Outcome::Unavailable {
+                group_version: "monitoring.coreos.com/v1".into(),
+            },
+            ..Applied::default()
+        };
+        let (status, transitions) = compute(&pipeline(), None, &observed(&missing));
+        let condition = status.conditions.last().unwrap();
+        assert_eq!(
+            (
+                condition.type_.as_str(),
+                condition.status.as_str(),
+                condition.reason.as_str()
+            ),
+            ("Monitoring", "False", "PrometheusOperatorMissing")
+        );
+        assert!(
+            condition
+                .message
+                .contains("install the Prometheus Operator's CRDs")
+        );
+        assert!(
+            transitions
+                .iter()
+                .any(|t| t.reason == "PrometheusOperatorMissing"),
+            "announced once: {transitions:?}"
+        );
+        // Still missing at the next reconcile: nothing new to announce, the status unchanged.
+        let mut waiting = pipeline();
+        waiting.status = Some(status.clone());
+        let (again, transitions) = compute(&waiting, waiting.status.as_ref(), &observed(&missing));
+        assert_eq!(again, status);
+        assert!(
+            transitions
+                .iter()
+                .all(|t| t.reason != "PrometheusOperatorMissing")
+        );
+
+        let applied = Applied {
+            monitoring: monitoring::Outcome::Applied {
+                name: "shop-workloads".into(),
+            },
+            ..Applied::default()
+        };
+        let (status, transitions) = compute(&waiting, waiting.status.as_ref(), &observed(&applied));
+        let condition = status.conditions.last().unwrap();
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("True", "PodMonitorApplied")
+        );
+        assert!(transitions.iter().any(|t| t.reason == "PodMonitorApplied"));
     }
 
     #[test]

@@ -19,6 +19,7 @@
 
 pub mod build;
 mod config;
+pub mod monitoring;
 pub mod pki;
 
 use std::collections::BTreeMap;
@@ -167,6 +168,7 @@ pub fn up(layout: &Layout) -> Result<BTreeMap<&'static str, String>> {
     let binaries = start_control_plane(layout, &state, Nodes::Kwok)?;
     start_kwok(&binaries, &state)?;
     ensure_nodes(&binaries, &state)?;
+    monitoring::install(layout, &state, &binaries)?;
 
     Ok(BTreeMap::from([
         ("KUBECONFIG", state.admin_kubeconfig().display().to_string()),

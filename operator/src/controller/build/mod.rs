@@ -16,6 +16,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::DynamicObject;
 use pipeline_api::{DependencySpec, OrderPipeline, Resources, ServiceSpec, WorkloadSpec};
 use sha2::{Digest, Sha256};
 
@@ -26,6 +27,7 @@ mod cassandra;
 mod meta;
 pub(crate) mod names;
 mod network_policy;
+mod pod_monitor;
 mod rabbitmq;
 mod redis;
 mod statefulset;
@@ -41,6 +43,7 @@ pub use rabbitmq::{
 
 pub use meta::COMPONENT_LABEL;
 use meta::Parent;
+pub use pod_monitor::{MONITORING_COMPONENT, pod_monitor_resource};
 
 use super::validate::{Jwt, Mode, ValidatedPipeline};
 
@@ -181,6 +184,8 @@ pub struct Children {
     pub deployments: Vec<Deployment>,
     pub disruption_budgets: Vec<PodDisruptionBudget>,
     pub network_policies: Vec<NetworkPolicy>,
+    /// The Prometheus Operator's kind, so not a k8s-openapi type; at most one.
+    pub pod_monitors: Vec<DynamicObject>,
 }
 
 /// Replica counts decided by the autoscaler, replacing the spec's for those workloads.
@@ -194,6 +199,8 @@ pub struct Settings {
     /// Where the workloads of a pipeline whose spec names no OTLP endpoint export their spans
     /// (the chart's `tracing.otlpEndpoint`); `None`: no traces unless the spec asks.
     pub default_otlp_endpoint: Option<String>,
+    /// Where the pipelines' PodMonitors are looked for.
+    pub monitoring: crate::monitoring::MonitoringApi,
 }
 
 /// Who outside a pipeline may reach its pods' private ports (the NetworkPolicies).
@@ -321,6 +328,8 @@ pub fn build(
         );
     }
     children.network_policies = network_policy::network_policies(&parent, valid, access);
+    children.pod_monitors =
+        pod_monitor::pod_monitors(&parent, &valid.pipeline.spec.monitoring.pod_monitor);
     children
 }
 

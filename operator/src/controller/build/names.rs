@@ -12,6 +12,11 @@ pub(crate) fn jwt_secret(pipeline: &str) -> String {
     format!("{pipeline}-jwt")
 }
 
+/// The PodMonitor of the four workloads (`spec.monitoring.podMonitor`).
+pub(crate) fn pod_monitor(pipeline: &str) -> String {
+    format!("{pipeline}-workloads")
+}
+
 /// A workload's Deployment, and its Service, PodDisruptionBudget and NetworkPolicy.
 pub(crate) fn workload(pipeline: &str, workload: Workload) -> String {
     format!("{pipeline}-{}", workload.name())

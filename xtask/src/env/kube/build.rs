@@ -338,14 +338,14 @@ pub(in crate::env) fn install(staging: &Path, install_dir: &Path, what: &str) ->
 /// What `go mod download -json <module>@<version>` reports: the module's go.mod file and source.
 /// What `go mod download -json` says of a module: where its go.mod and its source are.
 #[derive(Debug, serde::Deserialize)]
-struct Downloaded {
+pub(super) struct Downloaded {
     #[serde(rename = "GoMod")]
     go_mod: PathBuf,
     #[serde(rename = "Dir")]
-    dir: PathBuf,
+    pub dir: PathBuf,
 }
 
-fn download(go: &Path, dir: &Path, module: &str, version: &str) -> Result<Downloaded> {
+pub(super) fn download(go: &Path, dir: &Path, module: &str, version: &str) -> Result<Downloaded> {
     println!("  downloading {module}@{version}");
     let json = run_capture(
         go_command(go, dir)
