@@ -246,7 +246,9 @@ async fn publish_claimed(
         .ignore()
         // The dashboard's accepted counter and latest-orders list, in the same transaction as
         // the record so the list never names an order without one.
-        .incr(state.keys().accepted_count(), 1)
+        // INCR, not the `incr` helper's INCRBY: the gateway's ACL grants INCR only.
+        .cmd("INCR")
+        .arg(state.keys().accepted_count())
         .ignore()
         .lpush(
             state.keys().latest_orders(),
