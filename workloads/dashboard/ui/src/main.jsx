@@ -50,7 +50,7 @@ function useLiveSnapshot() {
 }
 
 function time(millis) {
-  return millis ? new Date(millis).toLocaleTimeString() : '—';
+  return millis ? new Date(millis).toLocaleTimeString([], { hour12: false }) : '—';
 }
 
 function Status({ connection, snapshot }) {
@@ -217,11 +217,11 @@ function App() {
         <Status connection={connection} snapshot={snapshot} />
       </header>
       <Counters snapshot={snapshot} />
+      <Latest snapshot={snapshot} />
       <div class="columns">
         <Inventory snapshot={snapshot} />
-        <Latest snapshot={snapshot} />
+        <Lookup />
       </div>
-      <Lookup />
     </main>
   );
 }
