@@ -161,11 +161,18 @@ impl Workload {
         let prefix = escape_glob(keys.prefix());
         let (read_write, read_only, commands): (&[&str], &[&str], &[&str]) = match self {
             Workload::Gateway => (
-                &["idemp:*", "order:*", "account:deleted:*", "ratelimit:*"],
+                &[
+                    "idemp:*",
+                    "order:*",
+                    "account:deleted:*",
+                    "ratelimit:*",
+                    "orders.accepted.count",
+                    "orders.latest",
+                ],
                 &[],
                 &[
                     "get", "set", "setex", "del", "incr", "decr", "pttl", "pexpire", "expire",
-                    "hmset", "hgetall", "multi", "exec", "time",
+                    "hmset", "hgetall", "lpush", "ltrim", "multi", "exec", "time",
                 ],
             ),
             Workload::Processor => (
@@ -174,21 +181,40 @@ impl Workload {
                     "inventory:*",
                     "idemp:*",
                     "orders.processed.count",
+                    "orders.rejected.count",
+                    "inventory.skus",
                 ],
                 &[],
                 &[
-                    "get", "type", "exists", "expire", "hget", "hset", "decrby", "incr",
+                    "get", "type", "exists", "expire", "hget", "hset", "decrby", "incr", "zadd",
                 ],
             ),
             Workload::Notifier => (
-                &["order:*", "notify-lease:*", "notifications:*"],
+                &[
+                    "order:*",
+                    "notify-lease:*",
+                    "notifications:*",
+                    "orders.notified.count",
+                ],
                 &[],
-                &["get", "set", "del", "expire", "hget", "hset"],
+                &["get", "set", "del", "expire", "hget", "hset", "incr"],
             ),
             Workload::Dashboard => (
                 &[],
-                &["orders.processed.count", "inventory:*", "notifications:*"],
-                &["get", "hget"],
+                &[
+                    "orders.processed.count",
+                    "orders.accepted.count",
+                    "orders.rejected.count",
+                    "orders.notified.count",
+                    "orders.latest",
+                    "order:*",
+                    "inventory.skus",
+                    "inventory:*",
+                    "notifications:*",
+                ],
+                // `GET`/`HGET` answer `/metrics`; `MGET`, `LRANGE`, `HMGET` and `ZRANGE` build the
+                // live page's snapshot.
+                &["get", "hget", "mget", "lrange", "hmget", "zrange"],
             ),
         };
         let scripts: &[&str] = if self == Workload::Dashboard {
@@ -324,13 +350,50 @@ mod tests {
     }
 
     #[test]
-    fn the_dashboard_reads_three_key_patterns_and_runs_no_write() {
-        let rules = Workload::Dashboard.redis_rules(&Keys::new("t1:"));
+    fn the_dashboard_only_reads_and_runs_no_write() {
+        let keys = Keys::new("t1:");
+        let rules = Workload::Dashboard.redis_rules(&keys);
         assert!(rules.iter().all(|rule| !rule.starts_with('~')), "{rules:?}");
-        assert!(rules.contains(&"%R~t1:inventory:*".to_owned()));
+        for key in [
+            keys.inventory("*"),
+            keys.order("*", "").trim_end_matches(':').to_owned(),
+            keys.latest_orders(),
+            keys.inventory_skus(),
+            keys.accepted_count(),
+            keys.rejected_count(),
+            keys.notified_count(),
+            keys.processed_count(),
+        ] {
+            assert!(rules.contains(&format!("%R~{key}")), "{key}: {rules:?}");
+        }
         assert!(rules.contains(&"-@all".to_owned()));
         let commands: Vec<&str> = rules.iter().filter_map(|r| r.strip_prefix('+')).collect();
-        assert_eq!(commands, ["ping", "get", "hget"]);
+        assert_eq!(
+            commands,
+            ["ping", "get", "hget", "mget", "lrange", "hmget", "zrange"]
+        );
+    }
+
+    /// Each new key is writable by the one workload whose script writes it, and no other.
+    #[test]
+    fn each_counter_has_exactly_one_writer() {
+        let keys = Keys::default();
+        for (key, writer) in [
+            (keys.accepted_count(), Workload::Gateway),
+            (keys.latest_orders(), Workload::Gateway),
+            (keys.processed_count(), Workload::Processor),
+            (keys.rejected_count(), Workload::Processor),
+            (keys.inventory_skus(), Workload::Processor),
+            (keys.notified_count(), Workload::Notifier),
+        ] {
+            for workload in Workload::ALL {
+                assert_eq!(
+                    workload.redis_rules(&keys).contains(&format!("~{key}")),
+                    workload == writer,
+                    "{workload:?} and {key}"
+                );
+            }
+        }
     }
 
     #[test]

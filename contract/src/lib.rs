@@ -260,6 +260,34 @@ pub mod keys {
             format!("{}orders.processed.count", self.prefix)
         }
 
+        /// Orders the gateway has accepted (the broker confirmed them), for the dashboard's rates.
+        pub fn accepted_count(&self) -> String {
+            format!("{}orders.accepted.count", self.prefix)
+        }
+
+        /// Orders the processor has rejected (out of stock, invalid inventory).
+        pub fn rejected_count(&self) -> String {
+            format!("{}orders.rejected.count", self.prefix)
+        }
+
+        /// Notifications the notifier has sent, each order counted once.
+        pub fn notified_count(&self) -> String {
+            format!("{}orders.notified.count", self.prefix)
+        }
+
+        /// The latest accepted orders, newest first, as `owner:order_id` (the order record's key
+        /// suffix): a list the gateway trims to [`crate::LATEST_ORDERS_KEPT`] entries.
+        pub fn latest_orders(&self) -> String {
+            format!("{}orders.latest", self.prefix)
+        }
+
+        /// Every SKU the processor has seen an order for, as a sorted set (all scores 0, so
+        /// members sort by name): the dashboard lists stock from it with a bounded `ZRANGE`
+        /// instead of a `SCAN`, which Redis's ACLs cannot confine to one key pattern.
+        pub fn inventory_skus(&self) -> String {
+            format!("{}inventory.skus", self.prefix)
+        }
+
         /// When an account was deleted (unix seconds): tokens issued at or before it are refused.
         pub fn account_deleted(&self, email: &str) -> String {
             format!("{}account:deleted:{email}", self.prefix)
@@ -285,6 +313,10 @@ pub mod keys {
 /// How long an order's record (and so the processor's "already applied" mark) is kept: far
 /// longer than any message can wait in a queue, so a redelivery always finds it.
 pub const ORDER_RECORD_TTL_SECONDS: u64 = 7 * 24 * 3600;
+
+/// How many entries [`keys::Keys::latest_orders`] keeps: enough for a screenful of recent
+/// orders, small enough that reading them all each second is cheap.
+pub const LATEST_ORDERS_KEPT: usize = 50;
 
 /// How long an order id's idempotency claim ([`keys::Keys::idempotency`]) is kept: a day longer
 /// than the order's record, and the processor extends it when it applies the order, so the
@@ -528,6 +560,11 @@ mod tests {
         assert_eq!(keys.inventory("a"), "t1:inventory:a");
         assert_eq!(keys.processed_count(), "t1:orders.processed.count");
         assert_eq!(keys.order("u", "o"), "t1:order:u:o");
+        assert_eq!(keys.accepted_count(), "t1:orders.accepted.count");
+        assert_eq!(keys.rejected_count(), "t1:orders.rejected.count");
+        assert_eq!(keys.notified_count(), "t1:orders.notified.count");
+        assert_eq!(keys.latest_orders(), "t1:orders.latest");
+        assert_eq!(keys.inventory_skus(), "t1:inventory.skus");
     }
 
     fn order() -> Order {

@@ -1,5 +1,6 @@
 //! Project commands. Run `cargo xtask --help`.
 
+mod browser_test;
 mod cluster;
 mod crdgen;
 mod env;
@@ -7,6 +8,7 @@ mod images;
 mod pipeline;
 mod shellcheck;
 mod template;
+mod ui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +72,22 @@ enum Command {
         /// Write nothing; fail when a written copy differs from the generated CRD (for CI).
         #[arg(long)]
         check: bool,
+    },
+    /// Build the dashboard's web page (npm ci, vite build) into workloads/dashboard/ui/dist,
+    /// which the dashboard binary embeds.
+    Ui {
+        /// Build into a temporary directory and fail when the committed dist differs (for CI).
+        #[arg(long)]
+        check: bool,
+    },
+    /// The dashboard's page in headless Debian Chromium (playwright-core) against the pipeline
+    /// of `cargo xtask run` (started when needed): no console errors, orders placed through the
+    /// gateway show up without a reload, a lookup shows an order's status. Saves a screenshot
+    /// under ~/.cache/order-pipeline/browser-test/.
+    BrowserTest {
+        /// Also write the screenshot to docs/dashboard.png (the README's).
+        #[arg(long)]
+        readme_screenshot: bool,
     },
     /// Build the container images (gateway, processor, notifier, dashboard, operator; all when
     /// none is named) from static musl release binaries, tag them order-pipeline/<name>:<version>,
@@ -191,6 +209,10 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::Shellcheck => shellcheck::run(&layout).map(|()| true),
         Command::Crdgen { check } => crdgen::run(check).map(|()| true),
+        Command::Ui { check } => ui::run(&layout, check).map(|()| true),
+        Command::BrowserTest { readme_screenshot } => {
+            browser_test::run(&layout, readme_screenshot).map(|()| true)
+        }
         Command::Images {
             out,
             dependencies: true,

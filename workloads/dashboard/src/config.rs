@@ -6,6 +6,8 @@ use workload_runtime::config::{self, ConfigError, Source};
 use workload_runtime::http_server::HttpLimits;
 use workload_runtime::redis_connection::RedisConfig;
 
+use crate::web::LiveLimits;
+
 #[derive(Debug, Clone)]
 pub struct DashboardConfig {
     /// The business port serving `GET /metrics` (the seed's 8081 by default).
@@ -14,6 +16,8 @@ pub struct DashboardConfig {
     pub redis: RedisConfig,
     /// The business port's timeouts and connection limit.
     pub http: HttpLimits,
+    /// The live page's WebSocket bounds (fixed: nobody has needed to tune them yet).
+    pub live: LiveLimits,
 }
 
 impl DashboardConfig {
@@ -23,6 +27,7 @@ impl DashboardConfig {
             admin_port: config::admin_port(source)?,
             redis: RedisConfig::from_source(source)?,
             http: HttpLimits::from_source(source)?,
+            live: LiveLimits::default(),
         })
     }
 }

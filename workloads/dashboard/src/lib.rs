@@ -2,10 +2,13 @@
 //!
 //! `GET /metrics` on the business port (the seed's 8081) answers
 //! `{"processed_orders_count": N}`, plus `inventory_level` for `?sku=` and `notification_status`
-//! for `?order_id=` when those keys exist. It only ever reads (`GET`, `HGET`), so it can run with
-//! any number of replicas beside the writers without affecting them. Unlike the seed it refuses
+//! for `?order_id=` when those keys exist. It only ever reads, so it can run with any number of
+//! replicas beside the writers without affecting them. Unlike the seed it refuses
 //! malformed queries with a 400 naming the parameter, and reports data it cannot interpret as an
 //! error instead of a made-up number.
+//!
+//! `/` serves the live web page ([`web`]): counters and rates, stock, the latest orders and a
+//! lookup, pushed over a WebSocket from one snapshot per period ([`live`]).
 //!
 //! [`app`] builds the router from an [`AppState`] so tests drive it directly; [`connect`] waits
 //! for Redis; [`serve`] serves it with the business port's limits; `main.rs` only wires.
@@ -13,9 +16,11 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod live;
 pub mod problem;
 pub mod query;
 pub mod report;
+pub mod web;
 
 use std::time::Duration;
 
@@ -33,6 +38,7 @@ use workload_runtime::shutdown::Shutdown;
 use crate::problem::AppError;
 use crate::query::MetricsQuery;
 use crate::report::MetricsReport;
+use crate::web::{Live, LiveLimits};
 use workload_runtime::http_metrics::HttpMetrics;
 
 /// The one business route (the seed's path).
@@ -42,20 +48,30 @@ pub const REDIS_CHECK: &str = "redis";
 /// How often the `redis` readiness check pings.
 const READINESS_PERIOD: Duration = Duration::from_secs(2);
 
-/// What the handler needs. Cloning is cheap: the connection is multiplexed.
+/// What the handlers need. Cloning is cheap: the connection is multiplexed.
 #[derive(Debug, Clone)]
 pub struct AppState {
     redis: ConnectionManager,
     keys: Keys,
     http_metrics: HttpMetrics,
+    live: Live,
 }
 
 impl AppState {
-    pub fn new(redis: ConnectionManager, keys: Keys, http_metrics: HttpMetrics) -> Self {
+    /// Starts the live page's snapshot publisher (until `shutdown`) along with the state.
+    pub async fn new(
+        redis: ConnectionManager,
+        keys: Keys,
+        http_metrics: HttpMetrics,
+        live_limits: LiveLimits,
+        shutdown: &Shutdown,
+    ) -> Self {
+        let live = Live::start(redis.clone(), keys.clone(), live_limits, shutdown).await;
         Self {
             redis,
             keys,
             http_metrics,
+            live,
         }
     }
 }
@@ -67,13 +83,23 @@ impl AppState {
 /// port, so `/readyz` can never answer 200 in the moment before the check exists.
 pub async fn connect(
     config: &RedisConfig,
+    live_limits: LiveLimits,
     http_metrics: HttpMetrics,
     redis_ready: ReadinessCheck,
     shutdown: &Shutdown,
 ) -> Option<AppState> {
     let redis = redis_connection::connect(config, shutdown).await?;
     redis_connection::watch_readiness(redis.clone(), redis_ready, READINESS_PERIOD, shutdown);
-    Some(AppState::new(redis, config.keys.clone(), http_metrics))
+    Some(
+        AppState::new(
+            redis,
+            config.keys.clone(),
+            http_metrics,
+            live_limits,
+            shutdown,
+        )
+        .await,
+    )
 }
 
 /// Serves [`app`] on `listener` within `limits` (header and request timeouts, connection limit:
@@ -88,7 +114,7 @@ pub async fn serve(
     http_server::serve(listener, app(state), limits, shutdown.token()).await
 }
 
-/// The dashboard's routes.
+/// The dashboard's routes: `GET /metrics`, counted in the HTTP metrics, and the live page's.
 pub fn app(state: AppState) -> Router {
     let metrics = state.http_metrics.clone();
     Router::new()
@@ -97,6 +123,7 @@ pub fn app(state: AppState) -> Router {
             metrics,
             workload_runtime::http_metrics::record,
         ))
+        .merge(web::routes())
         .with_state(state)
 }
 

@@ -47,7 +47,15 @@ async fn serve_until_shutdown() -> Result<()> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], http_port)))
         .await
         .with_context(|| format!("failed to bind port {http_port}"))?;
-    let Some(state) = connect(&config.redis, http_metrics, redis_ready, &shutdown).await else {
+    let Some(state) = connect(
+        &config.redis,
+        config.live,
+        http_metrics,
+        redis_ready,
+        &shutdown,
+    )
+    .await
+    else {
         shutdown.wait_for_tasks(Duration::from_secs(5)).await;
         return Ok(());
     };

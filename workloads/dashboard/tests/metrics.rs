@@ -381,9 +381,15 @@ async fn without_redis_it_is_not_ready_and_still_stops_promptly() {
     let connecting = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            connect(&config.redis, http_metrics, redis_ready, &shutdown)
-                .await
-                .is_some()
+            connect(
+                &config.redis,
+                config.live,
+                http_metrics,
+                redis_ready,
+                &shutdown,
+            )
+            .await
+            .is_some()
         }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -425,7 +431,7 @@ async fn serves_over_tcp_and_shuts_down_gracefully() {
         response.text().await.unwrap(),
         r#"{"processed_orders_count":0,"inventory_level":100}"#
     );
-    // Only GET (and HEAD) on /metrics; nothing else is served.
+    // Only GET (and HEAD) on /metrics; nothing but the live page's routes is served.
     let client = reqwest::Client::new();
     let post = client
         .post(format!("http://{address}/metrics"))
@@ -433,7 +439,9 @@ async fn serves_over_tcp_and_shuts_down_gracefully() {
         .await
         .unwrap();
     assert_eq!(post.status(), 405);
-    let elsewhere = reqwest::get(format!("http://{address}/")).await.unwrap();
+    let elsewhere = reqwest::get(format!("http://{address}/elsewhere"))
+        .await
+        .unwrap();
     assert_eq!(elsewhere.status(), 404);
 
     // `stop` triggers shutdown and asserts the server and the readiness watcher finished.

@@ -13,7 +13,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use pipeline_contract::messages::{Order, OrderPlaced};
-use pipeline_contract::{ORDER_RECORD_TTL_SECONDS, order, order_fields, topology};
+use pipeline_contract::{
+    LATEST_ORDERS_KEPT, ORDER_RECORD_TTL_SECONDS, order, order_fields, topology,
+};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -243,6 +245,23 @@ async fn publish_claimed(
         .expire(
             state.keys().order(owner, &order.id),
             ORDER_RECORD_TTL_SECONDS as i64,
+        )
+        .ignore()
+        // The dashboard's accepted counter and latest-orders list, in the same transaction as
+        // the record so the list never names an order without one.
+        // INCR, not the `incr` helper's INCRBY: the gateway's ACL grants INCR only.
+        .cmd("INCR")
+        .arg(state.keys().accepted_count())
+        .ignore()
+        .lpush(
+            state.keys().latest_orders(),
+            format!("{owner}:{}", order.id),
+        )
+        .ignore()
+        .ltrim(
+            state.keys().latest_orders(),
+            0,
+            LATEST_ORDERS_KEPT as isize - 1,
         )
         .ignore()
         .query_async(&mut redis)

@@ -160,10 +160,14 @@ return 'claimed'
 ";
 
 /// Records `sent` only while the lease is ours, and releases it, atomically. KEYS: lease, order
-/// record, the seed's notification hash. ARGV: lease token, now (unix ms), owner, record TTL.
-/// Returns 1 when the lease was still ours.
+/// record, the seed's notification hash, the notified counter. ARGV: lease token, now (unix ms),
+/// owner, record TTL. Returns 1 when the lease was still ours. The counter counts an order once,
+/// the first time it is marked sent, whoever marks it.
 const MARK_SENT_BODY: &str = r"
 local ours = redis.call('GET', KEYS[1]) == ARGV[1]
+if redis.call('HGET', KEYS[2], FIELD_NOTIFICATION) ~= SENT then
+  redis.call('INCR', KEYS[4])
+end
 redis.call('HSET', KEYS[2], FIELD_NOTIFICATION, SENT, FIELD_NOTIFIED_AT, ARGV[2])
 redis.call('HSET', KEYS[3], SEED_STATUS, SENT, SEED_SENT_AT, ARGV[2], SEED_OWNER, ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
@@ -311,6 +315,7 @@ impl<S: Sink> Notifier<S> {
             .key(&lease)
             .key(&record)
             .key(&notification_key)
+            .key(self.keys.notified_count())
             .arg(&token)
             .arg(now_unix_millis())
             .arg(&order.owner)

@@ -144,6 +144,7 @@ impl Pipeline {
             workload_runtime::http_metrics::HttpMetrics::register(&mut Registry::default());
         let dashboard_state = dashboard::connect(
             &redis_config,
+            dashboard::web::LiveLimits::default(),
             dashboard_metrics,
             dashboard_ready.check(dashboard::REDIS_CHECK),
             &shutdown,

@@ -224,3 +224,60 @@ async fn each_workload_is_refused_what_it_does_not_use() {
     println!("refusals by kind: {counts:?}");
     pipeline.stop().await;
 }
+
+/// The dashboard's counters, latest-orders list and SKU index are written by the scripts and
+/// transactions each workload already runs, under its own user: a command its ACL lacks would
+/// abort the write (the gateway's record transaction once did, over an INCRBY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboards_sources_are_written_with_each_workloads_own_grants() {
+    let pipeline = Pipeline::start(Options::default()).await.unwrap();
+    pipeline.set_stock("sku-1", 2).await.unwrap();
+    let (owner, token) = pipeline.account().await.unwrap();
+    assert_eq!(
+        pipeline.order(&token, "fits", "sku-1", 2).await.unwrap(),
+        202
+    );
+    assert_eq!(
+        pipeline.order(&token, "short", "sku-1", 1).await.unwrap(),
+        202
+    );
+
+    let keys = &pipeline.keys;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut redis = pipeline.redis.clone();
+    loop {
+        let counters: Vec<Option<i64>> = redis::cmd("MGET")
+            .arg(keys.accepted_count())
+            .arg(keys.processed_count())
+            .arg(keys.rejected_count())
+            .arg(keys.notified_count())
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if counters == [Some(2), Some(1), Some(1), Some(1)] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "counters (accepted, processed, rejected, notified) stuck at {counters:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let latest: Vec<String> = redis::cmd("LRANGE")
+        .arg(keys.latest_orders())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(latest, [format!("{owner}:short"), format!("{owner}:fits")]);
+    let skus: Vec<String> = redis::cmd("ZRANGE")
+        .arg(keys.inventory_skus())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(skus, ["sku-1"]);
+    pipeline.stop().await;
+}

@@ -64,8 +64,9 @@ impl ProcessorConfig {
 }
 
 /// The inventory step, atomic in Redis. KEYS: order record, inventory, processed counter, the
-/// id's idempotency claim. ARGV: quantity, now (unix ms), record TTL (seconds), claim TTL
-/// (seconds). Returns {outcome, reason, processed_at, replayed (1 when the order had been
+/// id's idempotency claim, rejected counter, the dashboard's SKU index. ARGV: quantity, now (unix
+/// ms), record TTL (seconds), claim TTL (seconds), SKU. The counters and the SKU index change
+/// only when the order is decided here, never on a replay, so they count each order once. Returns {outcome, reason, processed_at, replayed (1 when the order had been
 /// applied before)}. The claim, if still there, is extended as the record is written, so it
 /// outlives the record however long the order waited in the queue.
 const APPLY_ORDER_BODY: &str = r"
@@ -77,6 +78,7 @@ end
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('EXPIRE', KEYS[4], ARGV[4])
 end
+redis.call('ZADD', KEYS[6], 0, ARGV[5])
 local qty = tonumber(ARGV[1])
 local kind = redis.call('TYPE', KEYS[2]).ok
 local stock = 0
@@ -89,6 +91,7 @@ if kind ~= 'none' then
   if not (raw == '0' or (digits and #digits <= 15)) then
     redis.call('HSET', KEYS[1], FIELD_OUTCOME, REJECTED, FIELD_REASON, INVALID_INVENTORY, FIELD_PROCESSED_AT, ARGV[2])
     redis.call('EXPIRE', KEYS[1], ARGV[3])
+    redis.call('INCR', KEYS[5])
     return {REJECTED, INVALID_INVENTORY, ARGV[2], 0}
   end
   stock = tonumber(raw)
@@ -96,6 +99,7 @@ end
 if stock < qty then
   redis.call('HSET', KEYS[1], FIELD_OUTCOME, REJECTED, FIELD_REASON, OUT_OF_STOCK, FIELD_PROCESSED_AT, ARGV[2])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('INCR', KEYS[5])
   return {REJECTED, OUT_OF_STOCK, ARGV[2], 0}
 end
 redis.call('DECRBY', KEYS[2], qty)
@@ -186,10 +190,13 @@ impl Processor {
             .key(self.keys.inventory(&order.sku))
             .key(self.keys.processed_count())
             .key(self.keys.idempotency(&order.owner, &order.order_id))
+            .key(self.keys.rejected_count())
+            .key(self.keys.inventory_skus())
             .arg(order.qty)
             .arg(now_unix_millis())
             .arg(ORDER_RECORD_TTL_SECONDS)
             .arg(IDEMPOTENCY_CLAIM_TTL_SECONDS)
+            .arg(&order.sku)
             .invoke_async(&mut redis)
             .await?;
         let Some(outcome) = Outcome::from_record(&outcome) else {

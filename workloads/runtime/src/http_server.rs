@@ -164,10 +164,15 @@ pub async fn serve(
                 });
         let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
         stream.set_write_timeout(Some(limits.header_read_timeout));
-        let connection = http.serve_connection(
-            TokioIo::new(Box::pin(stream)),
-            TowerToHyperService::new(service),
-        );
+        // With upgrades, so the dashboard's WebSocket can take the connection over; an upgraded
+        // connection leaves this server's tracking (and its slot), and its handler must bound
+        // and close it itself.
+        let connection = http
+            .serve_connection(
+                TokioIo::new(Box::pin(stream)),
+                TowerToHyperService::new(service),
+            )
+            .with_upgrades();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let _slot = slot;

@@ -87,7 +87,13 @@ impl Dashboard {
         let redis_ready = readiness.check(REDIS_CHECK);
         let state = tokio::time::timeout(
             Duration::from_secs(30),
-            connect(&config.redis, http_metrics, redis_ready, &shutdown),
+            connect(
+                &config.redis,
+                config.live,
+                http_metrics,
+                redis_ready,
+                &shutdown,
+            ),
         )
         .await
         .expect("dashboard connected to Redis within 30s")
