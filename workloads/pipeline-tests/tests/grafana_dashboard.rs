@@ -35,12 +35,6 @@ const KEYWORDS: &[&str] = &[
     "quantile",
     "limitk",
     "limit_ratio",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
     "bool",
     "and",
     "or",
@@ -48,6 +42,16 @@ const KEYWORDS: &[&str] = &[
     "offset",
     "inf",
     "nan",
+];
+
+/// PromQL's grouping and matching modifiers: the parenthesis after them lists labels.
+const GROUPING: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
 ];
 
 /// Every `expr` of every panel (rows' nested panels too).
@@ -126,16 +130,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                 }
                 let is_call = chars.get(next) == Some(&'(');
                 let lower = word.to_ascii_lowercase();
-                if [
-                    "by",
-                    "without",
-                    "on",
-                    "ignoring",
-                    "group_left",
-                    "group_right",
-                ]
-                .contains(&lower.as_str())
-                {
+                if GROUPING.contains(&lower.as_str()) {
                     grouping = true;
                 } else if !is_call && !KEYWORDS.contains(&lower.as_str()) {
                     names.insert(word);
