@@ -2,7 +2,9 @@
 //! rules of its own user, derived from what it declares, publishes, consumes and touches.
 //!
 //! One credential per workload, each with only what it uses: the dashboard reads a few Redis
-//! keys and runs no write, the notifier cannot publish the `order.created` events it trusts, and
+//! keys and runs no write, and on RabbitMQ holds no permission at all (it reads queue depths
+//! with passive declares, which RabbitMQ answers for any user with access to the vhost), the
+//! notifier cannot publish the `order.created` events it trusts, and
 //! nobody but the processor changes stock. The operator turns these into the managed RabbitMQ's
 //! definitions and the managed Redis's ACL file; `cargo xtask run` and the tests create the same
 //! users in the local environment; so every pipeline runs with exactly these grants.
@@ -68,11 +70,6 @@ impl Workload {
         self == Workload::Gateway
     }
 
-    /// Every workload but the dashboard, which reads Redis only.
-    pub fn uses_rabbitmq(self) -> bool {
-        self.rabbitmq().is_some()
-    }
-
     /// The work queues it declares.
     fn declares(self) -> &'static [WorkQueue] {
         match self {
@@ -102,8 +99,10 @@ impl Workload {
         }
     }
 
-    /// Its RabbitMQ permissions; `None` for the dashboard, which has no RabbitMQ user.
-    pub fn rabbitmq(self) -> Option<RabbitmqPermissions> {
+    /// Its RabbitMQ permissions. Every workload has a user; the dashboard's matches no name
+    /// (`^$` for all three), which still lets it into the vhost, where a passive declare answers
+    /// a queue's depth and consumer count without any permission, and nothing else.
+    pub fn rabbitmq(self) -> RabbitmqPermissions {
         let mut configure = Vec::new();
         let mut write = Vec::new();
         let mut read = Vec::new();
@@ -143,14 +142,11 @@ impl Workload {
             read.push(topology::dead_letter_queue(queue));
             write.push(topology::redrive_exchange(queue));
         }
-        if configure.is_empty() && write.is_empty() && read.is_empty() {
-            return None;
-        }
-        Some(RabbitmqPermissions {
+        RabbitmqPermissions {
             configure: any_of(configure),
             write: any_of(write),
             read: any_of(read),
-        })
+        }
     }
 
     /// The Redis ACL rules of its user, for keys under `keys`' prefix: no keys or channels but
@@ -301,8 +297,8 @@ mod tests {
 
     #[test]
     fn only_the_processor_may_publish_outcomes_and_only_the_gateway_orders() {
-        for workload in [Workload::Gateway, Workload::Processor, Workload::Notifier] {
-            let permissions = workload.rabbitmq().unwrap();
+        for workload in Workload::ALL {
+            let permissions = workload.rabbitmq();
             assert_eq!(
                 matches(&permissions.write, topology::EVENTS_EXCHANGE),
                 workload == Workload::Processor,
@@ -318,13 +314,25 @@ mod tests {
             // Nobody publishes through the default exchange straight into a queue.
             assert!(!matches(&permissions.write, "amq.default"));
         }
-        assert_eq!(Workload::Dashboard.rabbitmq(), None);
+    }
+
+    #[test]
+    fn the_dashboard_may_not_touch_any_rabbitmq_resource() {
+        let none = "^$".to_owned();
+        assert_eq!(
+            Workload::Dashboard.rabbitmq(),
+            RabbitmqPermissions {
+                configure: none.clone(),
+                write: none.clone(),
+                read: none,
+            }
+        );
     }
 
     #[test]
     fn consumers_read_their_own_queue_and_not_the_others() {
-        let processor = Workload::Processor.rabbitmq().unwrap();
-        let notifier = Workload::Notifier.rabbitmq().unwrap();
+        let processor = Workload::Processor.rabbitmq();
+        let notifier = Workload::Notifier.rabbitmq();
         assert!(matches(&processor.read, topology::ORDERS_QUEUE));
         assert!(matches(&notifier.read, topology::NOTIFIER_QUEUE));
         assert!(!matches(&notifier.read, topology::ORDERS_QUEUE));
@@ -334,7 +342,7 @@ mod tests {
         assert!(!matches(&processor.write, "notifier.queue.redrive"));
         assert!(matches(&notifier.read, "notifier.queue.dead-letter"));
         assert!(!matches(&notifier.read, "orders.queue.dead-letter"));
-        let gateway = Workload::Gateway.rabbitmq().unwrap();
+        let gateway = Workload::Gateway.rabbitmq();
         assert!(!matches(&gateway.read, topology::NOTIFIER_QUEUE));
         assert!(!matches(&gateway.write, "orders.queue.redrive"));
         assert!(!matches(&gateway.configure, topology::EVENTS_EXCHANGE));

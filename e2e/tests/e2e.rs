@@ -70,8 +70,49 @@ async fn the_seed_walkthrough_and_scaling_work_on_a_cluster() -> Result<()> {
     )
     .await
     .context("the seed walkthrough through port-forwards")?;
+    dashboard_shows_the_queues(&dashboard.local.to_string())
+        .await
+        .context("the dashboard's live page shows the queues")?;
 
     scale_processor_and_back(&cluster).await
+}
+
+/// The dashboard's live snapshot (its WebSocket, through the port-forward) shows each work queue
+/// with its consumers and dead letters, read from the managed RabbitMQ as the dashboard's own
+/// user.
+async fn dashboard_shows_the_queues(dashboard: &str) -> Result<()> {
+    use futures::StreamExt;
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{dashboard}/live"))
+        .await
+        .context("opening the dashboard's /live")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .context("no snapshot showing both queues consumed within 60s")?
+            .context("the socket closed")??;
+        let tokio_tungstenite::tungstenite::Message::Text(text) = message else {
+            continue;
+        };
+        let snapshot: serde_json::Value = serde_json::from_str(&text)?;
+        let Some(queues) = snapshot["queues"].as_array() else {
+            continue;
+        };
+        let consumed = |queue: &serde_json::Value| {
+            queue["consumers"]
+                .as_u64()
+                .is_some_and(|consumers| consumers >= 1)
+                && queue["ready"].is_u64()
+                && queue["dead_letters"].is_u64()
+        };
+        if queues.len() == 2 && queues.iter().all(consumed) {
+            println!(
+                "  ok  the dashboard shows the queues: {}",
+                snapshot["queues"]
+            );
+            return Ok(());
+        }
+    }
 }
 
 /// Scales the processor to 2 (3 if it already runs 2) and back, restoring the original count
@@ -177,7 +218,7 @@ async fn each_workload_logs_in_to_the_managed_dependencies_with_only_its_grants(
     let rabbitmq = cluster
         .forward_pod(&format!("{}-0", cluster.child("rabbitmq")), 5672)
         .await?;
-    for workload in ["notifier", "gateway"] {
+    for workload in ["notifier", "gateway", "dashboard"] {
         let url = format!(
             "amqp://{workload}:{}@{}/%2f",
             password("rabbitmq-credentials", workload).await?,

@@ -43,10 +43,10 @@ impl Vhost {
             .collect()
     }
 
-    /// Creates `workload`'s RabbitMQ user with exactly its permissions on this vhost; `None` for
-    /// a workload without RabbitMQ access (the dashboard). Deleted with the vhost.
-    pub async fn workload_user(&self, workload: Workload) -> Option<Credentials> {
-        let permissions = workload.rabbitmq()?;
+    /// Creates `workload`'s RabbitMQ user with exactly its permissions on this vhost. Deleted
+    /// with the vhost.
+    pub async fn workload_user(&self, workload: Workload) -> Credentials {
+        let permissions = workload.rabbitmq();
         let credentials = new_credentials(&format!("{}-{}", self.name, workload.name()));
         let client = reqwest::Client::new();
         let user = &credentials.username;
@@ -74,7 +74,7 @@ impl Vhost {
             .await
             .and_then(reqwest::Response::error_for_status)
             .unwrap_or_else(|error| panic!("failed to set permissions of {user}: {error}"));
-        Some(credentials)
+        credentials
     }
 }
 

@@ -184,13 +184,13 @@ pub fn running(layout: &Layout) -> Vec<String> {
         .collect()
 }
 
-/// A workload's own users, as the operator makes them in a cluster: a Redis ACL user and (but
-/// for the dashboard) a RabbitMQ user, both named after the workload, with the grants of
+/// A workload's own users, as the operator makes them in a cluster: a Redis ACL user and a
+/// RabbitMQ user (the dashboard's may touch nothing, it only reads queue depths), both named after the workload, with the grants of
 /// `pipeline_contract::access`. Their passwords are made once and kept beside the JWT secret.
 #[derive(Debug, Default)]
 struct Credentials {
     redis_password: String,
-    rabbitmq_password: Option<String>,
+    rabbitmq_password: String,
 }
 
 fn grant(
@@ -205,14 +205,8 @@ fn grant(
         &redis_password,
         &workload.redis_rules(&pipeline_contract::keys::Keys::default()),
     )?;
-    let rabbitmq_password = match workload.rabbitmq() {
-        Some(permissions) => {
-            let password = secret_file(dir, &format!("{name}-rabbitmq-password"))?;
-            env::rabbitmq::grant(layout, name, &password, &permissions)?;
-            Some(password)
-        }
-        None => None,
-    };
+    let rabbitmq_password = secret_file(dir, &format!("{name}-rabbitmq-password"))?;
+    env::rabbitmq::grant(layout, name, &rabbitmq_password, &workload.rabbitmq())?;
     Ok(Credentials {
         redis_password,
         rabbitmq_password,
@@ -252,16 +246,17 @@ fn variables(
             (vars::OTEL_SERVICE_NAME.into(), workload.name().to_owned()),
         ]);
     }
-    if let Some(password) = &credentials.rabbitmq_password {
-        let (user, env_password) = (get("OP_RABBITMQ_USER")?, get("OP_RABBITMQ_PASSWORD")?);
-        let userinfo = format!("{user}:{env_password}@");
-        let urls = get("OP_RABBITMQ_URLS")?.replace(&userinfo, "");
-        variables.extend([
-            (vars::RABBITMQ_URLS.into(), urls),
-            (vars::RABBITMQ_USERNAME.into(), workload.name().to_owned()),
-            (vars::RABBITMQ_PASSWORD.into(), password.clone()),
-        ]);
-    }
+    let (user, env_password) = (get("OP_RABBITMQ_USER")?, get("OP_RABBITMQ_PASSWORD")?);
+    let userinfo = format!("{user}:{env_password}@");
+    let urls = get("OP_RABBITMQ_URLS")?.replace(&userinfo, "");
+    variables.extend([
+        (vars::RABBITMQ_URLS.into(), urls),
+        (vars::RABBITMQ_USERNAME.into(), workload.name().to_owned()),
+        (
+            vars::RABBITMQ_PASSWORD.into(),
+            credentials.rabbitmq_password.clone(),
+        ),
+    ]);
     if workload.uses_cassandra() {
         variables.extend([
             (vars::CASSANDRA_ADDR.into(), get("OP_CASSANDRA_ADDR")?),
@@ -334,7 +329,7 @@ mod tests {
                 .workload;
             let credentials = Credentials {
                 redis_password: format!("{name}-r"),
-                rabbitmq_password: workload.uses_rabbitmq().then(|| format!("{name}-q")),
+                rabbitmq_password: format!("{name}-q"),
             };
             variables(&endpoints, "s", &credentials, workload)
                 .unwrap()
@@ -364,12 +359,16 @@ mod tests {
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
                 "OTEL_SERVICE_NAME",
                 "PATH",
+                "RABBITMQ_PASSWORD",
+                "RABBITMQ_URLS",
+                "RABBITMQ_USERNAME",
                 "REDIS_ADDR",
                 "REDIS_PASSWORD",
                 "REDIS_USERNAME"
             ],
-            "the dashboard reads Redis only (and exports its spans)"
+            "the dashboard reads Redis and queue depths (and exports its spans); no Cassandra, no token secret"
         );
+        assert_eq!(dashboard["RABBITMQ_USERNAME"], "dashboard");
         assert_eq!(dashboard["OTEL_SERVICE_NAME"], "dashboard");
         assert_eq!(dashboard["REDIS_PASSWORD"], "dashboard-r");
         assert!(

@@ -455,7 +455,9 @@ pub struct ExternalDependency {
     /// RabbitMQ and Redis: a Secret per workload (`username` and `password` keys; for Redis
     /// `username` may be left out for the `default` user), so each workload logs in as its own
     /// user with only the grants it needs (the README lists them). A workload without one here
-    /// uses `credentialsSecretRef`.
+    /// uses `credentialsSecretRef`, except the dashboard on RabbitMQ: it reads queue depths only
+    /// with a Secret of its own here (a user with no permissions on the vhost is enough), never
+    /// with the shared one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_credentials: Option<WorkloadCredentials>,
     /// RabbitMQ only: the management API's base URL (`http://host:15672`), which queue-depth

@@ -193,7 +193,7 @@ pub async fn secrets(pipeline: &OrderPipeline, reader: &Reader) -> Result<Secret
             value(existing.as_ref(), "erlang-cookie")
                 .unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), COOKIE_LENGTH)),
         );
-        secrets.rabbitmq_workloads = workload_passwords(existing.as_ref(), Workload::uses_rabbitmq);
+        secrets.rabbitmq_workloads = workload_passwords(existing.as_ref());
     }
     if spec.redis.managed.is_some() {
         let existing = read_generated(
@@ -204,7 +204,7 @@ pub async fn secrets(pipeline: &OrderPipeline, reader: &Reader) -> Result<Secret
         .await?;
         secrets.redis_password =
             Some(value(existing.as_ref(), "password").unwrap_or_else(new_password));
-        secrets.redis_workloads = workload_passwords(existing.as_ref(), |_| true);
+        secrets.redis_workloads = workload_passwords(existing.as_ref());
     }
     if spec.cassandra.managed.is_some() {
         let existing = read_generated(
@@ -240,13 +240,9 @@ pub async fn secrets(pipeline: &OrderPipeline, reader: &Reader) -> Result<Secret
 
 /// Each workload's password (of those `uses` selects), read back from the dependency's
 /// credentials Secret (key `<workload>-password`) or generated.
-fn workload_passwords(
-    existing: Option<&BTreeMap<String, Vec<u8>>>,
-    uses: impl Fn(Workload) -> bool,
-) -> BTreeMap<Workload, String> {
+fn workload_passwords(existing: Option<&BTreeMap<String, Vec<u8>>>) -> BTreeMap<Workload, String> {
     Workload::ALL
         .into_iter()
-        .filter(|&workload| uses(workload))
         .map(|workload| {
             let password = value(existing, &password_key(workload)).unwrap_or_else(new_password);
             (workload, password)

@@ -197,6 +197,27 @@ impl<'a> ValidatedPipeline<'a> {
             Dependency::Cassandra => node_mode(&self.cassandra, |managed| &managed.node),
         }
     }
+
+    /// Whether `workload` connects to `dependency` here: Cassandra is the gateway's alone;
+    /// Redis and RabbitMQ are everyone's, but the dashboard (which only reads queue depths)
+    /// connects to an external RabbitMQ only with a Secret of its own in `workloadCredentials`,
+    /// never with the shared one, which can do far more than it needs.
+    pub fn connects(&self, workload: Workload, dependency: Dependency) -> bool {
+        match dependency {
+            Dependency::Cassandra => workload.uses_cassandra(),
+            Dependency::Redis => true,
+            Dependency::Rabbitmq => match &self.rabbitmq {
+                Mode::Managed(_) => true,
+                Mode::External(external) => {
+                    workload != Workload::Dashboard
+                        || external
+                            .workload_credentials
+                            .as_ref()
+                            .is_some_and(|own| own.of(workload.name()).is_some())
+                }
+            },
+        }
+    }
 }
 
 fn node_mode<'a, 'b, M>(

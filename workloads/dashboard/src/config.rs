@@ -1,5 +1,6 @@
 //! The dashboard's configuration, from the environment. It needs only Redis and its two ports;
-//! every problem names its variable (the shared helpers do that).
+//! RabbitMQ (`RABBITMQ_URLS`, with its own user) is optional and only feeds the live page's
+//! queue depths. Every problem names its variable (the shared helpers do that).
 
 use pipeline_contract::{env, ports};
 use workload_runtime::config::{self, ConfigError, Source};
@@ -14,6 +15,9 @@ pub struct DashboardConfig {
     pub http_port: u16,
     pub admin_port: u16,
     pub redis: RedisConfig,
+    /// The nodes to read queue depths from, with the credentials folded in; `None` when
+    /// `RABBITMQ_URLS` is not set.
+    pub rabbitmq_urls: Option<Vec<String>>,
     /// The business port's timeouts and connection limit.
     pub http: HttpLimits,
     /// The live page's WebSocket bounds (fixed: nobody has needed to tune them yet).
@@ -26,6 +30,10 @@ impl DashboardConfig {
             http_port: config::parsed_or(source, env::HTTP_PORT, ports::DASHBOARD_HTTP)?,
             admin_port: config::admin_port(source)?,
             redis: RedisConfig::from_source(source)?,
+            rabbitmq_urls: match source.get(env::RABBITMQ_URLS) {
+                Some(_) => Some(config::rabbitmq_urls(source)?),
+                None => None,
+            },
             http: HttpLimits::from_source(source)?,
             live: LiveLimits::default(),
         })
@@ -50,6 +58,37 @@ mod tests {
             "orders.processed.count"
         );
         assert_eq!(config.http, HttpLimits::default());
+        assert_eq!(config.rabbitmq_urls, None, "RabbitMQ is optional");
+    }
+
+    #[test]
+    fn rabbitmq_takes_the_dashboards_own_user_and_names_its_variable() {
+        let source = BTreeMap::from([
+            (env::REDIS_ADDR, "redis:6379"),
+            (
+                env::RABBITMQ_URLS,
+                "amqp://mq-0:5672/%2f,amqp://mq-1:5672/%2f",
+            ),
+            (env::RABBITMQ_USERNAME, "dashboard"),
+            (env::RABBITMQ_PASSWORD, "p@ss"),
+        ]);
+        let urls = DashboardConfig::from_source(&source)
+            .unwrap()
+            .rabbitmq_urls
+            .unwrap();
+        assert_eq!(
+            urls,
+            [
+                "amqp://dashboard:p%40ss@mq-0:5672/%2f",
+                "amqp://dashboard:p%40ss@mq-1:5672/%2f"
+            ]
+        );
+        let bad = BTreeMap::from([
+            (env::REDIS_ADDR, "redis:6379"),
+            (env::RABBITMQ_URLS, "http://mq:5672"),
+        ]);
+        let error = DashboardConfig::from_source(&bad).unwrap_err().to_string();
+        assert!(error.contains("RABBITMQ_URLS"), "{error}");
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //! malformed queries with a 400 naming the parameter, and reports data it cannot interpret as an
 //! error instead of a made-up number.
 //!
-//! `/` serves the live web page ([`web`]): counters and rates, stock, the latest orders and a
-//! lookup, pushed over a WebSocket from one snapshot per period ([`live`]).
+//! `/` serves the live web page ([`web`]): counters and rates, stock, queue depths and dead
+//! letters ([`queues`]), the latest orders and a lookup, pushed over a WebSocket from one
+//! snapshot per period ([`live`]).
 //!
 //! [`app`] builds the router from an [`AppState`] so tests drive it directly; [`connect`] waits
-//! for Redis; [`serve`] serves it with the business port's limits; `main.rs` only wires.
+//! for Redis (and starts the RabbitMQ connection, which it does not wait for); [`serve`] serves
+//! it with the business port's limits; `main.rs` only wires.
 
 #![forbid(unsafe_code)]
 
@@ -19,6 +21,7 @@ pub mod config;
 pub mod live;
 pub mod problem;
 pub mod query;
+pub mod queues;
 pub mod report;
 pub mod web;
 
@@ -29,17 +32,21 @@ use axum::http::Uri;
 use axum::routing::get;
 use axum::{Json, Router};
 use pipeline_contract::keys::Keys;
+use prometheus_client::registry::Registry;
 use redis::aio::ConnectionManager;
 use workload_runtime::admin::ReadinessCheck;
+use workload_runtime::broker::BrokerMetrics;
+use workload_runtime::http_metrics::HttpMetrics;
 use workload_runtime::http_server::{self, HttpLimits};
-use workload_runtime::redis_connection::{self, RedisConfig};
+use workload_runtime::redis_connection;
 use workload_runtime::shutdown::Shutdown;
 
+use crate::config::DashboardConfig;
 use crate::problem::AppError;
 use crate::query::MetricsQuery;
+use crate::queues::QueueWatch;
 use crate::report::MetricsReport;
 use crate::web::{Live, LiveLimits};
-use workload_runtime::http_metrics::HttpMetrics;
 
 /// The one business route (the seed's path).
 pub const METRICS_PATH: &str = "/metrics";
@@ -47,6 +54,23 @@ pub const METRICS_PATH: &str = "/metrics";
 pub const REDIS_CHECK: &str = "redis";
 /// How often the `redis` readiness check pings.
 const READINESS_PERIOD: Duration = Duration::from_secs(2);
+
+/// The dashboard's Prometheus metrics: its business port's requests and its RabbitMQ
+/// connection.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub http: HttpMetrics,
+    pub broker: BrokerMetrics,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        Self {
+            http: HttpMetrics::register(registry),
+            broker: BrokerMetrics::register(registry),
+        }
+    }
+}
 
 /// What the handlers need. Cloning is cheap: the connection is multiplexed.
 #[derive(Debug, Clone)]
@@ -62,11 +86,12 @@ impl AppState {
     pub async fn new(
         redis: ConnectionManager,
         keys: Keys,
+        queues: Option<QueueWatch>,
         http_metrics: HttpMetrics,
         live_limits: LiveLimits,
         shutdown: &Shutdown,
     ) -> Self {
-        let live = Live::start(redis.clone(), keys.clone(), live_limits, shutdown).await;
+        let live = Live::start(redis.clone(), keys.clone(), queues, live_limits, shutdown).await;
         Self {
             redis,
             keys,
@@ -76,26 +101,32 @@ impl AppState {
     }
 }
 
-/// Connects to Redis, retrying until it answers (the pod may start before Redis does), then keeps
-/// `redis_ready` in step with whether Redis answers. `None` when shutdown began first.
+/// Starts the RabbitMQ connection when `RABBITMQ_URLS` is set (in the background: the
+/// dashboard does not wait for it), connects to Redis, retrying until it answers (the pod may
+/// start before Redis does), then keeps `redis_ready` in step with whether Redis answers. `None`
+/// when shutdown began first.
 ///
 /// The caller registers the check (`readiness.check(REDIS_CHECK)`) before it opens the admin
 /// port, so `/readyz` can never answer 200 in the moment before the check exists.
 pub async fn connect(
-    config: &RedisConfig,
-    live_limits: LiveLimits,
-    http_metrics: HttpMetrics,
+    config: &DashboardConfig,
+    metrics: Metrics,
     redis_ready: ReadinessCheck,
     shutdown: &Shutdown,
 ) -> Option<AppState> {
-    let redis = redis_connection::connect(config, shutdown).await?;
+    let queues = config
+        .rabbitmq_urls
+        .clone()
+        .map(|urls| QueueWatch::start(urls, metrics.broker, shutdown));
+    let redis = redis_connection::connect(&config.redis, shutdown).await?;
     redis_connection::watch_readiness(redis.clone(), redis_ready, READINESS_PERIOD, shutdown);
     Some(
         AppState::new(
             redis,
-            config.keys.clone(),
-            http_metrics,
-            live_limits,
+            config.redis.keys.clone(),
+            queues,
+            metrics.http,
+            config.live,
             shutdown,
         )
         .await,

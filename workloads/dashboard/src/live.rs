@@ -7,6 +7,9 @@
 //! serializes once and hands the text to a `watch` channel: a slow client only ever misses
 //! intermediate snapshots, it never holds the others back.
 //!
+//! With RabbitMQ configured, each snapshot also carries the work queues' depths and dead letters
+//! ([`crate::queues`]), read beside the Redis round trips.
+//!
 //! What a snapshot shows of an order is its id, SKU, quantity, outcome and notification with
 //! their times; never its owner (the owner is an email address).
 
@@ -19,6 +22,8 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 use tokio::sync::watch;
 use workload_runtime::shutdown::Shutdown;
+
+use crate::queues::{QueueDepth, QueueWatch};
 
 /// How many SKUs the page lists (the first ones by name); more are counted as left out.
 pub const MAX_LISTED_SKUS: usize = 100;
@@ -130,6 +135,9 @@ pub struct Snapshot {
     pub inventory_truncated: bool,
     /// Newest first.
     pub latest: Vec<OrderView>,
+    /// The work queues, [`crate::queues::WATCHED`]; `None` without RabbitMQ (not configured or
+    /// not reachable).
+    pub queues: Option<Vec<QueueDepth>>,
 }
 
 /// Why a snapshot could not be read.
@@ -197,6 +205,7 @@ pub async fn read(redis: &ConnectionManager, keys: &Keys) -> Result<Snapshot, Sn
         inventory,
         inventory_truncated,
         latest,
+        queues: None,
     })
 }
 
@@ -292,11 +301,12 @@ pub async fn lookup(
 pub async fn publish(
     redis: ConnectionManager,
     keys: Keys,
+    mut queues: Option<QueueWatch>,
     period: Duration,
     shutdown: &Shutdown,
 ) -> watch::Receiver<Arc<str>> {
     let mut previous: Option<(Totals, Instant)> = None;
-    let first = next_snapshot(&redis, &keys, &mut previous).await;
+    let first = next_snapshot(&redis, &keys, queues.as_mut(), &mut previous).await;
     let (sender, receiver) = watch::channel(first);
     let token = shutdown.token();
     shutdown.spawn(async move {
@@ -308,7 +318,7 @@ pub async fn publish(
                 () = token.cancelled() => break,
                 _ = ticks.tick() => {}
             }
-            let snapshot = next_snapshot(&redis, &keys, &mut previous).await;
+            let snapshot = next_snapshot(&redis, &keys, queues.as_mut(), &mut previous).await;
             sender.send_replace(snapshot);
         }
     });
@@ -318,9 +328,17 @@ pub async fn publish(
 async fn next_snapshot(
     redis: &ConnectionManager,
     keys: &Keys,
+    queues: Option<&mut QueueWatch>,
     previous: &mut Option<(Totals, Instant)>,
 ) -> Arc<str> {
-    let snapshot = match read(redis, keys).await {
+    let depths = async {
+        match queues {
+            Some(queues) => queues.read().await,
+            None => None,
+        }
+    };
+    let (read, depths) = tokio::join!(read(redis, keys), depths);
+    let mut snapshot = match read {
         Ok(mut snapshot) => {
             let now = Instant::now();
             if let Some((before, then)) = previous {
@@ -337,6 +355,7 @@ async fn next_snapshot(
             }
         }
     };
+    snapshot.queues = depths;
     serde_json::to_string(&snapshot)
         .expect("a snapshot always serializes")
         .into()

@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use dashboard::config::DashboardConfig;
-use dashboard::{REDIS_CHECK, connect};
+use dashboard::{Metrics, REDIS_CHECK, connect};
 use prometheus_client::registry::Registry;
 use workload_runtime::admin::{self, Readiness};
 use workload_runtime::config::ProcessEnv;
-use workload_runtime::http_metrics::HttpMetrics;
 use workload_runtime::shutdown::Shutdown;
 use workload_runtime::telemetry;
 
@@ -32,7 +31,7 @@ async fn serve_until_shutdown() -> Result<()> {
     shutdown.listen_for_signals();
 
     let mut registry = Registry::with_prefix("dashboard");
-    let http_metrics = HttpMetrics::register(&mut registry);
+    let metrics = Metrics::register(&mut registry);
     let readiness = Readiness::new();
     // Ready only once the business port is bound: the dependency checks can pass before it is,
     // and a Service (or `cargo xtask run`) must not send traffic to a closed port.
@@ -47,15 +46,7 @@ async fn serve_until_shutdown() -> Result<()> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], http_port)))
         .await
         .with_context(|| format!("failed to bind port {http_port}"))?;
-    let Some(state) = connect(
-        &config.redis,
-        config.live,
-        http_metrics,
-        redis_ready,
-        &shutdown,
-    )
-    .await
-    else {
+    let Some(state) = connect(&config, metrics, redis_ready, &shutdown).await else {
         shutdown.wait_for_tasks(Duration::from_secs(5)).await;
         return Ok(());
     };

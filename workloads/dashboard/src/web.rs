@@ -116,11 +116,12 @@ impl Live {
     pub async fn start(
         redis: redis::aio::ConnectionManager,
         keys: pipeline_contract::keys::Keys,
+        queues: Option<crate::queues::QueueWatch>,
         limits: LiveLimits,
         shutdown: &Shutdown,
     ) -> Self {
         Self {
-            snapshots: live::publish(redis, keys, limits.period, shutdown).await,
+            snapshots: live::publish(redis, keys, queues, limits.period, shutdown).await,
             clients: Arc::new(Semaphore::new(limits.max_clients)),
             shutdown: shutdown.clone(),
         }

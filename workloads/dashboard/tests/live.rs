@@ -1,17 +1,17 @@
-//! The live web page against the environment's real Redis, over real TCP: its security headers,
-//! the snapshot a WebSocket client receives (read with the dashboard's own ACL user, so its
-//! grants are proven enough), the lookup, the client bound, the origin check, and the Close
-//! frame at shutdown.
+//! The live web page against the environment's real Redis and RabbitMQ, over real TCP: its
+//! security headers, the snapshot a WebSocket client receives (read with the dashboard's own
+//! Redis ACL user and RabbitMQ user, so their grants are proven enough), the queue depths, the
+//! lookup, the client bound, the origin check, and the Close frame at shutdown.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use dashboard::config::DashboardConfig;
 use dashboard::web::{CONTENT_SECURITY_POLICY, LiveLimits};
-use dashboard::{REDIS_CHECK, connect};
+use dashboard::{Metrics, REDIS_CHECK, connect};
 use futures::{SinkExt, StreamExt};
 use pipeline_contract::keys::Keys;
-use pipeline_contract::{Workload, env};
+use pipeline_contract::{Workload, env, topology};
 use prometheus_client::registry::Registry;
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
@@ -22,13 +22,20 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use workload_runtime::admin::Readiness;
-use workload_runtime::http_metrics::HttpMetrics;
 use workload_runtime::http_server::HttpLimits;
 use workload_runtime::shutdown::Shutdown;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const WAIT: Duration = Duration::from_secs(10);
+
+/// Whether the dashboard under test reads queue depths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broker {
+    None,
+    /// A vhost of its own, the dashboard logged in as its own user.
+    Rabbitmq,
+}
 
 /// A dashboard serving on a real port as its own Redis ACL user.
 struct Served {
@@ -38,26 +45,36 @@ struct Served {
     redis: ConnectionManager,
     shutdown: Shutdown,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
-    _isolation: Isolation,
+    isolation: Isolation,
 }
 
 impl Served {
-    async fn start(limits: LiveLimits) -> Result<Self> {
-        let isolation = Isolation::redis_only("live").await;
+    async fn start(broker: Broker, limits: LiveLimits) -> Result<Self> {
+        let isolation = match broker {
+            Broker::None => Isolation::redis_only("live").await,
+            Broker::Rabbitmq => Isolation::new("live").await,
+        };
         let user = isolation.redis_user(Workload::Dashboard).await;
         let mut variables = isolation.variables();
         variables.insert(env::REDIS_USERNAME.to_owned(), user.username.clone());
         variables.insert(env::REDIS_PASSWORD.to_owned(), user.password.clone());
-        let config = DashboardConfig::from_source(&variables)?;
+        if broker == Broker::Rabbitmq {
+            let vhost = isolation.vhost();
+            let user = vhost.workload_user(Workload::Dashboard).await;
+            variables.insert(env::RABBITMQ_URLS.to_owned(), vhost.bare_urls().join(","));
+            variables.insert(env::RABBITMQ_USERNAME.to_owned(), user.username);
+            variables.insert(env::RABBITMQ_PASSWORD.to_owned(), user.password);
+        }
+        let mut config = DashboardConfig::from_source(&variables)?;
+        config.live = limits;
         let shutdown = Shutdown::new();
         let mut registry = Registry::with_prefix("dashboard");
         let readiness = Readiness::new();
         let state = tokio::time::timeout(
             WAIT,
             connect(
-                &config.redis,
-                limits,
-                HttpMetrics::register(&mut registry),
+                &config,
+                Metrics::register(&mut registry),
                 readiness.check(REDIS_CHECK),
                 &shutdown,
             ),
@@ -77,7 +94,7 @@ impl Served {
             redis: isolation.redis.clone(),
             shutdown,
             server,
-            _isolation: isolation,
+            isolation,
         })
     }
 
@@ -145,7 +162,7 @@ async fn snapshot_where(socket: &mut Socket, done: impl Fn(&Value) -> bool) -> R
 
 #[tokio::test]
 async fn the_page_is_served_with_a_strict_policy() -> Result<()> {
-    let served = Served::start(LiveLimits::default()).await?;
+    let served = Served::start(Broker::None, LiveLimits::default()).await?;
     let client = reqwest::Client::new();
     let page = client
         .get(format!("http://{}/", served.base))
@@ -196,10 +213,13 @@ async fn the_page_is_served_with_a_strict_policy() -> Result<()> {
 
 #[tokio::test]
 async fn a_client_gets_the_pipelines_state_and_its_changes_pushed() -> Result<()> {
-    let served = Served::start(LiveLimits {
-        period: Duration::from_millis(200),
-        ..LiveLimits::default()
-    })
+    let served = Served::start(
+        Broker::None,
+        LiveLimits {
+            period: Duration::from_millis(200),
+            ..LiveLimits::default()
+        },
+    )
     .await?;
     let keys = &served.keys;
     let owner = "buyer@example.com";
@@ -277,6 +297,11 @@ async fn a_client_gets_the_pipelines_state_and_its_changes_pushed() -> Result<()
     );
     assert_eq!(snapshot["inventory_truncated"], false);
     assert_eq!(
+        snapshot["queues"],
+        Value::Null,
+        "no RabbitMQ configured: no queue depths"
+    );
+    assert_eq!(
         snapshot["latest"],
         json!([
             {
@@ -332,10 +357,13 @@ async fn a_client_gets_the_pipelines_state_and_its_changes_pushed() -> Result<()
 
 #[tokio::test]
 async fn a_client_over_the_limit_is_refused_before_the_upgrade() -> Result<()> {
-    let served = Served::start(LiveLimits {
-        max_clients: 2,
-        ..LiveLimits::default()
-    })
+    let served = Served::start(
+        Broker::None,
+        LiveLimits {
+            max_clients: 2,
+            ..LiveLimits::default()
+        },
+    )
     .await?;
     let mut first = served.open().await?;
     let _second = served.open().await?;
@@ -368,7 +396,7 @@ async fn a_client_over_the_limit_is_refused_before_the_upgrade() -> Result<()> {
 
 #[tokio::test]
 async fn a_page_from_another_origin_is_refused_and_big_messages_close_the_socket() -> Result<()> {
-    let served = Served::start(LiveLimits::default()).await?;
+    let served = Served::start(Broker::None, LiveLimits::default()).await?;
     let refused =
         tokio_tungstenite::connect_async(served.request(Some("http://evil.example"))).await;
     match refused {
@@ -397,7 +425,7 @@ async fn a_page_from_another_origin_is_refused_and_big_messages_close_the_socket
 
 #[tokio::test]
 async fn every_socket_gets_a_close_frame_at_shutdown() -> Result<()> {
-    let served = Served::start(LiveLimits::default()).await?;
+    let served = Served::start(Broker::None, LiveLimits::default()).await?;
     let mut sockets = vec![served.open().await?, served.open().await?];
     for socket in &mut sockets {
         next_snapshot(socket).await?;
@@ -427,5 +455,78 @@ async fn every_socket_gets_a_close_frame_at_shutdown() -> Result<()> {
         .await
         .context("the server drained in time")???;
     assert!(served.shutdown.wait_for_tasks(WAIT).await);
+    Ok(())
+}
+
+/// The work queues' depths reach the page as the broker counts them, read as the dashboard's
+/// own RabbitMQ user (which may not take, publish or declare anything): ready messages and
+/// consumers of each queue and the messages in its dead-letter queue, a queue not declared yet
+/// shown as unknown rather than as zero, and the reading recovers once it exists.
+#[tokio::test]
+async fn queue_depths_and_dead_letters_are_pushed() -> Result<()> {
+    let served = Served::start(
+        Broker::Rabbitmq,
+        LiveLimits {
+            period: Duration::from_millis(200),
+            ..LiveLimits::default()
+        },
+    )
+    .await?;
+    let vhost = served.isolation.vhost();
+    let admin =
+        lapin::Connection::connect(&vhost.urls[0], lapin::ConnectionProperties::default()).await?;
+    let channel = admin.create_channel().await?;
+    workload_runtime::queues::declare_work_queue(&channel, topology::ORDERS).await?;
+    let (orders_waiting, dead_lettered) = (3, 2);
+    for _ in 0..orders_waiting {
+        testenv::access::publish_confirmed(
+            &admin,
+            topology::ORDERS_EXCHANGE,
+            topology::ORDERS_ROUTING_KEY,
+            b"{}",
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+    }
+    for _ in 0..dead_lettered {
+        testenv::access::publish_confirmed(
+            &admin,
+            topology::DEAD_LETTER_EXCHANGE,
+            topology::ORDERS_QUEUE,
+            b"{}",
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+    }
+
+    let mut socket = served.open().await?;
+    let expected = json!([
+        {"queue": "orders.queue", "ready": orders_waiting, "consumers": 0, "dead_letters": dead_lettered},
+        {"queue": "notifier.queue", "ready": null, "consumers": null, "dead_letters": null},
+    ]);
+    let snapshot = snapshot_where(&mut socket, |snapshot| snapshot["queues"] == expected).await?;
+    println!("before the notifier's queue exists: {}", snapshot["queues"]);
+
+    // The notifier's queue appears, with a consumer: the 404 of the missing queue closed the
+    // dashboard's channel, and the next reading opens another.
+    workload_runtime::queues::declare_work_queue(&channel, topology::NOTIFICATIONS).await?;
+    let consumer_channel = admin.create_channel().await?;
+    let _consumer = consumer_channel
+        .basic_consume(
+            topology::NOTIFIER_QUEUE.into(),
+            "test-consumer".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    let expected = json!([
+        {"queue": "orders.queue", "ready": orders_waiting, "consumers": 0, "dead_letters": dead_lettered},
+        {"queue": "notifier.queue", "ready": 0, "consumers": 1, "dead_letters": 0},
+    ]);
+    let snapshot = snapshot_where(&mut socket, |snapshot| snapshot["queues"] == expected).await?;
+    // Still all three orders waiting after every reading since: reading a depth takes nothing.
+    println!("after: {}", snapshot["queues"]);
+    let _ = admin.close(200, "done".into()).await;
+    served.shutdown.trigger();
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use dashboard::config::DashboardConfig;
-use dashboard::{REDIS_CHECK, connect};
+use dashboard::{Metrics, REDIS_CHECK, connect};
 use futures::StreamExt;
 use pipeline_contract::env;
 use prometheus_client::registry::Registry;
@@ -16,7 +16,6 @@ use serde_json::json;
 use support::{Answer, Dashboard, admin_router, request, variables};
 use testenv::Env;
 use workload_runtime::admin::Readiness;
-use workload_runtime::http_metrics::HttpMetrics;
 use workload_runtime::http_server::HttpLimits;
 use workload_runtime::shutdown::Shutdown;
 
@@ -373,7 +372,7 @@ async fn without_redis_it_is_not_ready_and_still_stops_promptly() {
     let config = DashboardConfig::from_source(&vars).unwrap();
     let shutdown = Shutdown::new();
     let mut registry = Registry::with_prefix("dashboard");
-    let http_metrics = HttpMetrics::register(&mut registry);
+    let metrics = Metrics::register(&mut registry);
     let readiness = Readiness::new();
     let redis_ready = readiness.check(REDIS_CHECK);
     let admin = admin_router(registry, &readiness, &shutdown);
@@ -381,15 +380,9 @@ async fn without_redis_it_is_not_ready_and_still_stops_promptly() {
     let connecting = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            connect(
-                &config.redis,
-                config.live,
-                http_metrics,
-                redis_ready,
-                &shutdown,
-            )
-            .await
-            .is_some()
+            connect(&config, metrics, redis_ready, &shutdown)
+                .await
+                .is_some()
         }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;

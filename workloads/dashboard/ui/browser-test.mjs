@@ -1,7 +1,8 @@
 // The dashboard in a real browser (run by `cargo xtask browser-test`, which starts the pipeline,
 // stocks SKU and passes the addresses): the page loads without console errors, orders placed
 // through the gateway change the counters and the latest-orders list without a reload, and a
-// lookup shows an order's status. Headless Debian Chromium driven by playwright-core.
+// lookup shows an order's status; the queues panel shows each work queue's consumers and dead
+// letters as the broker counts them. Headless Debian Chromium driven by playwright-core.
 import { chromium } from 'playwright-core';
 
 const required = (name) => {
@@ -109,6 +110,22 @@ try {
   await page.getByTestId('lookup-button').click();
   await page.getByTestId('lookup-row').filter({ hasText: looked.id }).filter({ hasText: looked.outcome }).waitFor({ timeout: WAIT_MS });
   step(`lookup of ${looked.id} shows ${looked.outcome}`);
+
+  // The processor and the notifier consume their queues; nothing has been dead-lettered.
+  for (const queue of ['orders.queue', 'notifier.queue']) {
+    const row = page.locator(`[data-testid="queue-row"][data-queue="${queue}"]`);
+    await row.waitFor({ timeout: WAIT_MS });
+    await page.waitForFunction(
+      (name) => {
+        const cell = (id) => document.querySelector(`[data-testid="queue-row"][data-queue="${name}"] [data-testid="${id}"]`).textContent;
+        return Number(cell('queue-consumers')) >= 1 && /^[0-9]+$/.test(cell('queue-ready')) && /^[0-9]+$/.test(cell('queue-dead-letters'));
+      },
+      queue,
+      { timeout: WAIT_MS },
+    );
+    const cells = await row.locator('td').allTextContents();
+    step(`queue ${queue}: waiting ${cells[1]}, consumers ${cells[2]}, dead letters ${cells[3]}`);
+  }
 
   const text = await page.locator('body').textContent();
   if (text.includes(email)) throw new Error('the page shows an owner email');

@@ -104,11 +104,10 @@ impl Pipeline {
             let redis_user = isolation.redis_user(workload).await;
             own.insert(env::REDIS_USERNAME.into(), redis_user.username);
             own.insert(env::REDIS_PASSWORD.into(), redis_user.password);
-            if let Some(user) = vhost.workload_user(workload).await {
-                own.insert(env::RABBITMQ_URLS.into(), vhost.bare_urls().join(","));
-                own.insert(env::RABBITMQ_USERNAME.into(), user.username);
-                own.insert(env::RABBITMQ_PASSWORD.into(), user.password);
-            }
+            let user = vhost.workload_user(workload).await;
+            own.insert(env::RABBITMQ_URLS.into(), vhost.bare_urls().join(","));
+            own.insert(env::RABBITMQ_USERNAME.into(), user.username);
+            own.insert(env::RABBITMQ_PASSWORD.into(), user.password);
             if workload.uses_cassandra() {
                 for (key, from) in [
                     (env::CASSANDRA_ADDR, "OP_CASSANDRA_ADDR"),
@@ -137,14 +136,11 @@ impl Pipeline {
         let gateway = serve(gateway::app(state), &shutdown).await?;
 
         let dashboard_ready = Readiness::new();
-        let redis_config = workload_runtime::redis_connection::RedisConfig::from_source(
-            &variables[&Workload::Dashboard],
-        )?;
-        let dashboard_metrics =
-            workload_runtime::http_metrics::HttpMetrics::register(&mut Registry::default());
+        let dashboard_config =
+            dashboard::config::DashboardConfig::from_source(&variables[&Workload::Dashboard])?;
+        let dashboard_metrics = dashboard::Metrics::register(&mut Registry::default());
         let dashboard_state = dashboard::connect(
-            &redis_config,
-            dashboard::web::LiveLimits::default(),
+            &dashboard_config,
             dashboard_metrics,
             dashboard_ready.check(dashboard::REDIS_CHECK),
             &shutdown,

@@ -2,7 +2,8 @@
 //!
 //! The pipeline runs with each workload's own RabbitMQ and Redis user (every test of this crate
 //! does, so those grants are enough for the whole flow); here each user tries what it must not:
-//! the dashboard writing or flushing Redis, the notifier and the gateway publishing the
+//! the dashboard writing or flushing Redis or taking, publishing or declaring anything on
+//! RabbitMQ (it may only read queue depths), the notifier and the gateway publishing the
 //! `order.created` events the notifier trusts, the gateway touching stock, the notifier reading
 //! the orders queue. Every attempt must be refused by the server itself.
 
@@ -216,10 +217,62 @@ async fn each_workload_is_refused_what_it_does_not_use() {
         "ACCESS_REFUSED",
         &mut counts,
     );
-    assert_eq!(
-        pipeline.variables[&Workload::Dashboard].get(env::RABBITMQ_USERNAME),
-        None,
-        "the dashboard has no RabbitMQ user"
+    // The dashboard reads queue depths with passive declares, and may do nothing else: not
+    // take an order, not publish one, not declare a queue of its own.
+    let dashboard = amqp_as(&pipeline, Workload::Dashboard).await;
+    let channel = dashboard.create_channel().await.unwrap();
+    let depth = channel
+        .queue_declare(
+            ShortString::from(topology::ORDERS_QUEUE),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("the dashboard reads the orders queue's depth");
+    println!(
+        "dashboard: orders.queue has {} ready, {} consumers",
+        depth.message_count(),
+        depth.consumer_count()
+    );
+    assert!(depth.consumer_count() >= 1, "the processor consumes");
+    let taken = channel
+        .basic_get(
+            ShortString::from(topology::ORDERS_QUEUE),
+            lapin::options::BasicGetOptions::default(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|error| error.to_string());
+    refused(
+        "dashboard takes from orders.queue",
+        taken,
+        "ACCESS_REFUSED",
+        &mut counts,
+    );
+    refused(
+        "dashboard publishes an order",
+        publish_as(&pipeline, Workload::Dashboard, topology::ORDERS_EXCHANGE).await,
+        "ACCESS_REFUSED",
+        &mut counts,
+    );
+    let channel = dashboard.create_channel().await.unwrap();
+    let declared = channel
+        .queue_declare(
+            ShortString::from("dashboard.own"),
+            lapin::options::QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|error| error.to_string());
+    refused(
+        "dashboard declares a queue",
+        declared,
+        "ACCESS_REFUSED",
+        &mut counts,
     );
     println!("refusals by kind: {counts:?}");
     pipeline.stop().await;

@@ -50,9 +50,7 @@ pub(super) fn rabbitmq_definitions(
         "user": admin.0, "vhost": VHOST, "configure": ".*", "write": ".*", "read": ".*",
     })];
     for (workload, password) in workloads {
-        let Some(granted) = workload.rabbitmq() else {
-            continue;
-        };
+        let granted = workload.rabbitmq();
         users.push(user(workload.name(), password, ""));
         permissions.push(json!({
             "user": workload.name(),
@@ -150,14 +148,13 @@ mod tests {
             .iter()
             .map(|user| user["name"].as_str().unwrap())
             .collect();
-        // The dashboard has no RabbitMQ user.
-        assert_eq!(users, ["pipeline", "gateway", "processor", "notifier"]);
+        assert_eq!(
+            users,
+            ["pipeline", "gateway", "processor", "notifier", "dashboard"]
+        );
         let notifier = &parsed["permissions"][3];
         assert_eq!(notifier["user"], "notifier");
-        assert_eq!(
-            notifier["write"],
-            Workload::Notifier.rabbitmq().unwrap().write
-        );
+        assert_eq!(notifier["write"], Workload::Notifier.rabbitmq().write);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! workload may reach only the dependencies it uses (a managed one's pods on its client port; an
 //! external one's ports, at any address, since only its host names are known), the notifier its
 //! webhook's port when it has one, and a clustered dependency its own peers. So a compromised
-//! dashboard cannot even open a connection to RabbitMQ or Cassandra.
+//! dashboard cannot even open a connection to Cassandra (on RabbitMQ its user may only read
+//! queue depths).
 //!
 //! They are applied before every other child, so no dependency ever runs unprotected, not even
 //! when a later apply fails.
@@ -152,13 +153,12 @@ fn workload_egress(
     workload: Workload,
 ) -> Vec<NetworkPolicyEgressRule> {
     let mut egress = vec![dns()];
-    let uses = [
-        (Dependency::Rabbitmq, workload.uses_rabbitmq()),
-        (Dependency::Redis, true),
-        (Dependency::Cassandra, workload.uses_cassandra()),
-    ];
-    for (dependency, used) in uses {
-        if !used {
+    for dependency in [
+        Dependency::Rabbitmq,
+        Dependency::Redis,
+        Dependency::Cassandra,
+    ] {
+        if !valid.connects(workload, dependency) {
             continue;
         }
         match valid.mode(dependency) {
@@ -428,7 +428,7 @@ mod tests {
         );
         assert_eq!(
             of(&managed, "shop-dashboard"),
-            [dns.clone(), to("redis", 6379)]
+            [dns.clone(), to("rabbitmq", 5672), to("redis", 6379)]
         );
         assert_eq!(of(&managed, "shop-redis"), std::slice::from_ref(&dns));
         assert_eq!(
@@ -460,9 +460,31 @@ mod tests {
                 (None, vec![tcp(443)]),
             ]
         );
+        // The dashboard reaches an external RabbitMQ only with a user of its own.
         assert_eq!(
             of(&external, "shop-dashboard"),
-            [dns, (None, vec![tcp(6380)])]
+            [dns.clone(), (None, vec![tcp(6380)])]
+        );
+        let own = build_with(
+            &pipeline(json!({
+                "rabbitmq": {"external": {
+                    "endpoints": ["amqps://mq.example.com/prod"],
+                    "credentialsSecretRef": {"name": "shared"},
+                    "workloadCredentials": {"dashboard": {"name": "dashboard-mq"}},
+                }},
+                "redis": {"external": {"endpoints": ["cache.example.com:6380"]}},
+            })),
+            &secrets(),
+            &ReplicaOverrides::new(),
+            &RunningImages::new(),
+            &Settings::default(),
+            "0.1.0",
+        )
+        .unwrap()
+        .network_policies;
+        assert_eq!(
+            of(&own, "shop-dashboard"),
+            [dns, (None, vec![tcp(5671)]), (None, vec![tcp(6380)])]
         );
     }
 

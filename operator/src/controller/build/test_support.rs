@@ -93,7 +93,6 @@ pub(crate) fn secrets() -> Secrets {
         cassandra_superuser_password: Some("superuserpassword".into()),
         rabbitmq_workloads: Workload::ALL
             .into_iter()
-            .filter(|workload| workload.uses_rabbitmq())
             .map(|workload| (workload, format!("{}-rabbit", workload.name())))
             .collect(),
         redis_workloads: Workload::ALL

@@ -208,8 +208,9 @@ fn deployment(
     }
 }
 
-/// Where `workload` finds the dependencies it uses, and how it logs in to them: RabbitMQ (all
-/// but the dashboard) and Redis (all), each as the workload's own user; Cassandra and the token
+/// Where `workload` finds the dependencies it uses ([`ValidatedPipeline::connects`]), and how it
+/// logs in to them: RabbitMQ and Redis (the dashboard reads queue depths and Redis keys only),
+/// each as the workload's own user; Cassandra and the token
 /// settings (the gateway).
 fn dependency_env(
     parent: &Parent,
@@ -217,11 +218,11 @@ fn dependency_env(
     workload: Workload,
 ) -> Vec<EnvVar> {
     let mut env = Vec::new();
-    if workload.uses_rabbitmq() {
+    if valid.connects(workload, Dependency::Rabbitmq) {
         env.extend(rabbitmq_env(parent, valid, workload));
     }
     env.extend(redis_env(parent, valid, workload));
-    if workload.uses_cassandra() {
+    if valid.connects(workload, Dependency::Cassandra) {
         env.extend(cassandra_env(parent, valid));
         env.extend(token_env(parent, valid.pipeline));
     }
@@ -501,31 +502,21 @@ mod tests {
             urls.starts_with("amqp://shop-rabbitmq-0.shop-rabbitmq-headless.store.svc:5672/%2f,"),
             "{urls}"
         );
-        // Each workload logs in as its own user, with its own password key.
-        for (name, rabbitmq) in [
-            ("gateway", true),
-            ("processor", true),
-            ("notifier", true),
-            ("dashboard", false),
-        ] {
+        // Each workload logs in as its own user, with its own password key (the dashboard's
+        // RabbitMQ user reads queue depths only).
+        for name in ["gateway", "processor", "notifier", "dashboard"] {
             let wired = env_of(deployment(&children, &format!("shop-{name}")));
             assert_eq!(wired[env::REDIS_USERNAME]["value"], name);
             assert_eq!(
                 wired[env::REDIS_PASSWORD]["valueFrom"]["secretKeyRef"],
                 json!({"name": "shop-redis-credentials", "key": format!("{name}-password")})
             );
+            assert_eq!(wired[env::RABBITMQ_USERNAME]["value"], name);
             assert_eq!(
-                wired.contains_key(env::RABBITMQ_USERNAME),
-                rabbitmq,
-                "{name}"
+                wired[env::RABBITMQ_PASSWORD]["valueFrom"]["secretKeyRef"],
+                json!({"name": "shop-rabbitmq-credentials", "key": format!("{name}-password")})
             );
-            if rabbitmq {
-                assert_eq!(wired[env::RABBITMQ_USERNAME]["value"], name);
-                assert_eq!(
-                    wired[env::RABBITMQ_PASSWORD]["valueFrom"]["secretKeyRef"],
-                    json!({"name": "shop-rabbitmq-credentials", "key": format!("{name}-password")})
-                );
-            }
+            assert_eq!(wired[env::RABBITMQ_URLS]["value"], urls, "{name}");
         }
         assert_eq!(
             gateway[env::REDIS_ADDR]["value"],
@@ -541,11 +532,9 @@ mod tests {
             "shop-cassandra.store.svc:9042"
         );
         let dashboard = env_of(deployment(&children, "shop-dashboard"));
-        assert!(
-            !dashboard.contains_key(env::RABBITMQ_URLS),
-            "the dashboard only reads Redis"
-        );
-        assert!(!dashboard.contains_key(env::JWT_SECRET));
+        for secret in [env::JWT_SECRET, env::CASSANDRA_PASSWORD] {
+            assert!(!dashboard.contains_key(secret), "{secret}");
+        }
         // No secret value is written into any pod template.
         let text = serde_json::to_string(&children.deployments).unwrap();
         for secret in [
@@ -608,7 +597,7 @@ mod tests {
                 "workloadCredentials": {"dashboard": {"name": "cache-dashboard"}},
             }},
         });
-        let children = build_default(&pipeline(spec), &secrets(), "0.1.0").unwrap();
+        let children = build_default(&pipeline(spec.clone()), &secrets(), "0.1.0").unwrap();
         let secret_of = |name: &str, variable: &str| {
             env_of(deployment(&children, &format!("shop-{name}")))
                 .get(variable)
@@ -628,6 +617,29 @@ mod tests {
         );
         // No shared Redis Secret: the others log in without a password.
         assert_eq!(secret_of("gateway", env::REDIS_PASSWORD), None);
+        // The shared RabbitMQ login is never the dashboard's: without one of its own it reads
+        // no queue depths.
+        let dashboard = env_of(deployment(&children, "shop-dashboard"));
+        for variable in [
+            env::RABBITMQ_URLS,
+            env::RABBITMQ_USERNAME,
+            env::RABBITMQ_PASSWORD,
+        ] {
+            assert!(!dashboard.contains_key(variable), "{variable}");
+        }
+        let mut spec = spec;
+        spec["rabbitmq"]["external"]["workloadCredentials"]["dashboard"] =
+            json!({"name": "mq-dashboard"});
+        let children = build_default(&pipeline(spec), &secrets(), "0.1.0").unwrap();
+        let dashboard = env_of(deployment(&children, "shop-dashboard"));
+        assert_eq!(
+            dashboard[env::RABBITMQ_PASSWORD]["valueFrom"]["secretKeyRef"]["name"],
+            "mq-dashboard"
+        );
+        assert_eq!(
+            dashboard[env::RABBITMQ_URLS]["value"],
+            "amqp://mq.example.com:5672/prod"
+        );
     }
 
     #[test]

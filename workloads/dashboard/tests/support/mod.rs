@@ -11,7 +11,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use dashboard::config::DashboardConfig;
-use dashboard::{AppState, REDIS_CHECK, app, connect};
+use dashboard::{AppState, Metrics, REDIS_CHECK, app, connect};
 use http_body_util::BodyExt;
 use pipeline_contract::env;
 use pipeline_contract::keys::Keys;
@@ -20,7 +20,6 @@ use redis::aio::ConnectionManager;
 use testenv::{Env, Isolation};
 use tower::ServiceExt;
 use workload_runtime::admin::{self, AdminState, Readiness};
-use workload_runtime::http_metrics::HttpMetrics;
 use workload_runtime::shutdown::Shutdown;
 
 /// One answer, read whole.
@@ -82,18 +81,12 @@ impl Dashboard {
         let keys = config.redis.keys.clone();
         let shutdown = Shutdown::new();
         let mut registry = Registry::with_prefix("dashboard");
-        let http_metrics = HttpMetrics::register(&mut registry);
+        let metrics = Metrics::register(&mut registry);
         let readiness = Readiness::new();
         let redis_ready = readiness.check(REDIS_CHECK);
         let state = tokio::time::timeout(
             Duration::from_secs(30),
-            connect(
-                &config.redis,
-                config.live,
-                http_metrics,
-                redis_ready,
-                &shutdown,
-            ),
+            connect(&config, metrics, redis_ready, &shutdown),
         )
         .await
         .expect("dashboard connected to Redis within 30s")

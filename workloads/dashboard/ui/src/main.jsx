@@ -116,6 +116,39 @@ function Inventory({ snapshot }) {
   );
 }
 
+function Count({ value, testid, alarm }) {
+  if (value === null || value === undefined) return <td class="number muted" data-testid={testid}>—</td>;
+  return <td class={`number ${alarm && value > 0 ? 'low' : ''}`} data-testid={testid}>{value}</td>;
+}
+
+function Queues({ snapshot }) {
+  const queues = snapshot ? snapshot.queues : null;
+  return (
+    <section class="panel">
+      <h2>Queues</h2>
+      {!queues ? (
+        <p class="empty" data-testid="queues-unavailable">Queue depths unavailable (no RabbitMQ connection).</p>
+      ) : (
+        <table>
+          <thead>
+            <tr><th>Queue</th><th class="number">Waiting</th><th class="number">Consumers</th><th class="number">Dead letters</th></tr>
+          </thead>
+          <tbody>
+            {queues.map((queue) => (
+              <tr key={queue.queue} data-testid="queue-row" data-queue={queue.queue}>
+                <td class="mono">{queue.queue}</td>
+                <Count value={queue.ready} testid="queue-ready" />
+                <Count value={queue.consumers} testid="queue-consumers" />
+                <Count value={queue.dead_letters} testid="queue-dead-letters" alarm />
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+    </section>
+  );
+}
+
 function Outcome({ order }) {
   if (!order.outcome) return <span class="badge badge-pending">pending</span>;
   return (
@@ -219,7 +252,10 @@ function App() {
       <Counters snapshot={snapshot} />
       <Latest snapshot={snapshot} />
       <div class="columns">
-        <Inventory snapshot={snapshot} />
+        <div class="stack">
+          <Queues snapshot={snapshot} />
+          <Inventory snapshot={snapshot} />
+        </div>
         <Lookup />
       </div>
     </main>
