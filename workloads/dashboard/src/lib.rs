@@ -114,10 +114,20 @@ pub async fn connect(
     redis_ready: ReadinessCheck,
     shutdown: &Shutdown,
 ) -> Option<AppState> {
-    let queues = config
-        .rabbitmq_urls
-        .clone()
-        .map(|urls| QueueWatch::start(urls, metrics.broker, shutdown));
+    let queues = match config.rabbitmq_urls.clone() {
+        Some(urls) => Some(QueueWatch::start(
+            urls,
+            metrics.broker,
+            config.live.period,
+            shutdown,
+        )),
+        None => {
+            tracing::info!(
+                "RABBITMQ_URLS is not set: the live page shows no queue depths (not configured)"
+            );
+            None
+        }
+    };
     let redis = redis_connection::connect(&config.redis, shutdown).await?;
     redis_connection::watch_readiness(redis.clone(), redis_ready, READINESS_PERIOD, shutdown);
     Some(

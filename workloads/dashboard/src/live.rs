@@ -8,7 +8,8 @@
 //! intermediate snapshots, it never holds the others back.
 //!
 //! With RabbitMQ configured, each snapshot also carries the work queues' depths and dead letters
-//! ([`crate::queues`]), read beside the Redis round trips.
+//! as [`crate::queues`] last read them, in a task of its own: a stalled broker never delays the
+//! Redis part.
 //!
 //! What a snapshot shows of an order is its id, SKU, quantity, outcome and notification with
 //! their times; never its owner (the owner is an email address).
@@ -301,12 +302,12 @@ pub async fn lookup(
 pub async fn publish(
     redis: ConnectionManager,
     keys: Keys,
-    mut queues: Option<QueueWatch>,
+    queues: Option<QueueWatch>,
     period: Duration,
     shutdown: &Shutdown,
 ) -> watch::Receiver<Arc<str>> {
     let mut previous: Option<(Totals, Instant)> = None;
-    let first = next_snapshot(&redis, &keys, queues.as_mut(), &mut previous).await;
+    let first = next_snapshot(&redis, &keys, queues.as_ref(), &mut previous).await;
     let (sender, receiver) = watch::channel(first);
     let token = shutdown.token();
     shutdown.spawn(async move {
@@ -318,7 +319,7 @@ pub async fn publish(
                 () = token.cancelled() => break,
                 _ = ticks.tick() => {}
             }
-            let snapshot = next_snapshot(&redis, &keys, queues.as_mut(), &mut previous).await;
+            let snapshot = next_snapshot(&redis, &keys, queues.as_ref(), &mut previous).await;
             sender.send_replace(snapshot);
         }
     });
@@ -328,16 +329,10 @@ pub async fn publish(
 async fn next_snapshot(
     redis: &ConnectionManager,
     keys: &Keys,
-    queues: Option<&mut QueueWatch>,
+    queues: Option<&QueueWatch>,
     previous: &mut Option<(Totals, Instant)>,
 ) -> Arc<str> {
-    let depths = async {
-        match queues {
-            Some(queues) => queues.read().await,
-            None => None,
-        }
-    };
-    let (read, depths) = tokio::join!(read(redis, keys), depths);
+    let read = read(redis, keys).await;
     let mut snapshot = match read {
         Ok(mut snapshot) => {
             let now = Instant::now();
@@ -355,7 +350,7 @@ async fn next_snapshot(
             }
         }
     };
-    snapshot.queues = depths;
+    snapshot.queues = queues.and_then(QueueWatch::latest);
     serde_json::to_string(&snapshot)
         .expect("a snapshot always serializes")
         .into()

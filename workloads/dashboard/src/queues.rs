@@ -11,6 +11,7 @@
 //! `ready` counts the messages waiting for a consumer, not those delivered and not yet acked (at
 //! most the consumers' prefetch each).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use lapin::Channel;
@@ -18,6 +19,8 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::{FieldTable, ShortString};
 use pipeline_contract::topology;
 use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use workload_runtime::admin::Readiness;
 use workload_runtime::broker::{Broker, BrokerConfig, BrokerMetrics, DeclareTopology};
 use workload_runtime::shutdown::Shutdown;
@@ -25,8 +28,14 @@ use workload_runtime::shutdown::Shutdown;
 /// The queues the page shows, in its order.
 pub const WATCHED: [&str; 2] = [topology::ORDERS_QUEUE, topology::NOTIFIER_QUEUE];
 
-/// Bound on one passive declare, so a stalled node cannot hold the snapshot back.
-const DECLARE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on one whole read (a channel opened, every declare), so a node that accepts traffic
+/// and never answers costs the page fresh depths, nothing more.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How many periods a queue found missing (its consumer has not declared it yet) is shown as
+/// absent before it is asked for again (15 s at the default period): each such declare closes
+/// a channel, which RabbitMQ and lapin log as an error.
+const MISSING_RECHECK_PERIODS: u32 = 15;
 
 /// One work queue as the page shows it. A count is `None` when the queue does not exist (yet:
 /// its consumer declares it) or the broker did not answer.
@@ -48,18 +57,22 @@ struct Counts {
     consumers: u32,
 }
 
-/// Reads the depths of [`WATCHED`] on the broker's current connection, keeping one channel
-/// while it stays open.
-#[derive(Debug)]
+/// The latest depths of [`WATCHED`], read by a task of their own every period, so the live
+/// snapshot takes them without waiting on RabbitMQ.
+#[derive(Debug, Clone)]
 pub struct QueueWatch {
-    broker: Broker,
-    /// The channel and the session generation it belongs to.
-    channel: Option<(u64, Channel)>,
+    latest: watch::Receiver<Option<Vec<QueueDepth>>>,
 }
 
 impl QueueWatch {
-    /// Connects (in the background, until shutdown) as the dashboard's user to `urls`.
-    pub fn start(urls: Vec<String>, metrics: BrokerMetrics, shutdown: &Shutdown) -> Self {
+    /// Connects (in the background, until shutdown) as the dashboard's user to `urls` and
+    /// reads the depths every `period`.
+    pub fn start(
+        urls: Vec<String>,
+        metrics: BrokerMetrics,
+        period: Duration,
+        shutdown: &Shutdown,
+    ) -> Self {
         let nothing_to_declare: DeclareTopology =
             std::sync::Arc::new(|_| Box::pin(async { Ok(()) }));
         let broker = Broker::start(
@@ -70,21 +83,87 @@ impl QueueWatch {
             Readiness::new().check("rabbitmq"),
             shutdown,
         );
-        Self {
+        let (sender, latest) = watch::channel(None);
+        let mut reader = Reader {
             broker,
             channel: None,
-        }
+            missing: HashMap::new(),
+            recheck: period * MISSING_RECHECK_PERIODS,
+        };
+        let token = shutdown.token();
+        shutdown.spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut available = false;
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    _ = ticks.tick() => {}
+                }
+                let depths = tokio::select! {
+                    () = token.cancelled() => break,
+                    read = tokio::time::timeout(READ_TIMEOUT, reader.read()) => read,
+                };
+                let depths = match depths {
+                    Ok(Ok(depths)) => Some(depths),
+                    Ok(Err(why)) => {
+                        if available {
+                            tracing::warn!(why, "queue depths unavailable");
+                        }
+                        None
+                    }
+                    Err(_) => {
+                        if available {
+                            tracing::warn!(
+                                timeout_ms = READ_TIMEOUT.as_millis() as u64,
+                                "queue depths unavailable: RabbitMQ did not answer in time"
+                            );
+                        }
+                        // Whatever the stalled channel was doing, the next read starts afresh.
+                        reader.channel = None;
+                        None
+                    }
+                };
+                if depths.is_some() && !available {
+                    tracing::info!("queue depths available");
+                }
+                available = depths.is_some();
+                sender.send_replace(depths);
+            }
+        });
+        Self { latest }
     }
 
-    /// Every watched queue's depths, or `None` while there is no connection.
-    pub async fn read(&mut self) -> Option<Vec<QueueDepth>> {
-        self.broker.current()?;
+    /// The depths last read, `None` while RabbitMQ is not connected or did not answer.
+    pub fn latest(&self) -> Option<Vec<QueueDepth>> {
+        self.latest.borrow().clone()
+    }
+}
+
+/// The reading side: the broker's current connection, one channel kept while it stays open,
+/// and the queues found missing.
+#[derive(Debug)]
+struct Reader {
+    broker: Broker,
+    /// The channel and the session generation it belongs to.
+    channel: Option<(u64, Channel)>,
+    /// Queues that did not exist, and when to ask for them again.
+    missing: HashMap<String, Instant>,
+    recheck: Duration,
+}
+
+impl Reader {
+    /// Every watched queue's depths, or why there are none.
+    async fn read(&mut self) -> Result<Vec<QueueDepth>, &'static str> {
+        if self.broker.current().is_none() {
+            return Err("not connected to RabbitMQ");
+        }
         let mut depths = Vec::with_capacity(WATCHED.len());
         for queue in WATCHED {
-            let counts = self.counts(queue).await;
+            let counts = self.counts(queue).await?;
             let dead_letters = self
                 .counts(&topology::dead_letter_queue(queue))
-                .await
+                .await?
                 .map(|counts| counts.ready);
             depths.push(QueueDepth {
                 queue,
@@ -93,61 +172,71 @@ impl QueueWatch {
                 dead_letters,
             });
         }
-        Some(depths)
+        Ok(depths)
     }
 
-    /// One passive declare. A queue that does not exist closes the channel (404), so the next
-    /// declare opens another.
-    async fn counts(&mut self, queue: &str) -> Option<Counts> {
+    /// One passive declare: `None` for a queue that does not exist. That answer (404) closes
+    /// the channel, so the next declare opens another; any other failure fails the read.
+    async fn counts(&mut self, queue: &str) -> Result<Option<Counts>, &'static str> {
+        if self
+            .missing
+            .get(queue)
+            .is_some_and(|recheck| Instant::now() < *recheck)
+        {
+            return Ok(None);
+        }
         let channel = self.channel().await?;
-        let declared = tokio::time::timeout(
-            DECLARE_TIMEOUT,
-            channel.queue_declare(
+        let declared = channel
+            .queue_declare(
                 ShortString::from(queue),
                 QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()
                 },
                 FieldTable::default(),
-            ),
-        )
-        .await;
+            )
+            .await;
         match declared {
-            Ok(Ok(queue)) => Some(Counts {
-                ready: queue.message_count(),
-                consumers: queue.consumer_count(),
-            }),
-            Ok(Err(error)) => {
-                tracing::debug!(queue, %error, "queue depth not read");
-                self.channel = None;
-                None
+            Ok(declared) => {
+                self.missing.remove(queue);
+                Ok(Some(Counts {
+                    ready: declared.message_count(),
+                    consumers: declared.consumer_count(),
+                }))
             }
-            Err(_) => {
-                tracing::debug!(queue, "queue depth not answered in time");
+            Err(error) => {
                 self.channel = None;
-                None
+                if error.to_string().contains("NOT_FOUND") {
+                    tracing::debug!(queue, "queue not declared yet");
+                    self.missing
+                        .insert(queue.to_owned(), Instant::now() + self.recheck);
+                    Ok(None)
+                } else {
+                    tracing::debug!(queue, %error, "queue depth not read");
+                    Err("a passive declare failed")
+                }
             }
         }
     }
 
     /// The open channel on the current session, opening one when there is none.
-    async fn channel(&mut self) -> Option<Channel> {
-        let session = self.broker.current()?;
+    async fn channel(&mut self) -> Result<Channel, &'static str> {
+        let session = self.broker.current().ok_or("not connected to RabbitMQ")?;
         if let Some((generation, channel)) = &self.channel
             && *generation == session.generation
             && channel.status().connected()
         {
-            return Some(channel.clone());
+            return Ok(channel.clone());
         }
         match session.create_channel().await {
             Ok(channel) => {
                 self.channel = Some((session.generation, channel.clone()));
-                Some(channel)
+                Ok(channel)
             }
             Err(error) => {
                 tracing::debug!(%error, "no channel for queue depths");
                 self.channel = None;
-                None
+                Err("no channel could be opened")
             }
         }
     }
