@@ -168,7 +168,7 @@ impl Workload {
                 &[],
                 &[
                     "get", "set", "setex", "del", "incr", "decr", "pttl", "pexpire", "expire",
-                    "hmset", "hgetall", "lpush", "ltrim", "multi", "exec", "time",
+                    "hmset", "hgetall", "lpush", "ltrim", "time",
                 ],
             ),
             Workload::Processor => (

@@ -65,7 +65,8 @@ pub mod env {
     pub const HTTP_REQUEST_TIMEOUT_MS: &str = "HTTP_REQUEST_TIMEOUT_MS";
     /// Connections served at once on the business port (default 1024); more wait to be accepted.
     pub const HTTP_MAX_CONNECTIONS: &str = "HTTP_MAX_CONNECTIONS";
-    /// RabbitMQ prefetch per consumer (the seed: 10).
+    /// RabbitMQ prefetch per consumer: orders in flight at once (processor and notifier
+    /// default 256; the seed: 10).
     pub const PREFETCH: &str = "PREFETCH";
     /// The notifier's sink: `log` (the seed's stub, the default) or `webhook`.
     pub const NOTIFY_SINK: &str = "NOTIFY_SINK";

@@ -27,7 +27,7 @@ pub fn run(layout: &Layout, readme_screenshot: bool) -> Result<()> {
         .context("chromium is not installed")?;
     let ui = ui::ui_dir();
     ui::install_dependencies(layout, &ui)?;
-    pipeline::run(layout)?;
+    pipeline::run(layout, pipeline::Profile::Release)?;
 
     let run_id = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -36,7 +36,12 @@ enum Command {
     },
     /// Run the pipeline on this machine: the real dependencies (as `env up`) and the four
     /// workloads as local processes, wired as the operator wires them; prints where to curl.
-    Run,
+    /// The workloads are release builds, as in the images.
+    Run {
+        /// Debug builds instead: faster to build, several times slower to run.
+        #[arg(long)]
+        debug: bool,
+    },
     /// Stop the workloads started by `run` (the dependencies keep running).
     Stop,
     /// Start the whole environment (as `env up`), then run every test of the workspace against
@@ -201,7 +206,9 @@ fn run(cli: Cli) -> Result<bool> {
             },
         )
         .map(|()| true),
-        Command::Run => pipeline::run(&layout).map(|()| true),
+        Command::Run { debug } => {
+            pipeline::run(&layout, pipeline::Profile::from_debug(debug)).map(|()| true)
+        }
         Command::Stop => pipeline::stop(&layout).map(|()| true),
         Command::Test { cargo_test_args } => {
             env::up(&layout, &Component::ALL)?;

@@ -80,29 +80,86 @@ fn target_dir() -> PathBuf {
     )
 }
 
-/// Starts the dependencies and the four workloads, waits until every one is ready, and prints
-/// where to reach them. Idempotent: running workloads are left alone.
-pub fn run(layout: &Layout) -> Result<()> {
-    env::up(layout, &DEPENDENCIES)?;
-    let endpoints = read_env_file(&layout.env_file())?;
+/// Which cargo profile the workloads are built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Optimised, as in the images: what a user measures.
+    Release,
+    /// Unoptimised, quicker to build.
+    Debug,
+}
 
-    println!("==> building the workloads");
+impl Profile {
+    pub fn from_debug(debug: bool) -> Self {
+        if debug { Self::Debug } else { Self::Release }
+    }
+
+    /// The directory under the target directory, and the word for it.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Release => "release",
+            Self::Debug => "debug",
+        }
+    }
+}
+
+/// `cargo build` of the four workloads with `profile`, its output in a log.
+fn build_workloads(layout: &Layout, profile: Profile) -> Result<()> {
+    println!(
+        "==> building the workloads ({} builds{})",
+        profile.name(),
+        match profile {
+            Profile::Release => "; --debug builds faster and runs slower",
+            Profile::Debug => ": unoptimised, not for timing",
+        }
+    );
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
     build.arg("build");
+    if profile == Profile::Release {
+        build.arg("--release");
+    }
     for workload in WORKLOADS {
         build.args(["--package", workload.name()]);
     }
     run_logged(
-        "cargo build (gateway, processor, notifier, dashboard)",
+        &format!(
+            "cargo build{} (gateway, processor, notifier, dashboard)",
+            if profile == Profile::Release {
+                " --release"
+            } else {
+                ""
+            }
+        ),
         &mut build,
         &layout.home.join("logs/pipeline-build.log"),
-    )?;
+    )
+}
+
+/// Starts the dependencies and the four workloads, waits until every one is ready, and prints
+/// where to reach them. Idempotent: running workloads are left alone, whatever they were built
+/// with (`cargo xtask stop` first to switch).
+pub fn run(layout: &Layout, profile: Profile) -> Result<()> {
+    env::up(layout, &DEPENDENCIES)?;
+    let endpoints = read_env_file(&layout.env_file())?;
+
+    let stopped: Vec<&str> = WORKLOADS
+        .iter()
+        .filter(|workload| daemon(layout, workload).running_pid().is_none())
+        .map(|workload| workload.name())
+        .collect();
+    if stopped.is_empty() {
+        println!(
+            "==> the four workloads already run, as they were built (`cargo xtask stop` to rebuild)"
+        );
+    } else {
+        build_workloads(layout, profile)?;
+    }
 
     let dir = run_dir(layout);
     fs::create_dir_all(&dir)?;
     let secret = secret_file(&dir, "jwt-secret")?;
-    let binaries = target_dir().join("debug");
+    let binaries = target_dir().join(profile.name());
     for workload in WORKLOADS {
         let daemon = daemon(layout, &workload);
         if daemon.running_pid().is_none() {

@@ -25,8 +25,10 @@
 //!
 //! [`Keys::idempotency`]: pipeline_contract::keys::Keys::idempotency
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use pipeline_contract::{LATEST_ORDERS_KEPT, ORDER_RECORD_TTL_SECONDS};
 use redis::aio::ConnectionManager;
 
 pub use pipeline_contract::IDEMPOTENCY_CLAIM_TTL_SECONDS;
@@ -82,6 +84,45 @@ end
 return 1
 ";
 
+/// [`SETTLE`] to `accepted`, and in the same atomic step the order's status record and the
+/// dashboard's accepted counter and latest-orders list, so an accepted order costs one round
+/// trip after its confirm, and the list never names an order without a record. KEYS: the claim,
+/// the order record, the accepted counter, the latest-orders list. ARGV: the pending value, the
+/// accepted value, claim TTL (s), accepted_at, SKU, quantity, record TTL (s), the list entry,
+/// the list's last index kept. The record is written even when a retry took the claim over (the
+/// order is in the queue either way); the counter and the list change only with the claim, so
+/// an order is counted once. Returns 1 if the claim moved.
+const ACCEPT_BODY: &str = r"
+redis.call('HMSET', KEYS[2], FIELD_ACCEPTED_AT, ARGV[4], FIELD_SKU, ARGV[5], FIELD_QTY, ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('INCR', KEYS[3])
+redis.call('LPUSH', KEYS[4], ARGV[8])
+redis.call('LTRIM', KEYS[4], 0, ARGV[9])
+return 1
+";
+
+static CLAIM_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CLAIM));
+static SETTLE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SETTLE));
+static ACCEPT_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(&pipeline_contract::lua::script(ACCEPT_BODY)));
+
+/// What an accepted order's record holds, written by [`Claim::accept`].
+#[derive(Debug, Clone)]
+pub struct AcceptedRecord<'a> {
+    pub record_key: String,
+    pub accepted_count_key: String,
+    pub latest_key: String,
+    /// The latest-orders entry (`owner:id`).
+    pub latest_entry: String,
+    pub accepted_at: u64,
+    pub sku: &'a str,
+    pub qty: u32,
+}
+
 /// What [`take`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -122,7 +163,7 @@ pub async fn take(
     digest: &str,
     lease: Duration,
 ) -> redis::RedisResult<Verdict> {
-    let (verdict, detail): (String, String) = redis::Script::new(CLAIM)
+    let (verdict, detail): (String, String) = CLAIM_SCRIPT
         .key(key)
         .arg(digest)
         .arg(lease.as_millis() as u64)
@@ -154,6 +195,32 @@ pub async fn take(
 const MIN_WAIT: Duration = Duration::from_secs(1);
 
 impl Claim {
+    /// Records that the broker confirmed the order, with its status record (see
+    /// [`ACCEPT_BODY`]). Returns whether the claim was still this request's.
+    pub async fn accept(
+        &self,
+        redis: &mut ConnectionManager,
+        record: &AcceptedRecord<'_>,
+    ) -> redis::RedisResult<bool> {
+        let moved: i64 = ACCEPT_SCRIPT
+            .key(&self.key)
+            .key(&record.record_key)
+            .key(&record.accepted_count_key)
+            .key(&record.latest_key)
+            .arg(&self.pending)
+            .arg(format!("accepted {}", self.digest))
+            .arg(IDEMPOTENCY_CLAIM_TTL_SECONDS)
+            .arg(record.accepted_at)
+            .arg(record.sku)
+            .arg(record.qty)
+            .arg(ORDER_RECORD_TTL_SECONDS)
+            .arg(&record.latest_entry)
+            .arg(LATEST_ORDERS_KEPT - 1)
+            .invoke_async(redis)
+            .await?;
+        Ok(moved == 1)
+    }
+
     /// Records how the publish ended. Returns whether the claim was still this request's (when
     /// not, a retry took it over after the lease and settles it itself).
     pub async fn settle(
@@ -166,7 +233,7 @@ impl Claim {
             Settled::Uncertain => format!("uncertain {}", self.digest),
             Settled::NotStored => String::new(),
         };
-        let moved: i64 = redis::Script::new(SETTLE)
+        let moved: i64 = SETTLE_SCRIPT
             .key(&self.key)
             .arg(&self.pending)
             .arg(next)
@@ -179,3 +246,18 @@ impl Claim {
 
 // The claim outlives the record it guards.
 const _: () = assert!(IDEMPOTENCY_CLAIM_TTL_SECONDS > pipeline_contract::ORDER_RECORD_TTL_SECONDS);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every name the accept script uses is one the contract declares.
+    #[test]
+    fn the_accept_script_uses_only_the_contracts_names() {
+        assert_eq!(
+            pipeline_contract::lua::undeclared(ACCEPT_BODY),
+            Vec::<String>::new()
+        );
+        assert!(!ACCEPT_BODY.contains("'accepted_at'"));
+    }
+}

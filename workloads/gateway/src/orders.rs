@@ -13,9 +13,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use pipeline_contract::messages::{Order, OrderPlaced};
-use pipeline_contract::{
-    LATEST_ORDERS_KEPT, ORDER_RECORD_TTL_SECONDS, order, order_fields, topology,
-};
+use pipeline_contract::{order, order_fields, topology};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -24,7 +22,7 @@ use utoipa::ToSchema;
 use workload_runtime::broker::Publish;
 
 use crate::extract::{AuthUser, JsonBody};
-use crate::idempotency::{self, Claim, Settled, Verdict};
+use crate::idempotency::{self, AcceptedRecord, Claim, Settled, Verdict};
 use crate::problem::{AppError, Problem};
 use crate::{AppState, now_unix_millis};
 
@@ -205,7 +203,30 @@ async fn publish_claimed(
         Err(error) if error.may_have_been_stored() => Settled::Uncertain,
         Err(_) => Settled::NotStored,
     };
-    match claim.settle(&mut redis, settled).await {
+    let moved = if settled == Settled::Accepted {
+        // The order is durable now; the claim moves to accepted and the status record (which
+        // the processor's step extends) and the dashboard's counter and list are written in
+        // the same script. Failing, it is logged rather than turned into an error the client
+        // would retry: the order is in the queue.
+        let keys = state.keys();
+        claim
+            .accept(
+                &mut redis,
+                &AcceptedRecord {
+                    record_key: keys.order(owner, &order.id),
+                    accepted_count_key: keys.accepted_count(),
+                    latest_key: keys.latest_orders(),
+                    latest_entry: format!("{owner}:{}", order.id),
+                    accepted_at: message.accepted_at,
+                    sku: &order.sku,
+                    qty: order.qty,
+                },
+            )
+            .await
+    } else {
+        claim.settle(&mut redis, settled).await
+    };
+    match moved {
         Ok(true) => {}
         // A retry took the claim over after the lease, and settles it.
         Ok(false) => {
@@ -226,48 +247,6 @@ async fn publish_claimed(
             },
             retry_after: Duration::from_secs(1),
         });
-    }
-
-    // The order is durable now; the status record is informational, so a failure here is logged
-    // rather than turned into an error the client would retry. The processor resets its expiry
-    // when it applies the order.
-    let recorded: redis::RedisResult<()> = redis::pipe()
-        .atomic()
-        .hset_multiple(
-            state.keys().order(owner, &order.id),
-            &[
-                (order_fields::ACCEPTED_AT, message.accepted_at.to_string()),
-                (order_fields::SKU, order.sku.clone()),
-                (order_fields::QTY, order.qty.to_string()),
-            ],
-        )
-        .ignore()
-        .expire(
-            state.keys().order(owner, &order.id),
-            ORDER_RECORD_TTL_SECONDS as i64,
-        )
-        .ignore()
-        // The dashboard's accepted counter and latest-orders list, in the same transaction as
-        // the record so the list never names an order without one.
-        // INCR, not the `incr` helper's INCRBY: the gateway's ACL grants INCR only.
-        .cmd("INCR")
-        .arg(state.keys().accepted_count())
-        .ignore()
-        .lpush(
-            state.keys().latest_orders(),
-            format!("{owner}:{}", order.id),
-        )
-        .ignore()
-        .ltrim(
-            state.keys().latest_orders(),
-            0,
-            LATEST_ORDERS_KEPT as isize - 1,
-        )
-        .ignore()
-        .query_async(&mut redis)
-        .await;
-    if let Err(error) = recorded {
-        tracing::warn!(order_id = %order.id, %error, "order accepted but its status record was not written");
     }
     tracing::info!(order_id = %order.id, sku = %order.sku, qty = order.qty, "order accepted");
     Ok((

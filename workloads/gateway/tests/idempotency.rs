@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::future::join_all;
-use gateway::idempotency::{self, CLAIM_TTL, Settled, Verdict};
+use gateway::idempotency::{self, AcceptedRecord, CLAIM_TTL, Settled, Verdict};
 use redis::AsyncCommands;
 use serde_json::json;
 use support::Gateway;
@@ -111,6 +111,107 @@ async fn a_claim_moves_from_pending_to_accepted_uncertain_or_free() {
             .await
             .unwrap(),
         Verdict::Conflict
+    );
+    gateway.stop().await;
+}
+
+/// The accept step moves the claim, writes the order's record and counts the order for the
+/// dashboard in one script; a request whose claim a retry took over still leaves the record
+/// (its order is in the queue) but does not count the order: across both, it is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepting_writes_the_record_and_counts_each_order_once() {
+    let gateway = Gateway::start().await;
+    let mut redis = gateway.redis.clone();
+    let owner = "owner@example.com";
+    let record = |id: &str, accepted_at: u64| AcceptedRecord {
+        record_key: gateway.keys.order(owner, id),
+        accepted_count_key: gateway.keys.accepted_count(),
+        latest_key: gateway.keys.latest_orders(),
+        latest_entry: format!("{owner}:{id}"),
+        accepted_at,
+        sku: "sku-1",
+        qty: 3,
+    };
+    let counted = |redis: &mut redis::aio::ConnectionManager| {
+        let (mut redis, keys) = (redis.clone(), gateway.keys.clone());
+        async move {
+            let count: Option<u64> = redis.get(keys.accepted_count()).await.unwrap();
+            let latest: Vec<String> = redis.lrange(keys.latest_orders(), 0, -1).await.unwrap();
+            (count.unwrap_or(0), latest)
+        }
+    };
+
+    let key = gateway.keys.idempotency(owner, "accepted");
+    let Verdict::Claimed(claim) = idempotency::take(&mut redis, &key, "body-a", LEASE)
+        .await
+        .unwrap()
+    else {
+        panic!("a free id is claimed")
+    };
+    assert!(
+        claim
+            .accept(&mut redis, &record("accepted", 11))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        idempotency::take(&mut redis, &key, "body-a", LEASE)
+            .await
+            .unwrap(),
+        Verdict::Duplicate
+    );
+    let fields: BTreeMap<String, String> = redis
+        .hgetall(gateway.keys.order(owner, "accepted"))
+        .await
+        .unwrap();
+    assert_eq!(fields["accepted_at"], "11");
+    assert_eq!(fields["sku"], "sku-1");
+    assert_eq!(fields["qty"], "3");
+    let ttl: i64 = redis
+        .ttl(gateway.keys.order(owner, "accepted"))
+        .await
+        .unwrap();
+    assert!(ttl > 0, "the record expires: {ttl}");
+    assert_eq!(
+        counted(&mut redis).await,
+        (1, vec![format!("{owner}:accepted")])
+    );
+
+    // The first request's lease ran out (a zero lease is over at once) and a retry took over.
+    let key = gateway.keys.idempotency(owner, "late");
+    let Verdict::Claimed(late) = idempotency::take(&mut redis, &key, "body-a", Duration::ZERO)
+        .await
+        .unwrap()
+    else {
+        panic!("a free id is claimed")
+    };
+    let Verdict::Claimed(retry) = idempotency::take(&mut redis, &key, "body-a", LEASE)
+        .await
+        .unwrap()
+    else {
+        panic!("a pending claim past its lease is taken over")
+    };
+    assert!(!late.accept(&mut redis, &record("late", 21)).await.unwrap());
+    let fields: BTreeMap<String, String> = redis
+        .hgetall(gateway.keys.order(owner, "late"))
+        .await
+        .unwrap();
+    assert_eq!(
+        fields["accepted_at"], "21",
+        "the late request's order is queued"
+    );
+    assert_eq!(
+        counted(&mut redis).await.0,
+        1,
+        "not counted by the late request"
+    );
+    assert!(retry.accept(&mut redis, &record("late", 22)).await.unwrap());
+    let (count, latest) = counted(&mut redis).await;
+    println!("accepted counter {count}, latest orders {latest:?}");
+    assert_eq!(count, 2);
+    assert_eq!(
+        latest,
+        [format!("{owner}:late"), format!("{owner}:accepted")]
     );
     gateway.stop().await;
 }

@@ -4,6 +4,8 @@
 //! library entry point its `main.rs` calls.
 
 pub mod campaign;
+pub mod chart;
+pub mod cpu;
 pub mod process;
 
 use std::collections::BTreeMap;

@@ -5,21 +5,38 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// The workload binary `name` of the running test's profile.
+/// The workload binary `name`: in `$ORDER_PIPELINE_BINARIES` when set (the benchmark compares
+/// two builds that way), else the one of the running test's or benchmark's profile.
 pub fn binary(name: &str) -> PathBuf {
-    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
-    let exe = std::env::current_exe().expect("the test's own path");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("a test binary lives in target/<profile>/deps")
-        .join(name);
+    let directory = match std::env::var_os("ORDER_PIPELINE_BINARIES") {
+        Some(directory) => PathBuf::from(directory),
+        None => {
+            // target/<profile>/deps/<test>-<hash> or target/<profile>/<bin> -> target/<profile>
+            let exe = std::env::current_exe().expect("the test's own path");
+            let parent = exe.parent().expect("a binary lives in a directory");
+            if parent.file_name().is_some_and(|dir| dir == "deps") {
+                parent.parent().unwrap_or(parent).to_owned()
+            } else {
+                parent.to_owned()
+            }
+        }
+    };
+    let path = directory.join(name);
     assert!(
         path.is_file(),
-        "{} is missing: build it with `cargo build -p {name}` (cargo xtask test does)",
+        "{} is missing: build it with `cargo build -p {name}` (cargo xtask test does; \
+         add --release for the benchmark)",
         path.display()
     );
     path
+}
+
+/// A port nothing listens on now (the workload binds it moments later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("an ephemeral port")
+        .port()
 }
 
 /// One workload process, restartable with the same variables and log.
@@ -50,6 +67,11 @@ impl Workload {
             log,
             child,
         }
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL, as a crash would, then the same process again.

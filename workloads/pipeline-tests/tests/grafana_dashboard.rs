@@ -227,14 +227,6 @@ fn a_panel_naming_an_unexported_metric_is_caught() {
     );
 }
 
-/// A port nothing listens on now (the workload binds it moments later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("an ephemeral port")
-        .port()
-}
-
 /// Everything the four workloads serve on `/metrics` now.
 async fn scrape(http: &reqwest::Client, admin_ports: &BTreeMap<&str, u16>) -> BTreeSet<String> {
     let mut exported = BTreeSet::new();
@@ -284,7 +276,7 @@ async fn every_dashboard_metric_is_exported() {
     let mut running = Vec::new();
     for workload in Workload::ALL {
         let mut variables = pipeline.variables[&workload].clone();
-        let (admin, http) = (free_port(), free_port());
+        let (admin, http) = (process::free_port(), process::free_port());
         variables.insert(env::ADMIN_PORT.into(), admin.to_string());
         variables.insert(env::HTTP_PORT.into(), http.to_string());
         variables.insert(env::LOG_LEVEL.into(), "warn".into());

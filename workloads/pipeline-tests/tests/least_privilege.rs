@@ -278,9 +278,9 @@ async fn each_workload_is_refused_what_it_does_not_use() {
     pipeline.stop().await;
 }
 
-/// The dashboard's counters, latest-orders list and SKU index are written by the scripts and
-/// transactions each workload already runs, under its own user: a command its ACL lacks would
-/// abort the write (the gateway's record transaction once did, over an INCRBY).
+/// The dashboard's counters, latest-orders list and SKU index are written by the scripts each
+/// workload already runs, under its own user: a command its ACL lacks would
+/// abort the write (the gateway's record write once did, over an INCRBY).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboards_sources_are_written_with_each_workloads_own_grants() {
     let pipeline = Pipeline::start(Options::default()).await.unwrap();

@@ -90,7 +90,7 @@ async fn one_trace_holds_every_hop_of_an_order_even_across_a_processor_restart()
         own.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into());
         own
     };
-    let gateway_port = free_port();
+    let gateway_port = process::free_port();
     let mut gateway_vars = variables(Workload::Gateway);
     gateway_vars.insert(env::HTTP_PORT.into(), gateway_port.to_string());
     let processor_vars = variables(Workload::Processor);
@@ -283,11 +283,4 @@ fn check_chain(answer: &Value, order_id: &str) -> Result<String> {
         started = start;
     }
     Ok(trace_id.to_owned())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
 }

@@ -35,19 +35,27 @@ use workload_runtime::queues;
 use workload_runtime::redis_connection::{RedisConfig, is_unavailable};
 use workload_runtime::shutdown::Shutdown;
 
+/// Orders in flight by default. The seed took 10; with a publisher confirm awaited per outcome,
+/// the rate is about prefetch ÷ (Redis step + confirm latency), and one processor working off a
+/// backlog (`pipeline-bench processor`) went from 1 611 orders/s at 10 to 7 294 at 256, its CPU
+/// per order from 109 to 36 µs and the broker's from 830 to 186 µs, for 4 MiB more memory
+/// (each in-flight delivery holds one order message, at most a few hundred bytes).
+pub const DEFAULT_PREFETCH: u16 = 256;
+
 /// The processor's configuration.
 #[derive(Debug, Clone)]
 pub struct ProcessorConfig {
     pub rabbitmq_urls: Vec<String>,
     pub redis: RedisConfig,
-    /// Unacknowledged deliveries at most (the seed: 10).
+    /// Unacknowledged deliveries at most, and so orders in flight (Redis step, outcome publish,
+    /// its confirm) at once: [`DEFAULT_PREFETCH`] unless `PREFETCH` says otherwise.
     pub prefetch: u16,
     pub admin_port: u16,
 }
 
 impl ProcessorConfig {
     pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
-        let prefetch = config::parsed_or(source, env::PREFETCH, 10u16)?;
+        let prefetch = config::parsed_or(source, env::PREFETCH, DEFAULT_PREFETCH)?;
         if prefetch == 0 {
             return Err(ConfigError::Invalid {
                 variable: env::PREFETCH,
@@ -412,11 +420,13 @@ mod tests {
     }
 
     #[test]
-    fn prefetch_defaults_to_the_seeds_and_must_be_positive() {
+    fn prefetch_defaults_to_256_and_must_be_positive() {
         let mut source = BTreeMap::from([
             (env::RABBITMQ_URLS, "amqp://localhost:5672/%2f"),
             (env::REDIS_ADDR, "localhost:6379"),
         ]);
+        assert_eq!(ProcessorConfig::from_source(&source).unwrap().prefetch, 256);
+        source.insert(env::PREFETCH, "10");
         assert_eq!(ProcessorConfig::from_source(&source).unwrap().prefetch, 10);
         source.insert(env::PREFETCH, "0");
         let error = ProcessorConfig::from_source(&source)

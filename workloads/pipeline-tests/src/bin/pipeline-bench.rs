@@ -1,25 +1,42 @@
 //! Benchmarks against the real environment (`cargo xtask env up` first). Figures are printed,
-//! never asserted. Build in release mode:
+//! never asserted. Build the workloads and the benchmark in release mode:
 //!
 //! ```text
+//! cargo build --release -p gateway -p processor -p notifier
 //! cargo run --release -p pipeline-tests --bin pipeline-bench -- gateway
-//! cargo run --release -p pipeline-tests --bin pipeline-bench -- pipeline
+//! cargo run --release -p pipeline-tests --bin pipeline-bench -- processor
+//! cargo run --release -p pipeline-tests --bin pipeline-bench -- pipeline [processor prefetch]
 //! cargo run --release -p pipeline-tests --bin pipeline-bench -- notifier
 //! cargo run --release -p pipeline-tests --bin pipeline-bench -- fsync
 //! ```
 //!
+//! The measured workloads run as processes of their own (the release binaries next to the
+//! benchmark, or those in `$ORDER_PIPELINE_BINARIES` to compare two builds), wired like their
+//! pods, so the CPU time `/proc` gives for each, for the three RabbitMQ nodes together and for
+//! Redis, is divided by the orders of the run: CPU per order. The load generator is this process.
+//!
 //! - `gateway`: the broker's own confirmed-publish ceiling (a raw lapin publisher on a quorum
 //!   queue), then authenticated `POST /orders` at increasing concurrency (accepted orders per
-//!   second, p50/p99), then p99 at half the best rate with and without 20 logins per second beside.
-//! - `pipeline`: sustained end-to-end orders per second (accepted → notified) and p50/p99 of the
-//!   time from the 202 to the notification at half load.
+//!   second, p50/p99, CPU per order), the best rate against the ceiling, then p99 at half the
+//!   best rate with and without 20 logins per second beside.
+//! - `processor`: one processor working off 30 000 queued orders at its default prefetch, then
+//!   at 10, 32, 64, 128, 256 and 512: orders per second, CPU per order, peak memory.
+//! - `pipeline`: gateway, processor and notifier with the defaults a user gets: the gateway's
+//!   rate with the consumers running, the sustained end-to-end rate (accepted → notified), CPU
+//!   per order of each process, and p50/p99 of the time from the 202 to the notification at
+//!   half load.
 //! - `fsync`: the sustained end-to-end rate with Redis's append-only file flushed once a second
 //!   (`appendfsync everysec`) and before every reply (`always`, what a managed Redis runs), set
 //!   on the environment's Redis for the run and restored after: the price of no acknowledged
-//!   Redis write being lost in a crash of the machine.
+//!   Redis write being lost in a crash of the machine (in-process workloads).
+//!
 //! - `notifier`: one notifier replica with a sink that takes one second per notification (the
 //!   seed's stub): notifications per second.
+//!
+//! `gateway` and `pipeline` draw their figures as SVG under `~/.cache/order-pipeline/bench/`;
+//! `--readme-chart` also writes them to `docs/` for the README.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -31,10 +48,11 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use pipeline_contract::messages::{Order, OrderOutcome, Outcome};
-use pipeline_contract::{env, topology};
-use pipeline_tests::{Options, Pipeline};
+use pipeline_contract::messages::{Order, OrderOutcome, OrderPlaced, Outcome};
+use pipeline_contract::{Workload, env, probes, topology};
+use pipeline_tests::{Options, Pipeline, chart, cpu, process};
 use prometheus_client::registry::Registry;
+use testenv::gateway::GatewayClient;
 use workload_runtime::admin::Readiness;
 use workload_runtime::broker::{Broker, Publish};
 use workload_runtime::shutdown::Shutdown;
@@ -45,9 +63,10 @@ async fn main() -> Result<()> {
     match which.as_str() {
         "gateway" => gateway().await,
         "pipeline" => pipeline().await,
+        "processor" => processor_alone().await,
         "notifier" => notifier().await,
         "fsync" => fsync().await,
-        _ => bail!("usage: pipeline-bench gateway|pipeline|notifier|fsync"),
+        _ => bail!("usage: pipeline-bench gateway|processor|pipeline [prefetch]|notifier|fsync"),
     }
 }
 
@@ -72,7 +91,11 @@ fn ms(duration: Duration) -> String {
 
 /// The broker's ceiling: confirmed persistent publishes per second to a quorum queue, with
 /// `in_flight` publishes outstanding, over `period`.
-async fn raw_publish_ceiling(url: &str, in_flight: usize, period: Duration) -> Result<f64> {
+async fn raw_publish_ceiling(
+    url: &str,
+    in_flight: usize,
+    period: Duration,
+) -> Result<(f64, usize)> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel
@@ -124,12 +147,13 @@ async fn raw_publish_ceiling(url: &str, in_flight: usize, period: Duration) -> R
     for task in tasks {
         task.await?;
     }
-    let rate = confirmed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let confirmed = confirmed.load(Ordering::Relaxed);
+    let rate = confirmed as f64 / started.elapsed().as_secs_f64();
     channel
         .queue_delete(ShortString::from(queue.as_str()), Default::default())
         .await?;
     let _ = connection.close(200, ShortString::from("done")).await;
-    Ok(rate)
+    Ok((rate, confirmed as usize))
 }
 
 async fn purge_orders(pipeline: &Pipeline) -> Result<()> {
@@ -146,9 +170,127 @@ async fn purge_orders(pipeline: &Pipeline) -> Result<()> {
     Ok(())
 }
 
+/// The workloads under measurement, each a process of its own built with the benchmark's profile
+/// (`--release`), wired to the environment like their pods, so `/proc` tells each one's CPU
+/// time apart from the load generator's (this process).
+struct Processes {
+    pipeline: Pipeline,
+    logs: std::path::PathBuf,
+    running: Vec<(&'static str, process::Workload)>,
+    gateway: Option<GatewayClient>,
+}
+
+impl Processes {
+    /// The isolation (vhost, key prefix, users) of a pipeline whose in-process workloads stay
+    /// idle; every measured workload is spawned with [`Processes::spawn`].
+    async fn new() -> Result<Self> {
+        let options = Options {
+            bcrypt_cost: 12,
+            ..Options::default()
+        };
+        let pipeline = Pipeline::start_edges(options).await?;
+        let logs = std::env::temp_dir().join(testenv::unique("bench-logs"));
+        std::fs::create_dir_all(&logs)?;
+        Ok(Self {
+            pipeline,
+            logs,
+            running: Vec::new(),
+            gateway: None,
+        })
+    }
+
+    /// Starts `workload` with its pod's variables plus `extra`, and waits until it is ready.
+    async fn spawn(&mut self, workload: Workload, extra: &[(&str, String)]) -> Result<()> {
+        let mut variables = self.pipeline.variables[&workload].clone();
+        let admin = process::free_port();
+        variables.insert(env::ADMIN_PORT.into(), admin.to_string());
+        variables.insert(env::LOG_LEVEL.into(), "warn".into());
+        for (key, value) in extra {
+            variables.insert((*key).to_owned(), value.clone());
+        }
+        let http = process::free_port();
+        if workload == Workload::Gateway {
+            variables.insert(env::HTTP_PORT.into(), http.to_string());
+        }
+        let index = self.running.len();
+        let spawned = process::Workload::spawn(workload.name(), variables, &self.logs, index);
+        self.running.push((workload.name(), spawned));
+        let ready = format!("http://127.0.0.1:{admin}{}", probes::READINESS);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !reqwest::get(&ready)
+            .await
+            .is_ok_and(|response| response.status().is_success())
+        {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} was not ready within 60s; logs in {}",
+                    workload.name(),
+                    self.logs.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if workload == Workload::Gateway {
+            self.gateway = Some(GatewayClient::with_http(
+                format!("http://127.0.0.1:{http}"),
+                reqwest::Client::new(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn gateway(&self) -> &GatewayClient {
+        self.gateway.as_ref().expect("the gateway was spawned")
+    }
+
+    /// A fresh account on the spawned gateway: its email and token.
+    async fn account(&self) -> Result<(String, String)> {
+        self.gateway()
+            .account("bench", pipeline_tests::PASSWORD)
+            .await
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// The broker, Redis and every spawned workload, for CPU figures.
+    fn meter(&self) -> Result<cpu::Meter> {
+        let mut meter = cpu::Meter::with_environment()?;
+        for (name, workload) in &self.running {
+            meter.group(name, vec![workload.pid()])?;
+        }
+        Ok(meter)
+    }
+
+    /// Each spawned workload's peak resident memory so far.
+    fn peak_memory(&self) -> String {
+        self.running
+            .iter()
+            .map(|(name, workload)| match cpu::peak_rss(workload.pid()) {
+                Ok(bytes) => format!("{name} {:.1} MiB", bytes as f64 / 1048576.0),
+                Err(error) => format!("{name} ? ({error})"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Stops the spawned workloads (SIGTERM), the in-process ones, and removes the isolation.
+    async fn stop(self) {
+        for (_, workload) in self.running {
+            workload.stop();
+        }
+        self.pipeline.stop().await;
+    }
+
+    /// A Redis counter of the pipeline's key prefix.
+    async fn counter(&self, key: String) -> Result<u64> {
+        let mut redis = self.pipeline.redis.clone();
+        let count: Option<u64> = redis::cmd("GET").arg(key).query_async(&mut redis).await?;
+        Ok(count.unwrap_or(0))
+    }
+}
+
 /// Closed loop: `workers` clients each send orders back to back for `period`.
 async fn closed_loop(
-    pipeline: &Pipeline,
+    gateway: &GatewayClient,
     token: &str,
     workers: usize,
     period: Duration,
@@ -162,7 +304,7 @@ async fn closed_loop(
         while Instant::now() < deadline {
             let id = format!("{run}-{}", next.fetch_add(1, Ordering::Relaxed));
             let sent = Instant::now();
-            if let Ok(202) = pipeline.order(token, &id, "bench-sku", 1).await {
+            if accepted(gateway, token, &id).await {
                 samples.push(sent.elapsed().as_micros() as u64);
             }
         }
@@ -174,69 +316,136 @@ async fn closed_loop(
     (samples.len() as f64 / elapsed, Samples(samples))
 }
 
+/// One order of the benchmark's SKU: whether the gateway answered 202.
+async fn accepted(gateway: &GatewayClient, token: &str, id: &str) -> bool {
+    gateway
+        .order(token, id, BENCH_SKU, 1)
+        .await
+        .is_ok_and(|response| response.status() == 202)
+}
+
+const BENCH_SKU: &str = "bench-sku";
+
 /// Open loop: orders arrive at `rate` per second for `period`, whatever the latency, so queueing
-/// shows up in the latency (a closed loop would hide it).
+/// shows up in the latency (a closed loop would hide it). Returns how many were sent, and the
+/// ids and latencies of the accepted ones.
 async fn open_loop(
-    pipeline: &Pipeline,
+    gateway: &GatewayClient,
     token: &str,
     rate: f64,
     period: Duration,
-) -> (usize, usize, Samples) {
+) -> (usize, Vec<String>, Samples) {
     let run = testenv::unique("o");
     let count = (rate * period.as_secs_f64()) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let started = tokio::time::Instant::now();
-    let results: Vec<Option<u64>> = futures::stream::iter(0..count)
+    let results: Vec<Option<(String, u64)>> = futures::stream::iter(0..count)
         .map(|index| {
             let run = &run;
             async move {
                 tokio::time::sleep_until(started + interval * index as u32).await;
+                let id = format!("{run}-{index}");
                 let sent = Instant::now();
-                match pipeline
-                    .order(token, &format!("{run}-{index}"), "bench-sku", 1)
+                accepted(gateway, token, &id)
                     .await
-                {
-                    Ok(202) => Some(sent.elapsed().as_micros() as u64),
-                    _ => None,
-                }
+                    .then(|| (id, sent.elapsed().as_micros() as u64))
             }
         })
         .buffer_unordered(2048)
         .collect()
         .await;
-    let accepted: Vec<u64> = results.iter().flatten().copied().collect();
-    (count, accepted.len(), Samples(accepted))
+    let (ids, latencies) = results.into_iter().flatten().unzip();
+    (count, ids, Samples(latencies))
 }
 
 async fn gateway() -> Result<()> {
-    let options = Options {
-        bcrypt_cost: 12,
-        ..Options::default()
-    };
-    let pipeline = Pipeline::start_edges(options).await?;
-    let (email, token) = pipeline.account().await?;
+    let mut bench = Processes::new().await?;
+    bench.spawn(Workload::Gateway, &[]).await?;
+    let (email, token) = bench.account().await?;
+    let gateway = bench.gateway().clone();
+    let meter = bench.meter()?;
     let period = Duration::from_secs(5);
 
     println!("== broker ceiling: raw lapin confirmed publishes to a quorum queue ==");
     let mut ceiling: f64 = 0.0;
     for in_flight in [1, 16, 64, 256] {
-        let rate = raw_publish_ceiling(&pipeline.vhost().urls[0], in_flight, period).await?;
-        println!("  {in_flight:>4} in flight: {rate:>8.0} confirmed/s");
+        let reading = meter.start()?;
+        let (rate, confirmed) =
+            raw_publish_ceiling(&bench.pipeline.vhost().urls[0], in_flight, period).await?;
+        println!(
+            "  {in_flight:>4} in flight: {rate:>8.0} confirmed/s  CPU per message: {}",
+            meter.per(&reading, confirmed)?
+        );
         ceiling = ceiling.max(rate);
     }
 
-    println!("== gateway: authenticated POST /orders, closed loop ==");
+    println!("== gateway (one process): authenticated POST /orders, closed loop ==");
     let mut best: f64 = 0.0;
+    let (mut rates, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
     for workers in [1, 4, 16, 64, 128] {
-        purge_orders(&pipeline).await?;
-        let (rate, mut samples) = closed_loop(&pipeline, &token, workers, period).await;
+        purge_orders(&bench.pipeline).await?;
+        let reading = meter.start()?;
+        let (rate, mut samples) = closed_loop(&gateway, &token, workers, period).await;
+        let (p50, p99) = (samples.percentile(0.50), samples.percentile(0.99));
         println!(
-            "  {workers:>4} clients: {rate:>7.0} accepted/s  p50 {}  p99 {}",
-            ms(samples.percentile(0.50)),
-            ms(samples.percentile(0.99))
+            "  {workers:>4} clients: {rate:>7.0} accepted/s  p50 {}  p99 {}  CPU per order: {}",
+            ms(p50),
+            ms(p99),
+            meter.per(&reading, samples.0.len())?
         );
         best = best.max(rate);
+        let clients = workers as f64;
+        rates.push((clients, rate));
+        p50s.push((clients, p50.as_secs_f64() * 1000.0));
+        p99s.push((clients, p99.as_secs_f64() * 1000.0));
     }
+    let ceiling_line = vec![(1.0, ceiling), (128.0, ceiling)];
+    write_chart(
+        "gateway",
+        &chart::render(
+            "POST /orders, one gateway process, closed loop",
+            &[
+                chart::Panel {
+                    title: "throughput".into(),
+                    x_label: "concurrent clients".into(),
+                    y_label: "orders/s".into(),
+                    log_x: true,
+                    x_labels: Vec::new(),
+                    series: vec![
+                        chart::Series {
+                            name: "accepted (202)".into(),
+                            color: "#2563eb",
+                            points: rates,
+                        },
+                        chart::Series {
+                            name: "broker ceiling".into(),
+                            color: "#9ca3af",
+                            points: ceiling_line,
+                        },
+                    ],
+                },
+                chart::Panel {
+                    title: "latency".into(),
+                    x_label: "concurrent clients".into(),
+                    y_label: "ms".into(),
+                    log_x: true,
+                    x_labels: Vec::new(),
+                    series: vec![
+                        chart::Series {
+                            name: "p50".into(),
+                            color: "#16a34a",
+                            points: p50s,
+                        },
+                        chart::Series {
+                            name: "p99".into(),
+                            color: "#dc2626",
+                            points: p99s,
+                        },
+                    ],
+                },
+            ],
+        ),
+    )?;
     println!(
         "  best {best:.0} accepted/s = {:.0}% of the broker ceiling {ceiling:.0}/s",
         100.0 * best / ceiling
@@ -248,31 +457,27 @@ async fn gateway() -> Result<()> {
         "== half load ({half:.0} orders/s, open loop, {}s) ==",
         long.as_secs()
     );
-    purge_orders(&pipeline).await?;
-    let (sent, accepted, mut alone) = open_loop(&pipeline, &token, half, long).await;
+    purge_orders(&bench.pipeline).await?;
+    let (sent, ids, mut alone) = open_loop(&gateway, &token, half, long).await;
     let alone_p99 = alone.percentile(0.99);
     println!(
-        "  orders alone: {accepted}/{sent} accepted  p50 {}  p99 {}",
+        "  orders alone: {}/{sent} accepted  p50 {}  p99 {}",
+        ids.len(),
         ms(alone.percentile(0.50)),
         ms(alone_p99)
     );
 
-    purge_orders(&pipeline).await?;
+    purge_orders(&bench.pipeline).await?;
     let logins = async {
         let mut samples = Vec::new();
         let started = tokio::time::Instant::now();
         let results: Vec<Option<u64>> = futures::stream::iter(0..(20 * long.as_secs()) as u32)
             .map(|index| {
-                let pipeline = &pipeline;
-                let email = &email;
+                let (gateway, email) = (&gateway, &email);
                 async move {
                     tokio::time::sleep_until(started + Duration::from_millis(50) * index).await;
                     let sent = Instant::now();
-                    let response = pipeline
-                        .client
-                        .login(email, pipeline_tests::PASSWORD)
-                        .await
-                        .ok()?;
+                    let response = gateway.login(email, pipeline_tests::PASSWORD).await.ok()?;
                     (response.status() == 200).then(|| sent.elapsed().as_micros() as u64)
                 }
             })
@@ -282,11 +487,12 @@ async fn gateway() -> Result<()> {
         samples.extend(results.into_iter().flatten());
         Samples(samples)
     };
-    let ((sent, accepted, mut beside), mut login_samples) =
-        tokio::join!(open_loop(&pipeline, &token, half, long), logins);
+    let ((sent, ids, mut beside), mut login_samples) =
+        tokio::join!(open_loop(&gateway, &token, half, long), logins);
     let beside_p99 = beside.percentile(0.99);
     println!(
-        "  orders with 20 logins/s (bcrypt cost 12): {accepted}/{sent} accepted  p50 {}  p99 {} ({:+.1}% vs alone)",
+        "  orders with 20 logins/s (bcrypt cost 12): {}/{sent} accepted  p50 {}  p99 {} ({:+.1}% vs alone)",
+        ids.len(),
         ms(beside.percentile(0.50)),
         ms(beside_p99),
         100.0 * (beside_p99.as_secs_f64() / alone_p99.as_secs_f64() - 1.0)
@@ -297,12 +503,268 @@ async fn gateway() -> Result<()> {
         ms(login_samples.percentile(0.50)),
         ms(login_samples.percentile(0.99))
     );
-    purge_orders(&pipeline).await?;
-    pipeline.stop().await;
+    println!("  peak memory: {}", bench.peak_memory());
+    purge_orders(&bench.pipeline).await?;
+    bench.stop().await;
     Ok(())
 }
 
-/// Waits until `count` orders of `run` have been notified; returns their accepted→notified times.
+/// Publishes `count` orders of the benchmark's SKU straight into `orders.queue` (as the gateway
+/// would, confirmed), for a processor to work off.
+async fn backlog(
+    pipeline: &Pipeline,
+    owner: &str,
+    count: usize,
+    shutdown: &Shutdown,
+) -> Result<()> {
+    let publisher = Broker::publisher(
+        pipeline.vhost().urls.clone(),
+        "bench",
+        processor::declare_topology(),
+        shutdown,
+        Duration::from_secs(30),
+    )
+    .await
+    .context("the bench's publisher did not connect")?;
+    let run = testenv::unique("p");
+    let failed = futures::stream::iter(0..count)
+        .map(|index| {
+            let (publisher, run) = (&publisher, &run);
+            async move {
+                let placed = OrderPlaced {
+                    order: Order {
+                        order_id: format!("{run}-{index}"),
+                        owner: owner.to_owned(),
+                        sku: BENCH_SKU.to_owned(),
+                        qty: 1,
+                    },
+                    accepted_at: 1,
+                };
+                let body = serde_json::to_vec(&placed).unwrap_or_default();
+                let message_id = placed.order.message_id();
+                publisher
+                    .publish(
+                        Publish::new(
+                            topology::ORDERS_EXCHANGE,
+                            topology::ORDERS_ROUTING_KEY,
+                            &body,
+                        )
+                        .message_id(&message_id),
+                    )
+                    .await
+                    .is_err()
+            }
+        })
+        .buffer_unordered(256)
+        .filter(|failed| futures::future::ready(*failed))
+        .count()
+        .await;
+    if failed > 0 {
+        bail!("{failed} of {count} orders were not confirmed into orders.queue");
+    }
+    Ok(())
+}
+
+/// The processor alone, one process, working off a backlog at each prefetch (the default
+/// first): orders per second, CPU per order, peak memory.
+async fn processor_alone() -> Result<()> {
+    let backlog_size = 30_000;
+    let default = processor::ProcessorConfig::from_source(&BTreeMap::from([
+        (env::RABBITMQ_URLS, "amqp://localhost"),
+        (env::REDIS_ADDR, "localhost:6379"),
+    ]))?
+    .prefetch;
+    println!(
+        "== processor (one process) working off {backlog_size} queued orders; default prefetch {default} =="
+    );
+    let mut prefetches = vec![default];
+    prefetches.extend(
+        [10u16, 32, 64, 128, 256, 512]
+            .iter()
+            .filter(|p| **p != default),
+    );
+    for prefetch in prefetches {
+        let mut bench = Processes::new().await?;
+        bench.pipeline.set_stock(BENCH_SKU, 100_000_000).await?;
+        let shutdown = Shutdown::new();
+        backlog(
+            &bench.pipeline,
+            "bench@example.com",
+            backlog_size,
+            &shutdown,
+        )
+        .await?;
+        // Read before the processor starts; its own figure counts from its start.
+        let reading = cpu::Meter::with_environment()?.start()?;
+        let started = Instant::now();
+        bench
+            .spawn(
+                Workload::Processor,
+                &[(env::PREFETCH, prefetch.to_string())],
+            )
+            .await?;
+        let meter = bench.meter()?;
+        let counted = bench.pipeline.keys.processed_count();
+        let deadline = started + Duration::from_secs(300);
+        while bench.counter(counted.clone()).await? < backlog_size as u64 {
+            if Instant::now() > deadline {
+                bail!("the backlog was not worked off within 300 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "  prefetch {prefetch:>4}: {:>6.0} orders/s  CPU per order: {}  peak memory: {}",
+            backlog_size as f64 / elapsed,
+            meter.per(&reading, backlog_size)?,
+            bench.peak_memory()
+        );
+        shutdown.trigger();
+        shutdown.wait_for_tasks(Duration::from_secs(10)).await;
+        bench.stop().await;
+    }
+    Ok(())
+}
+
+/// Gateway, processor and notifier, one process each with the defaults a user gets (or the
+/// processor's `PREFETCH` given as the argument).
+async fn pipeline() -> Result<()> {
+    let prefetch: Option<u16> = std::env::args()
+        .skip(2)
+        .find(|arg| !arg.starts_with("--"))
+        .map(|arg| arg.parse())
+        .transpose()
+        .context("the argument is the processor's prefetch")?;
+    let mut bench = Processes::new().await?;
+    bench.pipeline.set_stock(BENCH_SKU, 100_000_000).await?;
+    bench.spawn(Workload::Gateway, &[]).await?;
+    let extra: Vec<(&str, String)> = prefetch
+        .map(|prefetch| (env::PREFETCH, prefetch.to_string()))
+        .into_iter()
+        .collect();
+    bench.spawn(Workload::Processor, &extra).await?;
+    bench.spawn(Workload::Notifier, &[]).await?;
+    println!(
+        "(one process each; processor prefetch {})",
+        prefetch.map_or("default".to_owned(), |p| p.to_string())
+    );
+    let (email, token) = bench.account().await?;
+    let gateway = bench.gateway().clone();
+    let meter = bench.meter()?;
+
+    println!("== gateway alone would accept (closed loop, 64 clients, 5 s) ==");
+    // Measured with the consumers running, as the pipeline runs.
+    let (gateway_rate, _) = closed_loop(&gateway, &token, 64, Duration::from_secs(5)).await;
+    println!("  {gateway_rate:.0} accepted/s");
+    let notified = bench.pipeline.keys.notified_count();
+    wait_for_count(&bench, &notified, "notified").await?;
+
+    println!("== sustained end to end: accept as fast as possible for 10 s, count notified ==");
+    let before = bench.counter(notified.clone()).await?;
+    let reading = meter.start()?;
+    let started = Instant::now();
+    let (_, mut samples) = closed_loop(&gateway, &token, 64, Duration::from_secs(10)).await;
+    let accepted = samples.0.len();
+    let target = before + accepted as u64;
+    wait_for_count(&bench, &notified, "notified").await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let sustained = accepted as f64 / elapsed;
+    println!(
+        "  {accepted} orders accepted (p99 {}) and notified in {elapsed:.1}s: {sustained:.0} orders/s end to end = {:.0}% of the gateway's {gateway_rate:.0}/s",
+        ms(samples.percentile(0.99)),
+        100.0 * sustained / gateway_rate
+    );
+    assert_eq!(bench.counter(notified.clone()).await?, target);
+    println!("  CPU per order: {}", meter.per(&reading, accepted)?);
+    println!("  peak memory: {}", bench.peak_memory());
+
+    let half = gateway_rate / 2.0;
+    println!(
+        "== half load ({half:.0} orders/s, open loop, 10 s): time from 202 to notification =="
+    );
+    let (sent, ids, _) = open_loop(&gateway, &token, half, Duration::from_secs(10)).await;
+    let mut latencies =
+        notified_latencies(&bench.pipeline, &email, &ids, Duration::from_secs(120)).await?;
+    println!(
+        "  {}/{sent} orders: 202→notified p50 {}  p99 {}",
+        ids.len(),
+        ms(latencies.percentile(0.50)),
+        ms(latencies.percentile(0.99))
+    );
+    // Evenly spaced percentiles, labelled with their values.
+    let percentiles = [10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9];
+    let curve: Vec<(f64, f64)> = percentiles
+        .iter()
+        .enumerate()
+        .map(|(index, p)| {
+            let latency = latencies.percentile(p / 100.0).as_secs_f64() * 1000.0;
+            (index as f64, latency)
+        })
+        .collect();
+    write_chart(
+        "pipeline",
+        &chart::render(
+            &format!("202 → notified, sustained {sustained:.0} orders/s"),
+            &[chart::Panel {
+                title: format!("at half load ({half:.0} orders/s), defaults"),
+                x_label: "percentile".into(),
+                y_label: "ms".into(),
+                log_x: false,
+                x_labels: percentiles.iter().map(|p| format!("p{p}")).collect(),
+                series: vec![chart::Series {
+                    name: "202 → notified".into(),
+                    color: "#7c3aed",
+                    points: curve,
+                }],
+            }],
+        ),
+    )?;
+    bench.stop().await;
+    Ok(())
+}
+
+/// Writes chart `name` under `~/.cache/order-pipeline/bench/`, and with `--readme-chart` also
+/// as `docs/bench-<name>.svg` for the README.
+fn write_chart(name: &str, svg: &str) -> Result<()> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let directory = std::path::Path::new(&home).join(".cache/order-pipeline/bench");
+    std::fs::create_dir_all(&directory)?;
+    let mut paths = vec![directory.join(format!("{name}.svg"))];
+    if std::env::args().any(|arg| arg == "--readme-chart") {
+        paths.push(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../docs")
+                .join(format!("bench-{name}.svg")),
+        );
+    }
+    for path in paths {
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+        println!("  chart: {}", path.display());
+    }
+    Ok(())
+}
+
+/// Waits until the notified counter equals the accepted one (everything placed so far is
+/// through), at most 300 s.
+async fn wait_for_count(bench: &Processes, notified: &str, what: &str) -> Result<()> {
+    let accepted = bench.pipeline.keys.accepted_count();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (done, placed) = (
+            bench.counter(notified.to_owned()).await?,
+            bench.counter(accepted.clone()).await?,
+        );
+        if done >= placed {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {placed} orders {what} within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until each of `ids` has been notified; returns their accepted→notified times.
 async fn notified_latencies(
     pipeline: &Pipeline,
     owner: &str,
@@ -331,68 +793,9 @@ async fn notified_latencies(
     Ok(Samples(samples))
 }
 
-async fn pipeline() -> Result<()> {
-    let options = Options {
-        processor_prefetch: 128,
-        notifier_prefetch: 256,
-        ..Options::default()
-    };
-    println!(
-        "(one replica each; processor prefetch {}, notifier prefetch {})",
-        options.processor_prefetch, options.notifier_prefetch
-    );
-    let pipeline = Pipeline::start(options).await?;
-    pipeline.set_stock("bench-sku", 100_000_000).await?;
-    let (email, token) = pipeline.account().await?;
-
-    println!("== gateway alone would accept (closed loop, 64 clients, 5 s) ==");
-    // Measured with the consumers running, as the pipeline runs.
-    let (gateway_rate, _) = closed_loop(&pipeline, &token, 64, Duration::from_secs(5)).await;
-    println!("  {gateway_rate:.0} accepted/s");
-
-    println!("== sustained end to end: accept as fast as possible for 10 s, count notified ==");
-    let (accepted, elapsed) = sustained(&pipeline, &token, &email).await?;
-    let sustained = accepted as f64 / elapsed;
-    println!(
-        "  {accepted} orders accepted and notified in {elapsed:.1}s: {sustained:.0} orders/s end to end = {:.0}% of the gateway's {gateway_rate:.0}/s",
-        100.0 * sustained / gateway_rate
-    );
-
-    let half = gateway_rate / 2.0;
-    println!(
-        "== half load ({half:.0} orders/s, open loop, 10 s): time from 202 to notification =="
-    );
-    let run = testenv::unique("half");
-    let count = (half * 10.0) as usize;
-    let interval = Duration::from_secs_f64(1.0 / half);
-    let start = tokio::time::Instant::now();
-    let ids: Vec<String> = futures::stream::iter(0..count)
-        .map(|index| {
-            let (pipeline, token, run) = (&pipeline, &token, &run);
-            async move {
-                tokio::time::sleep_until(start + interval * index as u32).await;
-                let id = format!("{run}-{index}");
-                matches!(pipeline.order(token, &id, "bench-sku", 1).await, Ok(202)).then_some(id)
-            }
-        })
-        .buffer_unordered(2048)
-        .filter_map(|id| async move { id })
-        .collect()
-        .await;
-    let mut latencies =
-        notified_latencies(&pipeline, &email, &ids, Duration::from_secs(120)).await?;
-    println!(
-        "  {} orders: 202→notified p50 {}  p99 {}",
-        ids.len(),
-        ms(latencies.percentile(0.50)),
-        ms(latencies.percentile(0.99))
-    );
-    pipeline.stop().await;
-    Ok(())
-}
-
-/// Accepts orders as fast as 64 clients can for 10 s and waits until each is notified: how many,
-/// and the seconds from the first order to the last notification.
+/// Accepts orders as fast as 64 clients can for 10 s through the in-process pipeline and waits
+/// until each is notified: how many, and the seconds from the first order to the last
+/// notification.
 async fn sustained(pipeline: &Pipeline, token: &str, email: &str) -> Result<(usize, f64)> {
     let run = testenv::unique("e2e");
     let next = AtomicUsize::new(0);
@@ -402,7 +805,7 @@ async fn sustained(pipeline: &Pipeline, token: &str, email: &str) -> Result<(usi
         let mut ids = Vec::new();
         while Instant::now() < deadline {
             let id = format!("{run}-{}", next.fetch_add(1, Ordering::Relaxed));
-            if let Ok(202) = pipeline.order(token, &id, "bench-sku", 1).await {
+            if let Ok(202) = pipeline.order(token, &id, BENCH_SKU, 1).await {
                 ids.push(id);
             }
         }
