@@ -182,6 +182,33 @@ async fn each_workload_is_refused_what_it_does_not_use() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // Listing hands the letters back when its channel closes; a quorum queue counts a returned
+    // message as ready again a moment later, and `redrive` moves only what is ready when it
+    // starts. Wait for that, as a person running `list` then `redrive` would.
+    let dead_letter_queue = topology::dead_letter_queue(topology::ORDERS_QUEUE);
+    let counting = processor.create_channel().await.unwrap();
+    loop {
+        let ready = counting
+            .queue_declare(
+                ShortString::from(dead_letter_queue.as_str()),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("the processor reads its dead-letter queue's depth")
+            .message_count();
+        if ready == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the listed dead letter never came back: {ready} ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let moved = workload_runtime::dead_letters::redrive(&processor, topology::ORDERS_QUEUE, 10)
         .await
         .expect("the processor re-drives its dead letters");
