@@ -15,14 +15,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use lapin::Channel;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::{FieldTable, ShortString};
 use pipeline_contract::topology;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use workload_runtime::admin::Readiness;
 use workload_runtime::broker::{Broker, BrokerConfig, BrokerMetrics, DeclareTopology};
+use workload_runtime::queues;
 use workload_runtime::shutdown::Shutdown;
 
 /// The queues the page shows, in its order.
@@ -48,13 +47,6 @@ pub struct QueueDepth {
     /// Messages in the queue's dead-letter queue, waiting for someone to look at them or
     /// re-drive them (`<workload> dead-letters list|redrive`).
     pub dead_letters: Option<u32>,
-}
-
-/// A queue's ready messages and consumers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Counts {
-    ready: u32,
-    consumers: u32,
 }
 
 /// The latest depths of [`WATCHED`], read by a task of their own every period, so the live
@@ -177,7 +169,7 @@ impl Reader {
 
     /// One passive declare: `None` for a queue that does not exist. That answer (404) closes
     /// the channel, so the next declare opens another; any other failure fails the read.
-    async fn counts(&mut self, queue: &str) -> Result<Option<Counts>, &'static str> {
+    async fn counts(&mut self, queue: &str) -> Result<Option<queues::QueueDepth>, &'static str> {
         if self
             .missing
             .get(queue)
@@ -186,23 +178,10 @@ impl Reader {
             return Ok(None);
         }
         let channel = self.channel().await?;
-        let declared = channel
-            .queue_declare(
-                ShortString::from(queue),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        match declared {
-            Ok(declared) => {
+        match queues::depth(&channel, queue).await {
+            Ok(depth) => {
                 self.missing.remove(queue);
-                Ok(Some(Counts {
-                    ready: declared.message_count(),
-                    consumers: declared.consumer_count(),
-                }))
+                Ok(Some(depth))
             }
             Err(error) => {
                 self.channel = None;

@@ -188,18 +188,10 @@ async fn each_workload_is_refused_what_it_does_not_use() {
     let dead_letter_queue = topology::dead_letter_queue(topology::ORDERS_QUEUE);
     let counting = processor.create_channel().await.unwrap();
     loop {
-        let ready = counting
-            .queue_declare(
-                ShortString::from(dead_letter_queue.as_str()),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let ready = workload_runtime::queues::depth(&counting, &dead_letter_queue)
             .await
             .expect("the processor reads its dead-letter queue's depth")
-            .message_count();
+            .ready;
         if ready == 1 {
             break;
         }
@@ -248,23 +240,14 @@ async fn each_workload_is_refused_what_it_does_not_use() {
     // take an order, not publish one, not declare a queue of its own.
     let dashboard = amqp_as(&pipeline, Workload::Dashboard).await;
     let channel = dashboard.create_channel().await.unwrap();
-    let depth = channel
-        .queue_declare(
-            ShortString::from(topology::ORDERS_QUEUE),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let depth = workload_runtime::queues::depth(&channel, topology::ORDERS_QUEUE)
         .await
         .expect("the dashboard reads the orders queue's depth");
     println!(
         "dashboard: orders.queue has {} ready, {} consumers",
-        depth.message_count(),
-        depth.consumer_count()
+        depth.ready, depth.consumers
     );
-    assert!(depth.consumer_count() >= 1, "the processor consumes");
+    assert!(depth.consumers >= 1, "the processor consumes");
     let taken = channel
         .basic_get(
             ShortString::from(topology::ORDERS_QUEUE),

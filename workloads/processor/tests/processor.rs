@@ -169,19 +169,11 @@ impl Harness {
     /// How many messages wait in `queue`.
     async fn depth(&self, queue: &str) -> u32 {
         let channel = self.connection.create_channel().await.unwrap();
-        let declared = channel
-            .queue_declare(
-                ShortString::from(queue),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let depth = workload_runtime::queues::depth(&channel, queue)
             .await
             .unwrap();
         let _ = channel.close(200, ShortString::from("depth")).await;
-        declared.message_count()
+        depth.ready
     }
 
     /// Waits until `queue` holds `count` messages (at most 30 s).

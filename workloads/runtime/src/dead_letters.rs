@@ -26,10 +26,7 @@
 use std::fmt::Write as _;
 
 use lapin::message::BasicGetMessage;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use pipeline_contract::topology;
@@ -217,17 +214,7 @@ async fn redrive_on(
     let dead_letters = topology::dead_letter_queue(queue);
     // Only what is there now: a message that fails again comes back to this queue while the
     // command runs and must not be re-driven round and round.
-    let waiting = channel
-        .queue_declare(
-            ShortString::from(dead_letters.as_str()),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?
-        .message_count() as usize;
+    let waiting = crate::queues::depth(&channel, &dead_letters).await?.ready as usize;
     let limit = limit.min(waiting);
     let mut moved = 0;
     while moved < limit {

@@ -134,6 +134,34 @@ pub async fn declare_work_queue(channel: &Channel, work: WorkQueue) -> lapin::Re
         .await
 }
 
+/// A queue's ready messages and consumers, from a passive declare: it changes nothing, and
+/// RabbitMQ answers it to any user of the vhost, one without permissions too. A queue that does
+/// not exist is a `NOT_FOUND` error, which closes `channel`.
+pub async fn depth(channel: &Channel, queue: &str) -> lapin::Result<QueueDepth> {
+    let declared = channel
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(QueueDepth {
+        ready: declared.message_count(),
+        consumers: declared.consumer_count(),
+    })
+}
+
+/// What [`depth`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Messages waiting for a consumer (not those delivered and not yet acked).
+    pub ready: u32,
+    pub consumers: u32,
+}
+
 /// Declares an exchange only (for publishers that need no queue of their own).
 pub async fn declare_exchange(
     channel: &Channel,
