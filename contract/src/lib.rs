@@ -65,6 +65,11 @@ pub mod env {
     pub const HTTP_REQUEST_TIMEOUT_MS: &str = "HTTP_REQUEST_TIMEOUT_MS";
     /// Connections served at once on the business port (default 1024); more wait to be accepted.
     pub const HTTP_MAX_CONNECTIONS: &str = "HTTP_MAX_CONNECTIONS";
+    /// The gateway's group commit: orders in one AMQP message at most (default 64; 1 publishes
+    /// each order alone).
+    pub const ORDER_BATCH_MAX: &str = "ORDER_BATCH_MAX";
+    /// The gateway's group commit: order messages awaiting their confirms at once (default 8).
+    pub const ORDER_PUBLISHES_IN_FLIGHT: &str = "ORDER_PUBLISHES_IN_FLIGHT";
     /// RabbitMQ prefetch per consumer: orders in flight at once (processor and notifier
     /// default 256; the seed: 10).
     pub const PREFETCH: &str = "PREFETCH";
@@ -523,6 +528,49 @@ pub mod messages {
         pub processed_at: u64,
     }
 
+    /// Several messages of one kind in one AMQP message: a JSON array of them, in order.
+    ///
+    /// Group commit: the gateway coalesces the orders that arrive while its earlier publishes
+    /// await their confirms into one message (one broker write, one confirm), and the processor
+    /// publishes the outcomes of one delivery the same way. A message that is not an array is
+    /// one message, exactly as before batches existed, and a batch of one is never sent: a
+    /// lone order or outcome looks as it always did. Consumers handle each item on its own
+    /// ([`split`] gives their bytes), so one item's bad content dead-letters that item alone.
+    pub mod batch {
+        use serde_json::value::RawValue;
+
+        /// The batch holding `items`, each a JSON value (as `serde_json::to_vec` writes them).
+        pub fn join<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+            let mut body = vec![b'['];
+            for item in items {
+                if body.len() > 1 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(item);
+            }
+            body.push(b']');
+            body
+        }
+
+        /// The items of a batch, borrowed from its body, or `None` when `body` is one message
+        /// (anything but a JSON array). A malformed or empty array is an error: no item of it
+        /// can be told apart.
+        pub fn split(body: &[u8]) -> Option<Result<Vec<&[u8]>, String>> {
+            let start = body.iter().position(|byte| !byte.is_ascii_whitespace())?;
+            if body[start] != b'[' {
+                return None;
+            }
+            Some(match serde_json::from_slice::<Vec<&RawValue>>(body) {
+                Ok(items) if items.is_empty() => Err("an empty batch".into()),
+                Ok(items) => Ok(items
+                    .into_iter()
+                    .map(|item| item.get().as_bytes())
+                    .collect()),
+                Err(error) => Err(format!("not a batch of messages: {error}")),
+            })
+        }
+    }
+
     /// A notification, as the notifier's webhook sink POSTs it.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -539,6 +587,25 @@ pub mod messages {
 mod tests {
     use super::messages::*;
     use super::*;
+
+    #[test]
+    fn a_batch_splits_into_the_items_it_joined() {
+        let items: [&[u8]; 3] = [br#"{"a":1}"#, b"[2, 3]", br#""x""#];
+        let body = batch::join(items);
+        assert_eq!(body, br#"[{"a":1},[2, 3],"x"]"#);
+        assert_eq!(batch::split(&body).unwrap().unwrap(), items);
+        // Not an array: one message, whatever else it is.
+        assert!(batch::split(br#"{"order_id":"o"}"#).is_none());
+        assert!(batch::split(b"not json").is_none());
+        assert!(batch::split(b"").is_none());
+        assert_eq!(batch::split(b" []").unwrap().unwrap_err(), "an empty batch");
+        assert!(
+            batch::split(b"[{},")
+                .unwrap()
+                .unwrap_err()
+                .starts_with("not a batch of messages")
+        );
+    }
 
     #[test]
     fn keys_match_the_seed_where_it_names_them() {

@@ -9,7 +9,8 @@
 //! only Redis, and without the broker the page says the depths are unavailable.
 //!
 //! `ready` counts the messages waiting for a consumer, not those delivered and not yet acked (at
-//! most the consumers' prefetch each).
+//! most the consumers' prefetch each), and a batch of orders or outcomes (the group commit of
+//! [`pipeline_contract::messages::batch`]) is one message.
 
 use std::collections::HashMap;
 use std::time::Duration;

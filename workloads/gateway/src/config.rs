@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use pipeline_contract::{env, ports};
 use workload_runtime::config::{self, ConfigError, Source};
+use workload_runtime::group_commit::GroupCommitConfig;
 use workload_runtime::http_server::HttpLimits;
 use workload_runtime::redis_connection::RedisConfig;
 
@@ -73,6 +74,9 @@ pub struct GatewayConfig {
     pub trusted_proxies: TrustedProxies,
     /// The business port's timeouts and connection limit.
     pub http: HttpLimits,
+    /// How orders are grouped into AMQP messages (`ORDER_BATCH_MAX`,
+    /// `ORDER_PUBLISHES_IN_FLIGHT`).
+    pub group_commit: GroupCommitConfig,
 }
 
 impl GatewayConfig {
@@ -140,8 +144,27 @@ impl GatewayConfig {
             registration_limits: registration_limits(source)?,
             trusted_proxies,
             http: HttpLimits::from_source(source)?,
+            group_commit: group_commit(source)?,
         })
     }
+}
+
+fn group_commit(source: &impl Source) -> Result<GroupCommitConfig, ConfigError> {
+    let defaults = GroupCommitConfig::default();
+    let bounded = |variable: &'static str, default: usize| {
+        let value = config::parsed_or(source, variable, default)?;
+        if !(1..=1024).contains(&value) {
+            return Err(ConfigError::Invalid {
+                variable,
+                problem: format!("{value} is outside 1..=1024"),
+            });
+        }
+        Ok(value)
+    };
+    Ok(GroupCommitConfig {
+        max_batch: bounded(env::ORDER_BATCH_MAX, defaults.max_batch)?,
+        max_in_flight: bounded(env::ORDER_PUBLISHES_IN_FLIGHT, defaults.max_in_flight)?,
+    })
 }
 
 fn registration_limits(source: &impl Source) -> Result<RegistrationLimits, ConfigError> {
@@ -190,6 +213,32 @@ mod tests {
             (env::CASSANDRA_ADDR, "cassandra:9042"),
             (env::JWT_SECRET, "0123456789abcdef0123456789abcdef"),
         ])
+    }
+
+    #[test]
+    fn group_commit_defaults_and_bounds() {
+        let config = GatewayConfig::from_source(&base()).unwrap();
+        assert_eq!(config.group_commit, GroupCommitConfig::default());
+        let mut source = base();
+        source.insert(env::ORDER_BATCH_MAX, "1");
+        source.insert(env::ORDER_PUBLISHES_IN_FLIGHT, "32");
+        let config = GatewayConfig::from_source(&source).unwrap();
+        assert_eq!(
+            (
+                config.group_commit.max_batch,
+                config.group_commit.max_in_flight
+            ),
+            (1, 32)
+        );
+        for (variable, value) in [
+            (env::ORDER_BATCH_MAX, "0"),
+            (env::ORDER_PUBLISHES_IN_FLIGHT, "5000"),
+        ] {
+            let mut source = base();
+            source.insert(variable, value);
+            let error = GatewayConfig::from_source(&source).unwrap_err().to_string();
+            assert!(error.contains(variable), "{error}");
+        }
     }
 
     #[test]

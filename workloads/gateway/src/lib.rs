@@ -27,12 +27,14 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use lapin::Channel;
 use pipeline_contract::keys::Keys;
+use pipeline_contract::topology;
 use prometheus_client::registry::Registry;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use utoipa::OpenApi;
 use workload_runtime::admin::{Readiness, ReadinessCheck};
 use workload_runtime::broker::{Backoff, Broker, BrokerConfig, BrokerMetrics, DeclareTopology};
+use workload_runtime::group_commit::GroupPublisher;
 use workload_runtime::http_server::{self, HttpLimits};
 use workload_runtime::queues;
 use workload_runtime::redis_connection;
@@ -68,6 +70,8 @@ struct Inner {
     redis: ConnectionManager,
     keys: Keys,
     broker: Broker,
+    /// Publishes orders, grouping those that arrive together ([`workload_runtime::group_commit`]).
+    orders: GroupPublisher,
     limiter: RateLimiter,
     trusted_proxies: TrustedProxies,
     /// How long a request may hold an order's claim pending while it publishes.
@@ -145,8 +149,15 @@ pub async fn connect(
         }
     }
     let keys = config.redis.keys.clone();
-    // The publish's own bound, and time for the Redis steps around it.
-    let publish_lease = broker.confirm_timeout() + PUBLISH_LEASE_MARGIN;
+    // The publish's own bound, as long again for the wait for a free publish slot (which the
+    // publishes ahead of it bound the same way), and time for the Redis steps around it.
+    let publish_lease = broker.confirm_timeout() * 2 + PUBLISH_LEASE_MARGIN;
+    let orders = GroupPublisher::start(
+        broker.clone(),
+        topology::ORDERS_EXCHANGE,
+        topology::ORDERS_ROUTING_KEY,
+        config.group_commit,
+    );
     Ok(Some(AppState {
         inner: Arc::new(Inner {
             limiter: RateLimiter::new(
@@ -162,6 +173,7 @@ pub async fn connect(
             redis,
             keys,
             broker,
+            orders,
             publish_lease,
             http_metrics: metrics.http,
             http_limits: config.http,
@@ -215,6 +227,9 @@ impl AppState {
     }
     pub fn broker(&self) -> &Broker {
         &self.inner.broker
+    }
+    pub fn orders(&self) -> &GroupPublisher {
+        &self.inner.orders
     }
     pub fn rate_limiter(&self) -> &RateLimiter {
         &self.inner.limiter

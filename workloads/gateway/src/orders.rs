@@ -13,13 +13,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use pipeline_contract::messages::{Order, OrderPlaced};
-use pipeline_contract::{order, order_fields, topology};
+use pipeline_contract::{order, order_fields};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::Instrument as _;
 use utoipa::ToSchema;
-use workload_runtime::broker::Publish;
 
 use crate::extract::{AuthUser, JsonBody};
 use crate::idempotency::{self, AcceptedRecord, Claim, Settled, Verdict};
@@ -185,17 +184,10 @@ async fn publish_claimed(
     };
     let payload =
         serde_json::to_vec(&message).map_err(|error| AppError::internal("encode order", error))?;
-    let message_id = message.order.message_id();
+    // Grouped with the orders placed at the same moment; the confirm awaited is this order's.
     let published = state
-        .broker()
-        .publish(
-            Publish::new(
-                topology::ORDERS_EXCHANGE,
-                topology::ORDERS_ROUTING_KEY,
-                &payload,
-            )
-            .message_id(&message_id),
-        )
+        .orders()
+        .publish(payload, message.order.message_id())
         .await;
     let mut redis = state.redis();
     let settled = match &published {

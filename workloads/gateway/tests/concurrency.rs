@@ -78,3 +78,66 @@ async fn concurrent_identical_orders_are_accepted_once() {
     assert_eq!(gateway.drain_orders().await.len(), 1);
     gateway.stop().await;
 }
+
+/// Group commit: orders placed at the same moment share AMQP messages, and every one of them is
+/// in exactly one message, with the body the client sent; every 202 came after its message's
+/// confirm (the message is in the queue when the test reads it, with no consumer running). One
+/// publish in flight at a time makes the grouping certain under a burst; `ORDER_BATCH_MAX=1`
+/// turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_placed_together_share_messages_and_each_is_in_exactly_one() {
+    const ORDERS: usize = 200;
+    for (batch_max, grouped) in [("64", true), ("1", false)] {
+        let gateway = Gateway::start_with(|vars| {
+            vars.insert(
+                pipeline_contract::env::ORDER_BATCH_MAX.into(),
+                batch_max.into(),
+            );
+            vars.insert(
+                pipeline_contract::env::ORDER_PUBLISHES_IN_FLIGHT.into(),
+                "1".into(),
+            );
+        })
+        .await;
+        let (_, token) = gateway.account().await;
+        let placed = (0..ORDERS).map(|n| {
+            let (gateway, token) = (&gateway, &token);
+            async move {
+                let id = format!("grouped-{n}");
+                let response = gateway.order(token, &id, "sku", 1 + n as i64 % 5).await;
+                (id, response.status().as_u16())
+            }
+        });
+        let statuses = join_all(placed).await;
+        assert!(
+            statuses.iter().all(|(_, status)| *status == 202),
+            "{statuses:?}"
+        );
+        let messages = gateway.drain_order_messages().await;
+        let mut ids: Vec<String> = messages
+            .iter()
+            .flatten()
+            .map(|placed| {
+                let n: usize = placed.order.order_id["grouped-".len()..].parse().unwrap();
+                assert_eq!(placed.order.qty, 1 + n as u32 % 5, "{placed:?}");
+                placed.order.order_id.clone()
+            })
+            .collect();
+        ids.sort();
+        let mut expected: Vec<String> = statuses.into_iter().map(|(id, _)| id).collect();
+        expected.sort();
+        assert_eq!(ids, expected, "each accepted order in exactly one message");
+        let largest = messages.iter().map(Vec::len).max().unwrap();
+        println!(
+            "ORDER_BATCH_MAX={batch_max}: {ORDERS} orders in {} messages, the largest holding {largest}",
+            messages.len()
+        );
+        if grouped {
+            assert!(messages.len() < ORDERS, "no two orders shared a message");
+            assert!(largest <= 64);
+        } else {
+            assert_eq!(messages.len(), ORDERS);
+        }
+        gateway.stop().await;
+    }
+}

@@ -96,23 +96,15 @@ impl Harness {
     }
 
     async fn publish(&self, order_id: &str) {
-        let event = OrderOutcome {
-            order: Order {
-                order_id: order_id.into(),
-                owner: "customer@example.com".into(),
-                sku: "case".into(),
-                qty: 1,
-            },
-            outcome: Outcome::Processed,
-            reason: None,
-            processed_at: 1,
-        };
-        let body = serde_json::to_vec(&event).unwrap();
+        self.publish_body(&event_body(order_id)).await;
+    }
+
+    async fn publish_body(&self, body: &[u8]) {
         self.publisher
             .publish(Publish::new(
                 topology::EVENTS_EXCHANGE,
                 topology::ORDER_CREATED,
-                &body,
+                body,
             ))
             .await
             .unwrap();
@@ -274,6 +266,22 @@ async fn serve_receiver(receiver: Receiver) -> String {
     format!("http://{address}/hook")
 }
 
+/// A created order's event.
+fn event_body(order_id: &str) -> Vec<u8> {
+    let event = OrderOutcome {
+        order: Order {
+            order_id: order_id.into(),
+            owner: "customer@example.com".into(),
+            sku: "case".into(),
+            qty: 1,
+        },
+        outcome: Outcome::Processed,
+        reason: None,
+        processed_at: 1,
+    };
+    serde_json::to_vec(&event).unwrap()
+}
+
 fn notification(id: &str) -> Notification {
     Notification {
         order: Order {
@@ -320,4 +328,62 @@ async fn the_webhook_sink_posts_retries_and_gives_up_on_refusal() {
         sink.send(&notification("w4")).await,
         Err(SinkError::Transient(_))
     ));
+}
+
+/// A batch of events (the processor publishes one per delivery of a batch of orders): each
+/// event is notified once, a repeat inside the batch is a duplicate, and the one item that is not
+/// an event is dead-lettered alone, its bytes as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_notifies_each_order_once_and_dead_letters_only_its_poison() {
+    let harness = Harness::start().await;
+    let poison: &[u8] = br#"{"order_id":"no-owner"}"#;
+    let items = [
+        event_body("batched-a"),
+        event_body("batched-b"),
+        poison.to_vec(),
+        event_body("batched-a"),
+    ];
+    harness
+        .publish_body(&pipeline_contract::messages::batch::join(
+            items.iter().map(Vec::as_slice),
+        ))
+        .await;
+    harness.wait_sent("batched-a").await;
+    harness.wait_sent("batched-b").await;
+    harness.wait_idle().await;
+    assert_eq!(
+        (
+            harness.sink.count("batched-a"),
+            harness.sink.count("batched-b")
+        ),
+        (1, 1)
+    );
+    let vhost = harness.isolation.vhost();
+    let connection = lapin::Connection::connect(&vhost.urls[0], Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut dead = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while dead.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing was dead-lettered"
+        );
+        while let Some(message) = channel
+            .basic_get(
+                topology::dead_letter_queue(topology::NOTIFIER_QUEUE)
+                    .as_str()
+                    .into(),
+                Default::default(),
+            )
+            .await
+            .unwrap()
+        {
+            dead.push(message.delivery.data.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead, [poison.to_vec()]);
+    harness.stop().await;
 }

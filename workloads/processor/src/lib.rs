@@ -11,6 +11,10 @@
 //! applied a redelivered order twice. Here a crash before the script leaves nothing done; a crash
 //! after it makes the redelivery find the recorded outcome and publish it again (the notifier
 //! de-duplicates); a crash after the publish only repeats that publish.
+//!
+//! A batch of orders (the gateway's group commit) is applied in one script, each order on its
+//! own, and its outcomes leave as one message per routing key; an order in it that is not one is
+//! dead-lettered alone ([`workload_runtime::consumer`]).
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +22,7 @@ use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pipeline_contract::keys::Keys;
+use pipeline_contract::messages::batch;
 use pipeline_contract::messages::{Order, OrderOutcome, OrderPlaced, Outcome};
 use pipeline_contract::{IDEMPOTENCY_CLAIM_TTL_SECONDS, ORDER_RECORD_TTL_SECONDS, env, topology};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -71,55 +76,65 @@ impl ProcessorConfig {
     }
 }
 
-/// The inventory step, atomic in Redis. KEYS: order record, inventory, processed counter, the
-/// id's idempotency claim, rejected counter, the dashboard's SKU index. ARGV: quantity, now (unix
-/// ms), record TTL (seconds), claim TTL (seconds), SKU. The counters and the SKU index change
-/// only when the order is decided here, never on a replay, so they count each order once. Returns {outcome, reason, processed_at, replayed (1 when the order had been
+/// The inventory step, atomic in Redis, for every order of a delivery (one, or a batch's) in
+/// one script. KEYS: processed counter, rejected counter, the dashboard's SKU index, then for
+/// each order its record, its inventory and its id's idempotency claim. ARGV: now (unix ms),
+/// record TTL (seconds), claim TTL (seconds), then for each order its quantity and SKU. The
+/// orders are applied in their order, each all or nothing. The counters and the SKU index change
+/// only when an order is decided here, never on a replay, so they count each order once.
+/// Returns for each order {outcome, reason, processed_at, replayed (1 when the order had been
 /// applied before)}. The claim, if still there, is extended as the record is written, so it
 /// outlives the record however long the order waited in the queue.
-const APPLY_ORDER_BODY: &str = r"
-local existing = redis.call('HGET', KEYS[1], FIELD_OUTCOME)
-if existing then
-  return {existing, redis.call('HGET', KEYS[1], FIELD_REASON) or '',
-          redis.call('HGET', KEYS[1], FIELD_PROCESSED_AT) or ARGV[2], 1}
-end
-if redis.call('EXISTS', KEYS[4]) == 1 then
-  redis.call('EXPIRE', KEYS[4], ARGV[4])
-end
-redis.call('ZADD', KEYS[6], 0, ARGV[5])
-local qty = tonumber(ARGV[1])
-local kind = redis.call('TYPE', KEYS[2]).ok
-local stock = 0
-if kind ~= 'none' then
-  local raw = kind == 'string' and redis.call('GET', KEYS[2])
-  -- DECRBY takes only a canonical integer: '-' the one sign, no spaces, no leading zeros, no
-  -- '.', exponent or hex, all of which tonumber() accepts. At most 15 digits, which Lua's
-  -- numbers (doubles) hold exactly.
-  local digits = raw and string.match(raw, '^%-?([1-9]%d*)$')
-  if not (raw == '0' or (digits and #digits <= 15)) then
-    redis.call('HSET', KEYS[1], FIELD_OUTCOME, REJECTED, FIELD_REASON, INVALID_INVENTORY, FIELD_PROCESSED_AT, ARGV[2])
-    redis.call('EXPIRE', KEYS[1], ARGV[3])
-    redis.call('INCR', KEYS[5])
-    return {REJECTED, INVALID_INVENTORY, ARGV[2], 0}
+const APPLY_ORDERS_BODY: &str = r"
+local function apply(record, inventory, claim, qty, sku)
+  local existing = redis.call('HGET', record, FIELD_OUTCOME)
+  if existing then
+    return {existing, redis.call('HGET', record, FIELD_REASON) or '',
+            redis.call('HGET', record, FIELD_PROCESSED_AT) or ARGV[1], 1}
   end
-  stock = tonumber(raw)
+  if redis.call('EXISTS', claim) == 1 then
+    redis.call('EXPIRE', claim, ARGV[3])
+  end
+  redis.call('ZADD', KEYS[3], 0, sku)
+  local kind = redis.call('TYPE', inventory).ok
+  local stock = 0
+  if kind ~= 'none' then
+    local raw = kind == 'string' and redis.call('GET', inventory)
+    -- DECRBY takes only a canonical integer: '-' the one sign, no spaces, no leading zeros, no
+    -- '.', exponent or hex, all of which tonumber() accepts. At most 15 digits, which Lua's
+    -- numbers (doubles) hold exactly.
+    local digits = raw and string.match(raw, '^%-?([1-9]%d*)$')
+    if not (raw == '0' or (digits and #digits <= 15)) then
+      redis.call('HSET', record, FIELD_OUTCOME, REJECTED, FIELD_REASON, INVALID_INVENTORY, FIELD_PROCESSED_AT, ARGV[1])
+      redis.call('EXPIRE', record, ARGV[2])
+      redis.call('INCR', KEYS[2])
+      return {REJECTED, INVALID_INVENTORY, ARGV[1], 0}
+    end
+    stock = tonumber(raw)
+  end
+  if stock < qty then
+    redis.call('HSET', record, FIELD_OUTCOME, REJECTED, FIELD_REASON, OUT_OF_STOCK, FIELD_PROCESSED_AT, ARGV[1])
+    redis.call('EXPIRE', record, ARGV[2])
+    redis.call('INCR', KEYS[2])
+    return {REJECTED, OUT_OF_STOCK, ARGV[1], 0}
+  end
+  redis.call('DECRBY', inventory, qty)
+  redis.call('INCR', KEYS[1])
+  redis.call('HSET', record, FIELD_OUTCOME, PROCESSED, FIELD_PROCESSED_AT, ARGV[1])
+  redis.call('EXPIRE', record, ARGV[2])
+  return {PROCESSED, '', ARGV[1], 0}
 end
-if stock < qty then
-  redis.call('HSET', KEYS[1], FIELD_OUTCOME, REJECTED, FIELD_REASON, OUT_OF_STOCK, FIELD_PROCESSED_AT, ARGV[2])
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('INCR', KEYS[5])
-  return {REJECTED, OUT_OF_STOCK, ARGV[2], 0}
+local results = {}
+for i = 0, (#KEYS - 3) / 3 - 1 do
+  results[i + 1] = apply(KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i],
+                         tonumber(ARGV[4 + 2 * i]), ARGV[5 + 2 * i])
 end
-redis.call('DECRBY', KEYS[2], qty)
-redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[1], FIELD_OUTCOME, PROCESSED, FIELD_PROCESSED_AT, ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {PROCESSED, '', ARGV[2], 0}
+return results
 ";
 
-/// [`APPLY_ORDER_BODY`] with the contract's names declared, hashed once.
-static APPLY_ORDER: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(&pipeline_contract::lua::script(APPLY_ORDER_BODY)));
+/// [`APPLY_ORDERS_BODY`] with the contract's names declared, hashed once.
+static APPLY_ORDERS: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(&pipeline_contract::lua::script(APPLY_ORDERS_BODY)));
 
 /// What the inventory step decided for one order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,100 +207,204 @@ impl Processor {
 
     /// Runs the inventory step for one order.
     pub async fn apply(&self, order: &Order) -> redis::RedisResult<Applied> {
-        let mut redis = self.redis.clone();
-        let (outcome, reason, processed_at, replayed): (String, String, u64, i64) = APPLY_ORDER
-            .key(self.keys.order(&order.owner, &order.order_id))
-            .key(self.keys.inventory(&order.sku))
+        let mut applied = self.apply_all(std::slice::from_ref(order)).await?;
+        Ok(applied.pop().expect("one result per order"))
+    }
+
+    /// Runs the inventory step for every order, in one script: a result per order, in order.
+    pub async fn apply_all(&self, orders: &[Order]) -> redis::RedisResult<Vec<Applied>> {
+        let mut invocation = APPLY_ORDERS.prepare_invoke();
+        invocation
             .key(self.keys.processed_count())
-            .key(self.keys.idempotency(&order.owner, &order.order_id))
             .key(self.keys.rejected_count())
             .key(self.keys.inventory_skus())
-            .arg(order.qty)
             .arg(now_unix_millis())
             .arg(ORDER_RECORD_TTL_SECONDS)
-            .arg(IDEMPOTENCY_CLAIM_TTL_SECONDS)
-            .arg(&order.sku)
-            .invoke_async(&mut redis)
-            .await?;
-        let Some(outcome) = Outcome::from_record(&outcome) else {
+            .arg(IDEMPOTENCY_CLAIM_TTL_SECONDS);
+        for order in orders {
+            invocation
+                .key(self.keys.order(&order.owner, &order.order_id))
+                .key(self.keys.inventory(&order.sku))
+                .key(self.keys.idempotency(&order.owner, &order.order_id))
+                .arg(order.qty)
+                .arg(&order.sku);
+        }
+        let mut redis = self.redis.clone();
+        let results: Vec<(String, String, u64, i64)> = invocation.invoke_async(&mut redis).await?;
+        if results.len() != orders.len() {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
-                "unexpected outcome in the order record",
-                outcome,
+                "the inventory step answered for another number of orders",
+                format!("{} orders, {} results", orders.len(), results.len()),
             )));
+        }
+        results
+            .into_iter()
+            .map(|(outcome, reason, processed_at, replayed)| {
+                let Some(outcome) = Outcome::from_record(&outcome) else {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "unexpected outcome in the order record",
+                        outcome,
+                    )));
+                };
+                Ok(Applied {
+                    outcome,
+                    reason: (!reason.is_empty()).then_some(reason),
+                    processed_at,
+                    replayed: replayed == 1,
+                })
+            })
+            .collect()
+    }
+
+    /// Publishes the outcomes of one routing key, as one message (a batch when several);
+    /// `Err` with why when it is not confirmed.
+    async fn publish_outcomes(
+        &self,
+        routing_key: &'static str,
+        events: &[&OrderOutcome],
+    ) -> Result<(), String> {
+        let mut payloads = Vec::with_capacity(events.len());
+        for event in events {
+            payloads.push(
+                serde_json::to_vec(event)
+                    .map_err(|error| format!("encoding the outcome failed: {error}"))?,
+            );
+        }
+        let (body, message_id) = match payloads.as_slice() {
+            [lone] => (lone.clone(), Some(events[0].order.message_id())),
+            _ => (batch::join(payloads.iter().map(Vec::as_slice)), None),
         };
-        Ok(Applied {
-            outcome,
-            reason: (!reason.is_empty()).then_some(reason),
-            processed_at,
-            replayed: replayed == 1,
-        })
+        let mut publish = Publish::new(topology::EVENTS_EXCHANGE, routing_key, &body);
+        if let Some(id) = &message_id {
+            publish = publish.message_id(id);
+        }
+        if routing_key == topology::ORDER_REJECTED {
+            // Nobody has to consume rejections (the order record already says it); an
+            // unroutable rejection is not a lost message.
+            publish = publish.optional_route();
+        }
+        self.broker
+            .publish(publish)
+            .await
+            .map_err(|error| format!("publishing the outcome failed: {error}"))
     }
 }
 
 impl Handler for Processor {
     async fn handle(&self, message: Incoming) -> Disposition {
-        let order = match decode(&message.body) {
-            Ok(placed) => placed.order,
-            Err(reason) => return Disposition::DeadLetter(reason),
-        };
-        // The delivery's span: the order's trace is searchable by its id.
-        tracing::Span::current().record("order.id", order.order_id.as_str());
-        let applied = match self.apply(&order).await {
+        let mut dispositions = self.handle_batch(vec![message]).await;
+        dispositions.pop().expect("one disposition per message")
+    }
+
+    /// One inventory script for all the orders of a delivery, then their outcomes, one message
+    /// per routing key, confirmed before any of them is acked. An order that is not one is
+    /// dead-lettered alone.
+    async fn handle_batch(&self, messages: Vec<Incoming>) -> Vec<Disposition> {
+        let mut dispositions: Vec<Option<Disposition>> = messages.iter().map(|_| None).collect();
+        let mut orders = Vec::with_capacity(messages.len());
+        let mut indices = Vec::with_capacity(messages.len());
+        for (index, message) in messages.iter().enumerate() {
+            match decode(&message.body) {
+                Ok(placed) => {
+                    orders.push(placed.order);
+                    indices.push(index);
+                }
+                Err(reason) => dispositions[index] = Some(Disposition::DeadLetter(reason)),
+            }
+        }
+        if let [order] = orders.as_slice() {
+            // The delivery's span: the order's trace is searchable by its id.
+            tracing::Span::current().record("order.id", order.order_id.as_str());
+        }
+        let applied = match self.apply_all(&orders).await {
             Ok(applied) => applied,
-            Err(error) if is_unavailable(&error) => {
-                return Disposition::Unavailable(format!("Redis is unavailable: {error}"));
+            Err(error) => {
+                let disposition = if is_unavailable(&error) {
+                    Disposition::Unavailable(format!("Redis is unavailable: {error}"))
+                } else {
+                    Disposition::Retry(format!("inventory step failed: {error}"))
+                };
+                for index in indices {
+                    dispositions[index] = Some(disposition.clone());
+                }
+                return dispositions
+                    .into_iter()
+                    .map(|d| d.expect("decided"))
+                    .collect();
             }
-            Err(error) => return Disposition::Retry(format!("inventory step failed: {error}")),
         };
-        self.metrics
-            .count(match (applied.replayed, applied.outcome) {
-                (true, _) => "replayed",
-                (false, outcome) => outcome.as_str(),
+        let events: Vec<OrderOutcome> = orders
+            .into_iter()
+            .zip(&applied)
+            .map(|(order, applied)| {
+                self.metrics
+                    .count(match (applied.replayed, applied.outcome) {
+                        (true, _) => "replayed",
+                        (false, outcome) => outcome.as_str(),
+                    });
+                OrderOutcome {
+                    order,
+                    outcome: applied.outcome,
+                    reason: applied.reason.clone(),
+                    processed_at: applied.processed_at,
+                }
+            })
+            .collect();
+        let of = |outcome: Outcome| -> Vec<&OrderOutcome> {
+            events
+                .iter()
+                .filter(|event| event.outcome == outcome)
+                .collect()
+        };
+        let (created, rejected) = (of(Outcome::Processed), of(Outcome::Rejected));
+        let (created_published, rejected_published) = futures::join!(
+            async {
+                if created.is_empty() {
+                    Ok(())
+                } else {
+                    self.publish_outcomes(topology::ORDER_CREATED, &created)
+                        .await
+                }
+            },
+            async {
+                if rejected.is_empty() {
+                    Ok(())
+                } else {
+                    self.publish_outcomes(topology::ORDER_REJECTED, &rejected)
+                        .await
+                }
+            },
+        );
+        for ((index, event), applied) in indices.into_iter().zip(&events).zip(&applied) {
+            let published = match event.outcome {
+                Outcome::Processed => &created_published,
+                Outcome::Rejected => &rejected_published,
+            };
+            dispositions[index] = Some(match published {
+                Ok(()) => {
+                    tracing::info!(
+                        order_id = %event.order.order_id,
+                        sku = %event.order.sku,
+                        qty = event.order.qty,
+                        outcome = ?event.outcome,
+                        replayed = applied.replayed,
+                        "order applied"
+                    );
+                    Disposition::Ack
+                }
+                // The outcome is recorded; handling it again republishes it without touching
+                // the stock. Unconfirmed, refused for a memory alarm or cut off with its
+                // connection, the publish failed for the broker's reasons, never the message's:
+                // not an attempt.
+                Err(reason) => Disposition::Unavailable(reason.clone()),
             });
-        let event = OrderOutcome {
-            order: order.clone(),
-            outcome: applied.outcome,
-            reason: applied.reason.clone(),
-            processed_at: applied.processed_at,
-        };
-        let payload = match serde_json::to_vec(&event) {
-            Ok(payload) => payload,
-            Err(error) => {
-                return Disposition::Retry(format!("encoding the outcome failed: {error}"));
-            }
-        };
-        let message_id = order.message_id();
-        let routing_key = match applied.outcome {
-            Outcome::Processed => topology::ORDER_CREATED,
-            Outcome::Rejected => topology::ORDER_REJECTED,
-        };
-        let mut publish =
-            Publish::new(topology::EVENTS_EXCHANGE, routing_key, &payload).message_id(&message_id);
-        if applied.outcome == Outcome::Rejected {
-            // Nobody has to consume rejections (the order record already says it); an
-            // unroutable rejection is not a lost message.
-            publish = publish.optional_route();
         }
-        match self.broker.publish(publish).await {
-            Ok(()) => {
-                tracing::info!(
-                    order_id = %order.order_id,
-                    sku = %order.sku,
-                    qty = order.qty,
-                    outcome = ?applied.outcome,
-                    replayed = applied.replayed,
-                    "order applied"
-                );
-                Disposition::Ack
-            }
-            // The outcome is recorded; handling it again republishes it without touching the
-            // stock. Unconfirmed, refused for a memory alarm or cut off with its connection, the
-            // publish failed for the broker's reasons, never the message's: not an attempt.
-            Err(error) => {
-                Disposition::Unavailable(format!("publishing the outcome failed: {error}"))
-            }
-        }
+        dispositions
+            .into_iter()
+            .map(|d| d.expect("decided"))
+            .collect()
     }
 }
 
@@ -411,11 +530,11 @@ mod tests {
     #[test]
     fn the_script_uses_only_the_contracts_names() {
         assert_eq!(
-            pipeline_contract::lua::undeclared(APPLY_ORDER_BODY),
+            pipeline_contract::lua::undeclared(APPLY_ORDERS_BODY),
             Vec::<String>::new()
         );
         for literal in ["'outcome'", "'processed'", "'rejected'", "'reason'"] {
-            assert!(!APPLY_ORDER_BODY.contains(literal), "{literal}");
+            assert!(!APPLY_ORDERS_BODY.contains(literal), "{literal}");
         }
     }
 

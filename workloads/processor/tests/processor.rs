@@ -9,7 +9,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, Que
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Connection, ConnectionProperties};
 use pipeline_contract::keys::Keys;
-use pipeline_contract::messages::{Order, OrderOutcome, OrderPlaced, Outcome};
+use pipeline_contract::messages::{Order, OrderOutcome, OrderPlaced, Outcome, batch};
 use pipeline_contract::{env, topology};
 use processor::{Metrics, ProcessorConfig, run};
 use prometheus_client::registry::Registry;
@@ -379,6 +379,91 @@ async fn concurrent_orders_race_for_the_last_units_without_overselling() {
             event.order.qty
         );
     }
+    harness.stop().await;
+}
+
+/// A batch (the gateway's group commit) is applied order by order in one script: two orders
+/// for the last units of a SKU, one too many for it, a repeat of an order inside the same
+/// batch, and an item that is not an order. The outcomes leave as one message per routing key;
+/// the item that is not an order is dead-lettered alone, its bytes as they were, and every order
+/// of the batch is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_applied_order_by_order_and_only_its_poison_is_dead_lettered() {
+    let harness = Harness::start(10).await;
+    harness.set_stock("pair", 2).await;
+    let poison: &[u8] = br#"{"order_id":"half","owner":"u","sku":"pair"}"#;
+    let items: Vec<Vec<u8>> = vec![
+        serde_json::to_vec(&order("one", "pair", 1)).unwrap(),
+        serde_json::to_vec(&order("two", "pair", 1)).unwrap(),
+        poison.to_vec(),
+        serde_json::to_vec(&order("three", "pair", 1)).unwrap(),
+        serde_json::to_vec(&order("one", "pair", 1)).unwrap(),
+    ];
+    harness
+        .publish_raw(&batch::join(items.iter().map(Vec::as_slice)))
+        .await;
+
+    let dead = harness
+        .read(&topology::dead_letter_queue(topology::ORDERS_QUEUE), 1)
+        .await;
+    assert_eq!(dead[0].0, poison, "the poison item alone, as it was");
+    assert!(
+        failure_reason(&dead[0].1).contains("missing field"),
+        "{}",
+        failure_reason(&dead[0].1)
+    );
+    // The outcomes: one message for the created orders (a batch: "one", "two" and the replay
+    // of "one"), one for the rejected ("three", alone, so not a batch).
+    let messages = harness.read("capture", 2).await;
+    let mut created = Vec::new();
+    let mut rejected = Vec::new();
+    for (body, _) in &messages {
+        let events: Vec<OrderOutcome> = match batch::split(body) {
+            None => vec![serde_json::from_slice(body).unwrap()],
+            Some(items) => items
+                .unwrap()
+                .into_iter()
+                .map(|item| serde_json::from_slice(item).unwrap())
+                .collect(),
+        };
+        for event in events {
+            let id = event.order.order_id.clone();
+            match event.outcome {
+                Outcome::Processed => created.push(id),
+                Outcome::Rejected => rejected.push((id, event.reason)),
+            }
+        }
+    }
+    created.sort();
+    assert_eq!(created, ["one", "one", "two"]);
+    assert_eq!(
+        rejected,
+        [("three".to_owned(), Some("out_of_stock".to_owned()))]
+    );
+    assert_eq!(harness.stock("pair").await, Some(0));
+    let mut redis = harness.redis.clone();
+    let processed: i64 = redis.get(harness.keys.processed_count()).await.unwrap();
+    let rejected_count: i64 = redis.get(harness.keys.rejected_count()).await.unwrap();
+    assert_eq!((processed, rejected_count), (2, 1));
+    // Nothing of the batch waits to be retried, and nothing else was dead-lettered.
+    harness.wait_handled("dead_lettered", 1).await;
+    let text = harness.metrics_text();
+    for sample in [
+        r#"orders_total{outcome="processed"} 2"#,
+        r#"orders_total{outcome="rejected"} 1"#,
+        r#"orders_total{outcome="replayed"} 1"#,
+        "deliveries_consumed_total 1",
+        "deliveries_messages_total 5",
+    ] {
+        assert!(text.contains(sample), "{sample}\n{text}");
+    }
+    assert!(!text.contains(r#"outcome="retried""#), "{text}");
+    assert_eq!(
+        harness
+            .depth(&topology::dead_letter_queue(topology::ORDERS_QUEUE))
+            .await,
+        0
+    );
     harness.stop().await;
 }
 

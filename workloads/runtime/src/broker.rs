@@ -117,6 +117,12 @@ pub enum PublishError {
     ConfirmLost(#[source] lapin::Error),
     #[error("not sent and confirmed within {0:?}")]
     ConfirmTimeout(Duration),
+    /// A grouped publish ([`crate::group_commit`]) could not be handed over: nothing was sent.
+    #[error("the publisher has stopped")]
+    Stopped,
+    /// A grouped publish's task ended before its outcome was known.
+    #[error("the publish was abandoned before the broker's confirm")]
+    Abandoned,
 }
 
 impl PublishError {
@@ -127,7 +133,10 @@ impl PublishError {
     pub fn may_have_been_stored(&self) -> bool {
         !matches!(
             self,
-            PublishError::NotConnected | PublishError::Channel(_) | PublishError::Unroutable { .. }
+            PublishError::NotConnected
+                | PublishError::Channel(_)
+                | PublishError::Unroutable { .. }
+                | PublishError::Stopped
         )
     }
 
@@ -139,6 +148,8 @@ impl PublishError {
             PublishError::Unroutable { .. } => "unroutable",
             PublishError::ConfirmLost(_) => "confirm_lost",
             PublishError::ConfirmTimeout(_) => "confirm_timeout",
+            PublishError::Stopped => "stopped",
+            PublishError::Abandoned => "abandoned",
         }
     }
 }

@@ -7,6 +7,13 @@
 //! succeed or failed too often, so nothing loops forever. After a broker failover it consumes again
 //! on the new connection. On shutdown it stops taking deliveries, lets in-flight handlers finish
 //! and ack, and leaves everything else unacked for the broker to hand to another replica.
+//!
+//! A delivery may be a batch ([`pipeline_contract::messages::batch`]): its items are handled as
+//! messages of their own ([`Handler::handle_batch`], by default each item concurrently), and the
+//! delivery settles by all of them. An item whose dependency is away is handled again (only it),
+//! until it answers; any item to retry requeues the delivery (the items already done are
+//! replays then, which every handler makes harmless); an item that can never succeed, or failed
+//! too often, is dead-lettered alone, as a message of its own, and the others are acked.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +33,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+use pipeline_contract::messages::batch;
 
 use crate::broker::{Backoff, Broker, Publish, Session};
 use crate::shutdown::Shutdown;
@@ -61,6 +70,27 @@ pub struct Incoming {
 /// The message logic of a workload.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, message: Incoming) -> impl Future<Output = Disposition> + Send;
+
+    /// The items of one delivery (one item unless it was a batch), a disposition for each, in
+    /// order. By default each item is handled concurrently, in a span of its own when there are
+    /// several; a handler that can do a batch's work in fewer steps (one Redis script for all of
+    /// them) overrides it.
+    fn handle_batch(
+        &self,
+        messages: Vec<Incoming>,
+    ) -> impl Future<Output = Vec<Disposition>> + Send {
+        async move {
+            if messages.len() == 1 {
+                let message = messages.into_iter().next().expect("one message");
+                return vec![self.handle(message).await];
+            }
+            futures::future::join_all(messages.into_iter().map(|message| {
+                let span = tracing::info_span!("item", order.id = tracing::field::Empty);
+                self.handle(message).instrument(span)
+            }))
+            .await
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +129,8 @@ struct OutcomeLabel {
 #[derive(Debug, Clone)]
 pub struct ConsumerMetrics {
     consumed: Counter,
+    /// Messages the deliveries carried: more than deliveries when some were batches.
+    items: Counter,
     outcomes: Family<OutcomeLabel, Counter>,
     latency: Histogram,
 }
@@ -109,8 +141,13 @@ impl ConsumerMetrics {
         let registry = registry.sub_registry_with_prefix("deliveries");
         registry.register("consumed", "Deliveries received", metrics.consumed.clone());
         registry.register(
+            "messages",
+            "Messages the deliveries carried (a batch carries several)",
+            metrics.items.clone(),
+        );
+        registry.register(
             "handled",
-            "Deliveries by outcome: acked, retried, dead_lettered; unavailable counts each wait for a dependency that did not answer",
+            "Deliveries by outcome: acked, retried; dead_lettered counts each message dead-lettered (a batch's items one by one); unavailable counts each wait for a dependency that did not answer",
             metrics.outcomes.clone(),
         );
         registry.register(
@@ -124,6 +161,7 @@ impl ConsumerMetrics {
     pub fn unregistered() -> Self {
         Self {
             consumed: Counter::default(),
+            items: Counter::default(),
             outcomes: Family::default(),
             latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         }
@@ -301,65 +339,143 @@ async fn handle_one<H: Handler>(
     shutdown: Shutdown,
 ) {
     let started = Instant::now();
-    let incoming = Incoming {
-        body: delivery.data.clone(),
-        message_id: delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.as_str().to_owned()),
-        routing_key: delivery.routing_key.as_str().to_owned(),
-        previous_deliveries: previous_deliveries(delivery.properties.headers().as_ref()),
+    let previous = previous_deliveries(delivery.properties.headers().as_ref());
+    let attempt = previous + 1;
+    let routing_key = delivery.routing_key.as_str().to_owned();
+    let items: Vec<&[u8]> = match batch::split(&delivery.data) {
+        None => vec![&delivery.data],
+        Some(Ok(items)) => items,
+        Some(Err(reason)) => {
+            let body = delivery.data.as_slice();
+            let result = settle(
+                &delivery,
+                vec![(body, Settlement::DeadLetter(reason))],
+                attempt,
+                &broker,
+                &config,
+                &metrics,
+                &shutdown,
+            )
+            .await;
+            report(result, &config, &metrics, started);
+            return;
+        }
     };
-    let attempt = incoming.previous_deliveries + 1;
-    let body = incoming.body.clone();
-    let Some(disposition) =
-        handle_until_available(&*handler, incoming, &config, &metrics, &shutdown).await
+    let batched = items.len() > 1;
+    let messages = items
+        .iter()
+        .map(|item| Incoming {
+            body: item.to_vec(),
+            // A batch's items carry their ids in their bodies.
+            message_id: if batched {
+                None
+            } else {
+                delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str().to_owned())
+            },
+            routing_key: routing_key.clone(),
+            previous_deliveries: previous,
+        })
+        .collect();
+    metrics.items.inc_by(items.len() as u64);
+    let Some(settlements) =
+        handle_until_available(&*handler, messages, &config, &metrics, &shutdown).await
     else {
         // Shut down while a dependency was away: left unacknowledged, the broker hands the
         // message to another consumer (or this one, restarted).
         return;
     };
-    if !matches!(disposition, Settlement::Ack) {
-        tracing::Span::current().record("otel.status_code", "ERROR");
-    }
-    let result = match disposition {
-        Settlement::Ack => {
-            metrics.outcome("acked");
-            delivery.ack(BasicAckOptions::default()).await
-        }
-        Settlement::Retry(reason) if attempt < config.max_attempts => {
-            metrics.outcome("retried");
-            let delay = config
-                .retry_backoff
-                .delay(attempt - 1, rand::random::<f64>());
-            tracing::warn!(queue = %config.queue, attempt, %reason, delay_ms = delay.as_millis() as u64, "handling failed; will retry");
-            // Holding the delivery for the delay is the backoff: the quorum queue would
-            // redeliver a requeued message at once. Shutdown cuts the wait short.
-            tokio::select! {
-                () = shutdown.triggered() => {}
-                () = tokio::time::sleep(delay) => {}
-            }
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
-        Settlement::Retry(reason) => {
-            let reason = format!("failed {attempt} times; last error: {reason}");
-            dead_letter(&delivery, &body, &reason, &broker, &config, &metrics).await
-        }
-        Settlement::DeadLetter(reason) => {
-            dead_letter(&delivery, &body, &reason, &broker, &config, &metrics).await
-        }
-    };
+    let result = settle(
+        &delivery,
+        items.into_iter().zip(settlements).collect(),
+        attempt,
+        &broker,
+        &config,
+        &metrics,
+        &shutdown,
+    )
+    .await;
+    report(result, &config, &metrics, started);
+}
+
+fn report(
+    result: lapin::Result<bool>,
+    config: &ConsumerConfig,
+    metrics: &ConsumerMetrics,
+    started: Instant,
+) {
     if let Err(error) = result {
         // The channel is gone (connection lost): the broker redelivers the message elsewhere.
         tracing::warn!(queue = %config.queue, %error, "could not settle a delivery; the broker will redeliver it");
     }
     metrics.latency.observe(started.elapsed().as_secs_f64());
+}
+
+/// Settles a delivery by its items' settlements: acked when every item is done; requeued after
+/// the backoff when any item is to be retried and attempts are left; otherwise every item that
+/// failed is dead-lettered as a message of its own and the delivery acked.
+async fn settle(
+    delivery: &Delivery,
+    items: Vec<(&[u8], Settlement)>,
+    attempt: u32,
+    broker: &Broker,
+    config: &ConsumerConfig,
+    metrics: &ConsumerMetrics,
+    shutdown: &Shutdown,
+) -> lapin::Result<bool> {
+    if items
+        .iter()
+        .all(|(_, settlement)| matches!(settlement, Settlement::Ack))
+    {
+        metrics.outcome("acked");
+        return delivery.ack(BasicAckOptions::default()).await;
+    }
+    tracing::Span::current().record("otel.status_code", "ERROR");
+    let retry = items.iter().find_map(|(_, settlement)| match settlement {
+        Settlement::Retry(reason) => Some(reason.clone()),
+        _ => None,
+    });
+    if let Some(reason) = retry
+        && attempt < config.max_attempts
+    {
+        metrics.outcome("retried");
+        let delay = config
+            .retry_backoff
+            .delay(attempt - 1, rand::random::<f64>());
+        tracing::warn!(queue = %config.queue, attempt, %reason, delay_ms = delay.as_millis() as u64, "handling failed; will retry");
+        // Holding the delivery for the delay is the backoff: the quorum queue would
+        // redeliver a requeued message at once. Shutdown cuts the wait short.
+        tokio::select! {
+            () = shutdown.triggered() => {}
+            () = tokio::time::sleep(delay) => {}
+        }
+        return requeue(delivery).await;
+    }
+    for (body, settlement) in &items {
+        let reason = match settlement {
+            Settlement::Ack => continue,
+            Settlement::Retry(reason) => format!("failed {attempt} times; last error: {reason}"),
+            Settlement::DeadLetter(reason) => reason.clone(),
+        };
+        if let Err(error) = dead_letter(delivery, body, &reason, broker, config, metrics).await {
+            metrics.outcome("retried");
+            tracing::warn!(queue = %config.queue, %error, "dead-lettering failed; requeueing");
+            return requeue(delivery).await;
+        }
+    }
+    delivery.ack(BasicAckOptions::default()).await
+}
+
+async fn requeue(delivery: &Delivery) -> lapin::Result<bool> {
+    delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await
 }
 
 /// What becomes of a delivery: a [`Disposition`] other than [`Disposition::Unavailable`].
@@ -369,48 +485,65 @@ enum Settlement {
     DeadLetter(String),
 }
 
-/// Runs the handler until its disposition is anything but [`Disposition::Unavailable`], waiting
-/// with backoff in between while holding the delivery; `None` if shutdown came first.
+/// Runs the handler on every item until none's disposition is [`Disposition::Unavailable`],
+/// handling only those again, with backoff in between, while holding the delivery; `None` if
+/// shutdown came first.
 async fn handle_until_available<H: Handler>(
     handler: &H,
-    incoming: Incoming,
+    messages: Vec<Incoming>,
     config: &ConsumerConfig,
     metrics: &ConsumerMetrics,
     shutdown: &Shutdown,
-) -> Option<Settlement> {
+) -> Option<Vec<Settlement>> {
+    let mut settled: Vec<Option<Settlement>> = messages.iter().map(|_| None).collect();
+    // Indices (into `settled`) of the items still to handle, and the items.
+    let mut pending: Vec<(usize, Incoming)> = messages.into_iter().enumerate().collect();
     let mut waits: u32 = 0;
     loop {
-        match handler.handle(incoming.clone()).await {
-            Disposition::Unavailable(reason) => {
-                metrics.outcome("unavailable");
-                let delay = config.retry_backoff.delay(waits, rand::random::<f64>());
-                if waits == 0 {
-                    tracing::warn!(queue = %config.queue, %reason, "a dependency is unavailable; holding the delivery until it answers");
+        let (indices, batch): (Vec<usize>, Vec<Incoming>) = pending.iter().cloned().unzip();
+        let dispositions = handler.handle_batch(batch).await;
+        assert_eq!(
+            dispositions.len(),
+            indices.len(),
+            "Handler::handle_batch must return one disposition per message"
+        );
+        let mut unavailable = None;
+        let mut again = Vec::new();
+        for ((index, message), disposition) in pending.into_iter().zip(dispositions) {
+            settled[index] = match disposition {
+                Disposition::Unavailable(reason) => {
+                    unavailable.get_or_insert(reason);
+                    again.push((index, message));
+                    continue;
                 }
-                waits = waits.saturating_add(1);
-                tokio::select! {
-                    () = shutdown.triggered() => return None,
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-            settled => {
-                if waits > 0 {
-                    tracing::info!(queue = %config.queue, waits, "the dependency answers again; handling resumed");
-                }
-                return Some(match settled {
-                    Disposition::Ack => Settlement::Ack,
-                    Disposition::Retry(reason) | Disposition::Unavailable(reason) => {
-                        Settlement::Retry(reason)
-                    }
-                    Disposition::DeadLetter(reason) => Settlement::DeadLetter(reason),
-                });
-            }
+                Disposition::Ack => Some(Settlement::Ack),
+                Disposition::Retry(reason) => Some(Settlement::Retry(reason)),
+                Disposition::DeadLetter(reason) => Some(Settlement::DeadLetter(reason)),
+            };
         }
+        let Some(reason) = unavailable else {
+            if waits > 0 {
+                tracing::info!(queue = %config.queue, waits, "the dependency answers again; handling resumed");
+            }
+            return Some(settled.into_iter().map(|s| s.expect("settled")).collect());
+        };
+        metrics.outcome("unavailable");
+        let delay = config.retry_backoff.delay(waits, rand::random::<f64>());
+        if waits == 0 {
+            tracing::warn!(queue = %config.queue, %reason, "a dependency is unavailable; holding the delivery until it answers");
+        }
+        waits = waits.saturating_add(1);
+        tokio::select! {
+            () = shutdown.triggered() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        pending = again;
     }
 }
 
-/// Publishes the message to the dead-letter queue with the reason, then acks the original. If the
-/// dead-letter publish is not confirmed the original is requeued instead: never dropped.
+/// Publishes one message (a whole delivery, or one item of a batch) to the dead-letter queue
+/// with the reason. The caller acks the delivery only once every failed item is stored there:
+/// never dropped.
 async fn dead_letter(
     delivery: &Delivery,
     body: &[u8],
@@ -418,7 +551,7 @@ async fn dead_letter(
     broker: &Broker,
     config: &ConsumerConfig,
     metrics: &ConsumerMetrics,
-) -> lapin::Result<bool> {
+) -> Result<(), crate::broker::PublishError> {
     let mut headers = FieldTable::default();
     headers.insert(
         ShortString::from(topology::FAILURE_REASON_HEADER),
@@ -428,33 +561,26 @@ async fn dead_letter(
         ShortString::from("x-original-routing-key"),
         AMQPValue::LongString(delivery.routing_key.as_str().into()),
     );
-    let message_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|id| id.as_str().to_owned());
+    // A batch's items are not the delivery: only a whole delivery keeps its id.
+    let whole = std::ptr::eq(body, delivery.data.as_slice());
+    let message_id = whole
+        .then(|| {
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str().to_owned())
+        })
+        .flatten();
     let mut message =
         Publish::new(topology::DEAD_LETTER_EXCHANGE, &config.queue, body).headers(&headers);
     if let Some(id) = &message_id {
         message = message.message_id(id);
     }
-    match broker.publish(message).await {
-        Ok(()) => {
-            metrics.outcome("dead_lettered");
-            tracing::error!(queue = %config.queue, message_id = message_id.as_deref().unwrap_or(""), %reason, "message dead-lettered");
-            delivery.ack(BasicAckOptions::default()).await
-        }
-        Err(error) => {
-            metrics.outcome("retried");
-            tracing::warn!(queue = %config.queue, %error, "dead-lettering failed; requeueing");
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
-    }
+    broker.publish(message).await?;
+    metrics.outcome("dead_lettered");
+    tracing::error!(queue = %config.queue, message_id = message_id.as_deref().unwrap_or(""), %reason, "message dead-lettered");
+    Ok(())
 }
 
 /// The quorum queue's `x-delivery-count` header, absent on a first delivery.

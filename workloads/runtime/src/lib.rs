@@ -25,6 +25,8 @@ pub mod config;
 pub mod consumer;
 #[cfg(feature = "drivers")]
 pub mod dead_letters;
+#[cfg(feature = "drivers")]
+pub mod group_commit;
 pub mod http_metrics;
 pub mod http_server;
 #[cfg(feature = "drivers")]

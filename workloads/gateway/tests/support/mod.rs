@@ -171,11 +171,17 @@ impl Gateway {
         panic!("no RabbitMQ node answers");
     }
 
-    /// Takes every message currently in `orders.queue` of this gateway's vhost.
+    /// Takes every message currently in `orders.queue` of this gateway's vhost: its orders.
     pub async fn drain_orders(&self) -> Vec<OrderPlaced> {
+        self.drain_order_messages().await.concat()
+    }
+
+    /// Takes every message currently in `orders.queue`: the orders of each (several when the
+    /// gateway grouped them into a batch).
+    pub async fn drain_order_messages(&self) -> Vec<Vec<OrderPlaced>> {
         let connection = self.any_node().await;
         let channel = connection.create_channel().await.unwrap();
-        let mut orders = Vec::new();
+        let mut messages = Vec::new();
         while let Some(message) = channel
             .basic_get(
                 ShortString::from(topology::ORDERS_QUEUE),
@@ -184,7 +190,7 @@ impl Gateway {
             .await
             .unwrap()
         {
-            orders.push(serde_json::from_slice(&message.delivery.data).unwrap());
+            messages.push(orders_of(&message.delivery.data));
             message
                 .delivery
                 .ack(BasicAckOptions::default())
@@ -192,10 +198,10 @@ impl Gateway {
                 .unwrap();
         }
         let _ = connection.close(200, ShortString::from("drained")).await;
-        orders
+        messages
     }
 
-    /// Consumes `count` messages from `orders.queue` (waiting for them), for streams in flight.
+    /// Consumes `count` orders from `orders.queue` (waiting for them), for streams in flight.
     pub async fn consume_orders(&self, count: usize, within: Duration) -> Vec<OrderPlaced> {
         let connection = self.any_node().await;
         let channel = connection.create_channel().await.unwrap();
@@ -215,7 +221,7 @@ impl Gateway {
             else {
                 break;
             };
-            orders.push(serde_json::from_slice(&delivery.data).unwrap());
+            orders.extend(orders_of(&delivery.data));
             delivery.ack(BasicAckOptions::default()).await.unwrap();
         }
         orders
@@ -234,5 +240,17 @@ impl Gateway {
             .expect("the server task")
             .expect("the server drained");
         self.shutdown.wait_for_tasks(Duration::from_secs(10)).await;
+    }
+}
+
+/// The orders of one message of `orders.queue`: one, or a batch's.
+pub fn orders_of(body: &[u8]) -> Vec<OrderPlaced> {
+    match pipeline_contract::messages::batch::split(body) {
+        None => vec![serde_json::from_slice(body).unwrap()],
+        Some(items) => items
+            .unwrap()
+            .into_iter()
+            .map(|item| serde_json::from_slice(item).unwrap())
+            .collect(),
     }
 }
