@@ -68,7 +68,7 @@ pub mod env {
     /// The gateway's group commit: orders in one AMQP message at most (default 64; 1 publishes
     /// each order alone).
     pub const ORDER_BATCH_MAX: &str = "ORDER_BATCH_MAX";
-    /// The gateway's group commit: order messages awaiting their confirms at once (default 8).
+    /// The gateway's group commit: order messages awaiting their confirms at once (default 2).
     pub const ORDER_PUBLISHES_IN_FLIGHT: &str = "ORDER_PUBLISHES_IN_FLIGHT";
     /// RabbitMQ prefetch per consumer: orders in flight at once (processor and notifier
     /// default 256; the seed: 10).

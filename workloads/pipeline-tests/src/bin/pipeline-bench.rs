@@ -33,6 +33,9 @@
 //! - `notifier`: one notifier replica with a sink that takes one second per notification (the
 //!   seed's stub): notifications per second.
 //!
+//! `ORDER_BATCH_MAX` and `ORDER_PUBLISHES_IN_FLIGHT` set in the benchmark's environment are
+//! passed to the gateway (`ORDER_BATCH_MAX=1` turns its group commit off).
+//!
 //! `gateway` and `pipeline` draw their figures as SVG under `~/.cache/order-pipeline/bench/`;
 //! `--readme-chart` also writes them to `docs/` for the README.
 
@@ -178,6 +181,8 @@ struct Processes {
     logs: std::path::PathBuf,
     running: Vec<(&'static str, process::Workload)>,
     gateway: Option<GatewayClient>,
+    /// Each spawned workload's admin port (its `/metrics`).
+    admin_ports: BTreeMap<&'static str, u16>,
 }
 
 impl Processes {
@@ -196,6 +201,7 @@ impl Processes {
             logs,
             running: Vec::new(),
             gateway: None,
+            admin_ports: BTreeMap::new(),
         })
     }
 
@@ -208,10 +214,20 @@ impl Processes {
         for (key, value) in extra {
             variables.insert((*key).to_owned(), value.clone());
         }
+        if workload == Workload::Gateway {
+            // The group commit's settings, to compare them by hand.
+            for key in [env::ORDER_BATCH_MAX, env::ORDER_PUBLISHES_IN_FLIGHT] {
+                if let Ok(value) = std::env::var(key) {
+                    println!("  gateway with {key}={value}");
+                    variables.insert(key.to_owned(), value);
+                }
+            }
+        }
         let http = process::free_port();
         if workload == Workload::Gateway {
             variables.insert(env::HTTP_PORT.into(), http.to_string());
         }
+        self.admin_ports.insert(workload.name(), admin);
         let index = self.running.len();
         let spawned = process::Workload::spawn(workload.name(), variables, &self.logs, index);
         self.running.push((workload.name(), spawned));
@@ -237,6 +253,47 @@ impl Processes {
             ));
         }
         Ok(())
+    }
+
+    /// The sum of the samples of `metric` (a name with its labels, as exposed) that a running
+    /// workload's `/metrics` shows; 0 when it shows none.
+    async fn metric(&self, workload: Workload, metric: &str) -> Result<f64> {
+        let port = self.admin_ports[workload.name()];
+        let text = reqwest::get(format!("http://127.0.0.1:{port}{}", probes::METRICS))
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter_map(|line| line.strip_prefix(metric)?.trim().parse::<f64>().ok())
+            .sum())
+    }
+
+    /// Messages at each hop so far, by the workloads' own counters: the gateway's order
+    /// messages, the processor's outcome messages, the processor's and the notifier's
+    /// deliveries (one per message, a batch being one).
+    async fn messages_per_hop(&self) -> Result<[f64; 4]> {
+        Ok([
+            self.order_messages().await?,
+            self.metric(
+                Workload::Processor,
+                r#"processor_rabbitmq_publishes_total{outcome="confirmed"}"#,
+            )
+            .await?,
+            self.metric(Workload::Processor, "processor_deliveries_consumed_total")
+                .await?,
+            self.metric(Workload::Notifier, "notifier_deliveries_consumed_total")
+                .await?,
+        ])
+    }
+
+    /// The gateway's confirmed publishes of order messages so far (one per batch).
+    async fn order_messages(&self) -> Result<f64> {
+        self.metric(
+            Workload::Gateway,
+            r#"gateway_rabbitmq_publishes_total{outcome="confirmed"}"#,
+        )
+        .await
     }
 
     fn gateway(&self) -> &GatewayClient {
@@ -384,14 +441,17 @@ async fn gateway() -> Result<()> {
     let (mut rates, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
     for workers in [1, 4, 16, 64, 128] {
         purge_orders(&bench.pipeline).await?;
+        let messages_before = bench.order_messages().await?;
         let reading = meter.start()?;
         let (rate, mut samples) = closed_loop(&gateway, &token, workers, period).await;
+        let cpu = meter.per(&reading, samples.0.len())?;
+        let messages = bench.order_messages().await? - messages_before;
         let (p50, p99) = (samples.percentile(0.50), samples.percentile(0.99));
         println!(
-            "  {workers:>4} clients: {rate:>7.0} accepted/s  p50 {}  p99 {}  CPU per order: {}",
+            "  {workers:>4} clients: {rate:>7.0} accepted/s  p50 {}  p99 {}  {:.1} orders per message  CPU per order: {cpu}",
             ms(p50),
             ms(p99),
-            meter.per(&reading, samples.0.len())?
+            samples.0.len() as f64 / messages.max(1.0),
         );
         best = best.max(rate);
         let clients = workers as f64;
@@ -661,6 +721,7 @@ async fn pipeline() -> Result<()> {
 
     println!("== sustained end to end: accept as fast as possible for 10 s, count notified ==");
     let before = bench.counter(notified.clone()).await?;
+    let messages_before = bench.messages_per_hop().await?;
     let reading = meter.start()?;
     let started = Instant::now();
     let (_, mut samples) = closed_loop(&gateway, &token, 64, Duration::from_secs(10)).await;
@@ -676,6 +737,18 @@ async fn pipeline() -> Result<()> {
     );
     assert_eq!(bench.counter(notified.clone()).await?, target);
     println!("  CPU per order: {}", meter.per(&reading, accepted)?);
+    let messages = bench.messages_per_hop().await?;
+    let per_message = |hop: usize| {
+        let sent = messages[hop] - messages_before[hop];
+        accepted as f64 / sent.max(1.0)
+    };
+    println!(
+        "  orders per AMQP message: order messages {:.1}, outcome messages {:.1}; deliveries: processor {:.1}, notifier {:.1}",
+        per_message(0),
+        per_message(1),
+        per_message(2),
+        per_message(3),
+    );
     println!("  peak memory: {}", bench.peak_memory());
 
     let half = gateway_rate / 2.0;
