@@ -537,6 +537,7 @@ pub mod messages {
     /// lone order or outcome looks as it always did. Consumers handle each item on its own
     /// ([`split`] gives their bytes), so one item's bad content dead-letters that item alone.
     pub mod batch {
+        use serde::de::DeserializeOwned;
         use serde_json::value::RawValue;
 
         /// The batch holding `items`, each a JSON value (as `serde_json::to_vec` writes them).
@@ -568,6 +569,15 @@ pub mod messages {
                     .collect()),
                 Err(error) => Err(format!("not a batch of messages: {error}")),
             })
+        }
+
+        /// Every message `body` carries (one, or a batch's items), decoded.
+        pub fn decode_all<T: DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, String> {
+            let decode = |item: &[u8]| serde_json::from_slice(item).map_err(|e| e.to_string());
+            match split(body) {
+                None => Ok(vec![decode(body)?]),
+                Some(items) => items?.into_iter().map(decode).collect(),
+            }
         }
     }
 
@@ -605,6 +615,9 @@ mod tests {
                 .unwrap_err()
                 .starts_with("not a batch of messages")
         );
+        assert_eq!(batch::decode_all::<u32>(b"[1,2]").unwrap(), [1, 2]);
+        assert_eq!(batch::decode_all::<u32>(b"7").unwrap(), [7]);
+        assert!(batch::decode_all::<u32>(br#"[1,"x"]"#).is_err());
     }
 
     #[test]

@@ -258,13 +258,16 @@ impl Processor {
             .collect()
     }
 
-    /// Publishes the outcomes of one routing key, as one message (a batch when several);
-    /// `Err` with why when it is not confirmed.
+    /// Publishes the outcomes of one routing key, as one message (a batch when several; none
+    /// when there are none); `Err` with why when it is not confirmed.
     async fn publish_outcomes(
         &self,
         routing_key: &'static str,
         events: &[&OrderOutcome],
     ) -> Result<(), String> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let mut payloads = Vec::with_capacity(events.len());
         for event in events {
             payloads.push(
@@ -360,22 +363,8 @@ impl Handler for Processor {
         };
         let (created, rejected) = (of(Outcome::Processed), of(Outcome::Rejected));
         let (created_published, rejected_published) = futures::join!(
-            async {
-                if created.is_empty() {
-                    Ok(())
-                } else {
-                    self.publish_outcomes(topology::ORDER_CREATED, &created)
-                        .await
-                }
-            },
-            async {
-                if rejected.is_empty() {
-                    Ok(())
-                } else {
-                    self.publish_outcomes(topology::ORDER_REJECTED, &rejected)
-                        .await
-                }
-            },
+            self.publish_outcomes(topology::ORDER_CREATED, &created),
+            self.publish_outcomes(topology::ORDER_REJECTED, &rejected),
         );
         for ((index, event), applied) in indices.into_iter().zip(&events).zip(&applied) {
             let published = match event.outcome {

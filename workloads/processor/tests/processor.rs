@@ -418,15 +418,7 @@ async fn a_batch_is_applied_order_by_order_and_only_its_poison_is_dead_lettered(
     let mut created = Vec::new();
     let mut rejected = Vec::new();
     for (body, _) in &messages {
-        let events: Vec<OrderOutcome> = match batch::split(body) {
-            None => vec![serde_json::from_slice(body).unwrap()],
-            Some(items) => items
-                .unwrap()
-                .into_iter()
-                .map(|item| serde_json::from_slice(item).unwrap())
-                .collect(),
-        };
-        for event in events {
+        for event in batch::decode_all::<OrderOutcome>(body).unwrap() {
             let id = event.order.order_id.clone();
             match event.outcome {
                 Outcome::Processed => created.push(id),

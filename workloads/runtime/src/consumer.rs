@@ -342,71 +342,49 @@ async fn handle_one<H: Handler>(
     let previous = previous_deliveries(delivery.properties.headers().as_ref());
     let attempt = previous + 1;
     let routing_key = delivery.routing_key.as_str().to_owned();
-    let items: Vec<&[u8]> = match batch::split(&delivery.data) {
-        None => vec![&delivery.data],
-        Some(Ok(items)) => items,
-        Some(Err(reason)) => {
-            let body = delivery.data.as_slice();
-            let result = settle(
-                &delivery,
-                vec![(body, Settlement::DeadLetter(reason))],
-                attempt,
-                &broker,
-                &config,
-                &metrics,
-                &shutdown,
-            )
-            .await;
-            report(result, &config, &metrics, started);
-            return;
+    let settled: Vec<(&[u8], Settlement)> = match batch::split(&delivery.data) {
+        // Nothing in it can be told apart: the whole delivery is the one message to dead-letter.
+        Some(Err(reason)) => vec![(&delivery.data, Settlement::DeadLetter(reason))],
+        split => {
+            let items = match split {
+                Some(Ok(items)) => items,
+                // Not a batch: one message.
+                _ => vec![delivery.data.as_slice()],
+            };
+            let batched = items.len() > 1;
+            let messages = items
+                .iter()
+                .map(|item| Incoming {
+                    body: item.to_vec(),
+                    // A batch's items carry their ids in their bodies.
+                    message_id: if batched {
+                        None
+                    } else {
+                        delivery
+                            .properties
+                            .message_id()
+                            .as_ref()
+                            .map(|id| id.as_str().to_owned())
+                    },
+                    routing_key: routing_key.clone(),
+                    previous_deliveries: previous,
+                })
+                .collect();
+            metrics.items.inc_by(items.len() as u64);
+            let Some(settlements) =
+                handle_until_available(&*handler, messages, &config, &metrics, &shutdown).await
+            else {
+                // Shut down while a dependency was away: left unacknowledged, the broker hands
+                // the message to another consumer (or this one, restarted).
+                return;
+            };
+            items.into_iter().zip(settlements).collect()
         }
     };
-    let batched = items.len() > 1;
-    let messages = items
-        .iter()
-        .map(|item| Incoming {
-            body: item.to_vec(),
-            // A batch's items carry their ids in their bodies.
-            message_id: if batched {
-                None
-            } else {
-                delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|id| id.as_str().to_owned())
-            },
-            routing_key: routing_key.clone(),
-            previous_deliveries: previous,
-        })
-        .collect();
-    metrics.items.inc_by(items.len() as u64);
-    let Some(settlements) =
-        handle_until_available(&*handler, messages, &config, &metrics, &shutdown).await
-    else {
-        // Shut down while a dependency was away: left unacknowledged, the broker hands the
-        // message to another consumer (or this one, restarted).
-        return;
-    };
     let result = settle(
-        &delivery,
-        items.into_iter().zip(settlements).collect(),
-        attempt,
-        &broker,
-        &config,
-        &metrics,
-        &shutdown,
+        &delivery, settled, attempt, &broker, &config, &metrics, &shutdown,
     )
     .await;
-    report(result, &config, &metrics, started);
-}
-
-fn report(
-    result: lapin::Result<bool>,
-    config: &ConsumerConfig,
-    metrics: &ConsumerMetrics,
-    started: Instant,
-) {
     if let Err(error) = result {
         // The channel is gone (connection lost): the broker redelivers the message elsewhere.
         tracing::warn!(queue = %config.queue, %error, "could not settle a delivery; the broker will redeliver it");

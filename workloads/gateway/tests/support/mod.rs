@@ -245,12 +245,5 @@ impl Gateway {
 
 /// The orders of one message of `orders.queue`: one, or a batch's.
 pub fn orders_of(body: &[u8]) -> Vec<OrderPlaced> {
-    match pipeline_contract::messages::batch::split(body) {
-        None => vec![serde_json::from_slice(body).unwrap()],
-        Some(items) => items
-            .unwrap()
-            .into_iter()
-            .map(|item| serde_json::from_slice(item).unwrap())
-            .collect(),
-    }
+    pipeline_contract::messages::batch::decode_all(body).unwrap()
 }
