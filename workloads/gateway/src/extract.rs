@@ -95,6 +95,9 @@ fn backticked(message: &str) -> Option<String> {
     Some(message[start..end].to_owned())
 }
 
+/// What a token issued before its account's deletion is told.
+pub const REVOKED: &str = "the token was issued before its account was deleted";
+
 /// The account of a valid bearer token. A missing or malformed `Authorization` header is 401; a
 /// token that is present but invalid, expired, or older than its account's deletion is 403 (the
 /// seed's split).
@@ -104,6 +107,34 @@ pub struct AuthUser {
 }
 
 impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = SignedToken::from_request_parts(parts, state).await?;
+        if let Some(deleted_at) = state.account_deleted_at(&token.email).await?
+            && token.issued_at <= deleted_at
+        {
+            return Err(AppError::Forbidden(REVOKED.into()));
+        }
+        Ok(AuthUser { email: token.email })
+    }
+}
+
+/// A bearer token whose signature and lifetime are checked (401 and 403 as for [`AuthUser`]),
+/// and whose revocation is not yet: the handler that takes it checks that in the same Redis step
+/// as its own work (`POST /orders`: in the order's claim, one round trip instead of two), and
+/// answers 403 [`REVOKED`] for a token older than its account's deletion.
+#[derive(Debug, Clone)]
+pub struct SignedToken {
+    pub email: String,
+    /// The token's `iat`: a deletion at or after it revokes the token.
+    pub issued_at: u64,
+}
+
+impl FromRequestParts<AppState> for SignedToken {
     type Rejection = AppError;
 
     async fn from_request_parts(
@@ -129,14 +160,10 @@ impl FromRequestParts<AppState> for AuthUser {
             .tokens()
             .verify(token, now_unix_seconds())
             .map_err(|error: TokenError| AppError::Forbidden(error.to_string()))?;
-        if let Some(deleted_at) = state.account_deleted_at(&claims.sub).await?
-            && claims.iat <= deleted_at
-        {
-            return Err(AppError::Forbidden(
-                "the token was issued before its account was deleted".into(),
-            ));
-        }
-        Ok(AuthUser { email: claims.sub })
+        Ok(SignedToken {
+            email: claims.sub,
+            issued_at: claims.iat,
+        })
     }
 }
 

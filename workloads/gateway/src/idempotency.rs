@@ -36,10 +36,20 @@ pub use pipeline_contract::IDEMPOTENCY_CLAIM_TTL_SECONDS;
 /// How long a claim is kept: see the module documentation.
 pub const CLAIM_TTL: Duration = Duration::from_secs(IDEMPOTENCY_CLAIM_TTL_SECONDS);
 
-/// Takes the claim or reads why not. KEYS: the claim. ARGV: digest, lease (ms), TTL (s).
-/// Returns {verdict, detail}: `claimed` with the pending value written, `duplicate`,
-/// `conflict`, or `in_flight` with the lease's remaining milliseconds.
+/// Checks the token's revocation, then takes the claim or reads why not. KEYS: the claim, the
+/// account's deletion mark. ARGV: digest, lease (ms), TTL (s), the token's `iat`. Returns
+/// {verdict, detail}: `revoked` (the account was deleted at or after the token was issued:
+/// nothing changed), `claimed` with the pending value written, `duplicate`, `conflict`, or
+/// `in_flight` with the lease's remaining milliseconds.
 const CLAIM: &str = r"
+local mark = redis.call('GET', KEYS[2])
+if mark then
+  -- A mark that is not a time revokes every token: never read a broken mark as no deletion.
+  local deleted_at = tonumber(mark)
+  if not deleted_at or tonumber(ARGV[4]) <= deleted_at then
+    return {'revoked', ''}
+  end
+end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local pending = 'pending ' .. (now + tonumber(ARGV[2])) .. ' ' .. ARGV[1]
@@ -126,6 +136,8 @@ pub struct AcceptedRecord<'a> {
 /// What [`take`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// The token was issued before its account was deleted: nothing was claimed.
+    Revoked,
     /// This request holds the claim and publishes; settle it with [`Claim::settle`].
     Claimed(Claim),
     /// The order was accepted before: the seed's `409 Duplicate order`.
@@ -155,22 +167,38 @@ pub enum Settled {
     NotStored,
 }
 
-/// Takes the claim at `key` for an order whose body has `digest`, or says why not. `lease`
-/// bounds how long this request's publish can take.
+/// The token an order is placed with, whose revocation [`take`] checks in its step.
+#[derive(Debug, Clone, Copy)]
+pub struct Revocation<'a> {
+    /// The account's deletion mark ([`Keys::account_deleted`]).
+    ///
+    /// [`Keys::account_deleted`]: pipeline_contract::keys::Keys::account_deleted
+    pub deleted_key: &'a str,
+    /// The token's `iat`.
+    pub issued_at: u64,
+}
+
+/// Takes the claim at `key` for an order whose body has `digest`, or says why not, in one round
+/// trip with the check of the token's `revocation`. `lease` bounds how long this request's
+/// publish can take.
 pub async fn take(
     redis: &mut ConnectionManager,
     key: &str,
     digest: &str,
     lease: Duration,
+    revocation: Revocation<'_>,
 ) -> redis::RedisResult<Verdict> {
     let (verdict, detail): (String, String) = CLAIM_SCRIPT
         .key(key)
+        .key(revocation.deleted_key)
         .arg(digest)
         .arg(lease.as_millis() as u64)
         .arg(IDEMPOTENCY_CLAIM_TTL_SECONDS)
+        .arg(revocation.issued_at)
         .invoke_async(redis)
         .await?;
     Ok(match verdict.as_str() {
+        "revoked" => Verdict::Revoked,
         "claimed" => Verdict::Claimed(Claim {
             key: key.to_owned(),
             digest: digest.to_owned(),

@@ -20,8 +20,8 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument as _;
 use utoipa::ToSchema;
 
-use crate::extract::{AuthUser, JsonBody};
-use crate::idempotency::{self, AcceptedRecord, Claim, Settled, Verdict};
+use crate::extract::{AuthUser, JsonBody, REVOKED, SignedToken};
+use crate::idempotency::{self, AcceptedRecord, Claim, Revocation, Settled, Verdict};
 use crate::problem::{AppError, Problem};
 use crate::{AppState, now_unix_millis};
 
@@ -110,7 +110,8 @@ pub fn validate(request: OrderRequest) -> Result<ValidOrder, AppError> {
 )]
 pub async fn create_order(
     State(state): State<AppState>,
-    user: AuthUser,
+    // Its revocation is checked in the order's claim ([`idempotency::take`]).
+    token: SignedToken,
     JsonBody(request): JsonBody<OrderRequest>,
 ) -> Result<(StatusCode, String), AppError> {
     let order = validate(request)?;
@@ -118,24 +119,30 @@ pub async fn create_order(
     // leave a claim taken and its order unpublished, or a publish unsettled.
     // The span carries the request's trace into the task, and names the order in it.
     let span = tracing::info_span!("place order", order.id = %order.id);
-    tokio::spawn(async move { place(&state, &user.email, &order).await }.instrument(span))
+    tokio::spawn(async move { place(&state, &token, &order).await }.instrument(span))
         .await
         .map_err(|error| AppError::internal("place an order", error))?
 }
 
-/// Takes the order's claim, then publishes it.
+/// Checks the token's revocation and takes the order's claim, in one step, then publishes it.
 async fn place(
     state: &AppState,
-    owner: &str,
+    token: &SignedToken,
     order: &ValidOrder,
 ) -> Result<(StatusCode, String), AppError> {
+    let owner = token.email.as_str();
     let claim_key = state.keys().idempotency(owner, &order.id);
+    let deleted_key = state.keys().account_deleted(owner);
     let mut redis = state.redis();
     let verdict = idempotency::take(
         &mut redis,
         &claim_key,
         &order.digest(),
         state.publish_lease(),
+        Revocation {
+            deleted_key: &deleted_key,
+            issued_at: token.issued_at,
+        },
     )
     .await
     .map_err(|error| AppError::Unavailable {
@@ -144,6 +151,7 @@ async fn place(
         retry_after: Duration::from_secs(1),
     })?;
     let claim = match verdict {
+        Verdict::Revoked => return Err(AppError::Forbidden(REVOKED.into())),
         Verdict::Claimed(claim) => claim,
         Verdict::Duplicate => return Err(AppError::DuplicateOrder),
         Verdict::Conflict => {

@@ -6,12 +6,18 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::future::join_all;
-use gateway::idempotency::{self, AcceptedRecord, CLAIM_TTL, Settled, Verdict};
+use gateway::idempotency::{self, AcceptedRecord, CLAIM_TTL, Revocation, Settled, Verdict};
 use redis::AsyncCommands;
 use serde_json::json;
 use support::Gateway;
 
 const LEASE: Duration = Duration::from_secs(30);
+
+/// A token of an account never deleted (no deletion mark under this key).
+const UNREVOKED: Revocation<'static> = Revocation {
+    deleted_key: "account:deleted:never-deleted@example.com",
+    issued_at: 1,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_moves_from_pending_to_accepted_uncertain_or_free() {
@@ -21,7 +27,7 @@ async fn a_claim_moves_from_pending_to_accepted_uncertain_or_free() {
     let take = |digest: &'static str, lease: Duration| {
         let (mut redis, key) = (gateway.redis.clone(), key.clone());
         async move {
-            idempotency::take(&mut redis, &key, digest, lease)
+            idempotency::take(&mut redis, &key, digest, lease, UNREVOKED)
                 .await
                 .unwrap()
         }
@@ -55,20 +61,20 @@ async fn a_claim_moves_from_pending_to_accepted_uncertain_or_free() {
     // same body, and only by it. A zero lease is over at once.
     let key = gateway.keys.idempotency("owner@example.com", "abandoned");
     let Verdict::Claimed(_abandoned) =
-        idempotency::take(&mut redis, &key, "body-a", Duration::ZERO)
+        idempotency::take(&mut redis, &key, "body-a", Duration::ZERO, UNREVOKED)
             .await
             .unwrap()
     else {
         panic!("a free id is claimed")
     };
     assert_eq!(
-        idempotency::take(&mut redis, &key, "body-b", LEASE)
+        idempotency::take(&mut redis, &key, "body-b", LEASE, UNREVOKED)
             .await
             .unwrap(),
         Verdict::Conflict
     );
     assert!(matches!(
-        idempotency::take(&mut redis, &key, "body-a", LEASE)
+        idempotency::take(&mut redis, &key, "body-a", LEASE, UNREVOKED)
             .await
             .unwrap(),
         Verdict::Claimed(_)
@@ -76,9 +82,10 @@ async fn a_claim_moves_from_pending_to_accepted_uncertain_or_free() {
 
     // Certainly not stored: the id is free for any body.
     let key = gateway.keys.idempotency("owner@example.com", "released");
-    let Verdict::Claimed(released) = idempotency::take(&mut redis, &key, "body-a", LEASE)
-        .await
-        .unwrap()
+    let Verdict::Claimed(released) =
+        idempotency::take(&mut redis, &key, "body-a", LEASE, UNREVOKED)
+            .await
+            .unwrap()
     else {
         panic!("a free id is claimed")
     };
@@ -91,7 +98,7 @@ async fn a_claim_moves_from_pending_to_accepted_uncertain_or_free() {
     let exists: bool = redis.exists(&key).await.unwrap();
     assert!(!exists);
     assert!(matches!(
-        idempotency::take(&mut redis, &key, "body-b", LEASE)
+        idempotency::take(&mut redis, &key, "body-b", LEASE, UNREVOKED)
             .await
             .unwrap(),
         Verdict::Claimed(_)
@@ -101,13 +108,13 @@ async fn a_claim_moves_from_pending_to_accepted_uncertain_or_free() {
     let key = gateway.keys.idempotency("owner@example.com", "legacy");
     let _: () = redis.set(&key, "body-a").await.unwrap();
     assert_eq!(
-        idempotency::take(&mut redis, &key, "body-a", LEASE)
+        idempotency::take(&mut redis, &key, "body-a", LEASE, UNREVOKED)
             .await
             .unwrap(),
         Verdict::Duplicate
     );
     assert_eq!(
-        idempotency::take(&mut redis, &key, "body-b", LEASE)
+        idempotency::take(&mut redis, &key, "body-b", LEASE, UNREVOKED)
             .await
             .unwrap(),
         Verdict::Conflict
@@ -118,6 +125,54 @@ async fn a_claim_moves_from_pending_to_accepted_uncertain_or_free() {
 /// The accept step moves the claim, writes the order's record and counts the order for the
 /// dashboard in one script; a request whose claim a retry took over still leaves the record
 /// (its order is in the queue) but does not count the order: across both, it is counted once.
+/// The claim's step checks the token first: a token issued at or before its account's deletion
+/// claims nothing, one issued after it claims; a mark that is not a time revokes every token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_claims_nothing() {
+    let gateway = Gateway::start().await;
+    let mut redis = gateway.redis.clone();
+    let owner = "deleted@example.com";
+    let key = gateway.keys.idempotency(owner, "after-deletion");
+    let deleted_key = gateway.keys.account_deleted(owner);
+    let _: () = redis.set(&deleted_key, 1_000).await.unwrap();
+    for issued_at in [999, 1_000] {
+        let verdict = idempotency::take(
+            &mut redis,
+            &key,
+            "body-a",
+            LEASE,
+            Revocation {
+                deleted_key: &deleted_key,
+                issued_at,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(verdict, Verdict::Revoked, "issued at {issued_at}");
+    }
+    let claim: Option<String> = redis.get(&key).await.unwrap();
+    assert_eq!(claim, None, "a revoked token took the claim");
+    let after = Revocation {
+        deleted_key: &deleted_key,
+        issued_at: 1_001,
+    };
+    assert!(matches!(
+        idempotency::take(&mut redis, &key, "body-a", LEASE, after)
+            .await
+            .unwrap(),
+        Verdict::Claimed(_)
+    ));
+    let _: () = redis.set(&deleted_key, "garbage").await.unwrap();
+    let other = gateway.keys.idempotency(owner, "broken-mark");
+    assert_eq!(
+        idempotency::take(&mut redis, &other, "body-a", LEASE, after)
+            .await
+            .unwrap(),
+        Verdict::Revoked
+    );
+    gateway.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepting_writes_the_record_and_counts_each_order_once() {
     let gateway = Gateway::start().await;
@@ -142,7 +197,7 @@ async fn accepting_writes_the_record_and_counts_each_order_once() {
     };
 
     let key = gateway.keys.idempotency(owner, "accepted");
-    let Verdict::Claimed(claim) = idempotency::take(&mut redis, &key, "body-a", LEASE)
+    let Verdict::Claimed(claim) = idempotency::take(&mut redis, &key, "body-a", LEASE, UNREVOKED)
         .await
         .unwrap()
     else {
@@ -155,7 +210,7 @@ async fn accepting_writes_the_record_and_counts_each_order_once() {
             .unwrap()
     );
     assert_eq!(
-        idempotency::take(&mut redis, &key, "body-a", LEASE)
+        idempotency::take(&mut redis, &key, "body-a", LEASE, UNREVOKED)
             .await
             .unwrap(),
         Verdict::Duplicate
@@ -179,13 +234,14 @@ async fn accepting_writes_the_record_and_counts_each_order_once() {
 
     // The first request's lease ran out (a zero lease is over at once) and a retry took over.
     let key = gateway.keys.idempotency(owner, "late");
-    let Verdict::Claimed(late) = idempotency::take(&mut redis, &key, "body-a", Duration::ZERO)
-        .await
-        .unwrap()
+    let Verdict::Claimed(late) =
+        idempotency::take(&mut redis, &key, "body-a", Duration::ZERO, UNREVOKED)
+            .await
+            .unwrap()
     else {
         panic!("a free id is claimed")
     };
-    let Verdict::Claimed(retry) = idempotency::take(&mut redis, &key, "body-a", LEASE)
+    let Verdict::Claimed(retry) = idempotency::take(&mut redis, &key, "body-a", LEASE, UNREVOKED)
         .await
         .unwrap()
     else {
