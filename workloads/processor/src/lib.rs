@@ -205,12 +205,6 @@ impl Processor {
         }
     }
 
-    /// Runs the inventory step for one order.
-    pub async fn apply(&self, order: &Order) -> redis::RedisResult<Applied> {
-        let mut applied = self.apply_all(std::slice::from_ref(order)).await?;
-        Ok(applied.pop().expect("one result per order"))
-    }
-
     /// Runs the inventory step for every order, in one script: a result per order, in order.
     pub async fn apply_all(&self, orders: &[Order]) -> redis::RedisResult<Vec<Applied>> {
         let mut invocation = APPLY_ORDERS.prepare_invoke();
